@@ -1,0 +1,120 @@
+// Key Vault for the connector's credential (the multi-tenant app registration's client secret or certificate).
+// RBAC mode (no access policies), soft delete and purge protection on. The secret value never appears in a template
+// or an output: it is either created out of band (docs/deploy.md, recommended) or passed once as a @secure() param.
+@description('Key Vault name (3-24 characters).')
+@minLength(3)
+@maxLength(24)
+param name string
+
+@description('Azure region.')
+param location string
+
+@description('Resource tags.')
+param tags object = {}
+
+@description('Principal id of the function app\'s user-assigned identity (gets Key Vault Secrets User).')
+param principalId string
+
+@description('Optional: principal id of the person or pipeline running the deployment (gets Key Vault Secrets Officer so it can set the connector secret). Empty = no assignment.')
+param deployerPrincipalId string = ''
+
+@description('Principal type of deployerPrincipalId.')
+@allowed([
+  'User'
+  'ServicePrincipal'
+  'Group'
+])
+param deployerPrincipalType string = 'User'
+
+@description('Name of the secret that holds the connector credential (CONNECTOR_SECRET_NAME).')
+param secretName string
+
+@description('Optional: the connector client secret. Leave empty (default) and set it out of band; see docs/deploy.md.')
+@secure()
+param connectorClientSecret string = ''
+
+@description('Expiry of the secret set from connectorClientSecret, as Unix seconds. Match the app registration secret\'s own expiry.')
+param connectorSecretExpiresAt int = dateTimeToEpoch(dateTimeAdd(utcNow(), 'P180D'))
+
+@description('Soft-delete retention in days (7-90). Purge protection keeps the vault name taken for this long after deletion.')
+@minValue(7)
+@maxValue(90)
+param softDeleteRetentionInDays int = 90
+
+@description('When true, the vault refuses public network traffic and is reached through a private endpoint.')
+param enablePrivateNetworking bool = false
+
+// Built-in role definition ids (https://learn.microsoft.com/azure/role-based-access-control/built-in-roles).
+var roles = {
+  // Key Vault Secrets User: read secret contents (the connector reads its credential).
+  keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6'
+  // Key Vault Secrets Officer: create/rotate secrets (the deployer, to set the connector credential).
+  keyVaultSecretsOfficer: 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
+}
+
+resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
+  // checkov:skip=CKV_AZURE_109: public mode only - Flex Consumption without VNet integration has no fixed egress addresses to allow, so the firewall default is Deny only when enablePrivateNetworking=true (access still needs an Entra ID token and an RBAC role)
+  name: name
+  location: location
+  tags: tags
+  properties: {
+    tenantId: subscription().tenantId
+    sku: {
+      family: 'A'
+      name: 'standard'
+    }
+    enableRbacAuthorization: true
+    enableSoftDelete: true
+    softDeleteRetentionInDays: softDeleteRetentionInDays
+    enablePurgeProtection: true
+    enabledForDeployment: false
+    enabledForDiskEncryption: false
+    enabledForTemplateDeployment: false
+    publicNetworkAccess: enablePrivateNetworking ? 'Disabled' : 'Enabled'
+    networkAcls: {
+      bypass: 'AzureServices'
+      defaultAction: enablePrivateNetworking ? 'Deny' : 'Allow'
+    }
+  }
+}
+
+// Created only when a value is passed; otherwise the operator sets it (docs/deploy.md) and the app reads it by name.
+resource connectorSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(connectorClientSecret)) {
+  parent: vault
+  name: secretName
+  properties: {
+    value: connectorClientSecret
+    contentType: 'text/plain'
+    attributes: {
+      enabled: true
+      exp: connectorSecretExpiresAt
+    }
+  }
+}
+
+// Key Vault Secrets User on this vault: the vault holds only the connector's credential, so vault scope equals
+// secret scope, and it survives deleting and re-creating the secret during rotation.
+resource secretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(vault.id, principalId, roles.keyVaultSecretsUser)
+  scope: vault
+  properties: {
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+  }
+}
+
+// Key Vault Secrets Officer for the deployer (optional), so `az keyvault secret set` works in RBAC mode.
+resource deployerSecretsOfficer 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(deployerPrincipalId)) {
+  name: guid(vault.id, deployerPrincipalId, roles.keyVaultSecretsOfficer)
+  scope: vault
+  properties: {
+    principalId: deployerPrincipalId
+    principalType: deployerPrincipalType
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsOfficer)
+  }
+}
+
+output id string = vault.id
+output name string = vault.name
+output uri string = vault.properties.vaultUri

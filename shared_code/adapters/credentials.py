@@ -1,0 +1,120 @@
+"""Tokens for customer tenants, from the connector's one multi-tenant app credential (azure-identity).
+
+Tokens are cached by azure-identity per credential; we keep one credential per customer tenant and rebuild it when
+the secret source says the secret changed (rotation) or a token request is rejected for a bad secret.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Protocol
+
+from azure.core.exceptions import AzureError, ClientAuthenticationError
+from azure.identity.aio import ClientSecretCredential
+
+from shared_code.errors import ConsentRequiredError, RetriableError
+
+_AADSTS = re.compile(r"AADSTS(\d+)")
+# AADSTS codes that mean "this tenant has not (or no longer) consented / the app is not there": the customer must
+# act; retrying cannot help. 65001 consent missing, 7000229 no service principal, 700016 app not found in tenant,
+# 90002 tenant not found, 500011 resource principal not found in tenant.
+_CONSENT_CODES = frozenset({"65001", "7000229", "700016", "90002", "500011", "50020"})
+# Bad or expired client secret: refresh it from the secret source once, then give up.
+_BAD_SECRET_CODES = frozenset({"7000215", "7000222"})
+
+
+class SecretSource(Protocol):
+    """Where the connector's client secret comes from (Key Vault in Azure, an env var locally)."""
+
+    async def get_secret(self) -> str:
+        """Return the current secret (cached)."""
+        ...
+
+    def invalidate(self) -> None:
+        """Forget the cached secret so the next get re-reads it (after an auth failure)."""
+        ...
+
+
+class StaticSecret:
+    """A secret given directly (``CONNECTOR_CLIENT_SECRET``, local runs only)."""
+
+    def __init__(self, secret: str) -> None:
+        self._secret = secret
+
+    async def get_secret(self) -> str:
+        """Return the secret."""
+        return self._secret
+
+    def invalidate(self) -> None:
+        """Nothing to re-read."""
+
+
+class TenantCredentials:
+    """Hands out access tokens for (customer tenant, resource scope)."""
+
+    def __init__(self, *, client_id: str, authority_host: str, secret_source: SecretSource) -> None:
+        self._client_id = client_id
+        self._authority = authority_host
+        self._secrets = secret_source
+        self._credentials: dict[str, tuple[str, ClientSecretCredential]] = {}
+
+    async def _credential(self, tenant_id: str) -> ClientSecretCredential:
+        secret = await self._secrets.get_secret()
+        cached = self._credentials.get(tenant_id)
+        if cached is not None and cached[0] == secret:
+            return cached[1]
+        if cached is not None:
+            await cached[1].close()
+        credential = ClientSecretCredential(
+            tenant_id,
+            self._client_id,
+            secret,
+            authority=self._authority,
+            # Instance discovery asks login.microsoftonline.com about the authority; the authority is a setting.
+            disable_instance_discovery=True,
+        )
+        self._credentials[tenant_id] = (secret, credential)
+        return credential
+
+    async def get_token(self, tenant_id: str, scope: str) -> str:
+        """Return a bearer token for ``scope`` in ``tenant_id``.
+
+        Raises:
+            ConsentRequiredError: the tenant has not consented, revoked consent, or does not exist (AADSTS code kept).
+            RetriableError: the token endpoint is unavailable.
+        """
+        for attempt in (1, 2):
+            credential = await self._credential(tenant_id)
+            try:
+                token = await credential.get_token(scope)
+            except ClientAuthenticationError as exc:
+                message = str(exc.message or exc)
+                match = _AADSTS.search(message)
+                code = match.group(1) if match else None
+                if code in _BAD_SECRET_CODES and attempt == 1:
+                    self._secrets.invalidate()
+                    continue
+                status = getattr(getattr(exc, "response", None), "status_code", None)
+                if code is None and (status is None or status >= 500 or status == 429):
+                    raise RetriableError(f"token endpoint unavailable (HTTP {status})", status=status) from None
+                if code is None or code in _CONSENT_CODES or code in _BAD_SECRET_CODES:
+                    # Keep only the AADSTS code: the message can echo request details.
+                    raise ConsentRequiredError(
+                        f"token request for tenant {tenant_id} rejected (AADSTS{code or '?'})", aadsts=code
+                    ) from None
+                raise RetriableError(f"token endpoint error AADSTS{code}") from None
+            except (AzureError, OSError) as exc:
+                raise RetriableError(f"token endpoint unreachable: {type(exc).__name__}") from None
+            return token.token
+        raise ConsentRequiredError(f"client secret rejected for tenant {tenant_id}")
+
+    def credential_for(self, tenant_id: str) -> ClientSecretCredential | None:
+        """The cached azure-identity credential for a tenant (for SDK clients that take a credential)."""
+        cached = self._credentials.get(tenant_id)
+        return cached[1] if cached else None
+
+    async def close(self) -> None:
+        """Close every credential's transport."""
+        for _, credential in self._credentials.values():
+            await credential.close()
+        self._credentials.clear()

@@ -1,0 +1,86 @@
+"""Azure Storage clients (Tables and Queues) from ``AzureWebJobsStorage``.
+
+Locally that is a connection string (Azurite); in Azure it is identity-based (``AzureWebJobsStorage__accountName`` +
+``__credential=managedidentity`` + ``__clientId``), so shared keys can stay disabled on the account.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from azure.data.tables.aio import TableClient, TableServiceClient
+from azure.storage.queue import TextBase64EncodePolicy
+from azure.storage.queue.aio import QueueClient
+
+# Table names (ARCHITECTURE §4). The prefix lets several deployments share one account in tests.
+TABLES = ("tenants", "cursors", "memberships", "devices", "events", "uploads", "leases")
+
+
+def _managed_identity() -> Any:
+    from azure.identity.aio import ManagedIdentityCredential
+
+    client_id = os.environ.get("AzureWebJobsStorage__clientId") or None
+    return ManagedIdentityCredential(client_id=client_id)
+
+
+class StorageClients:
+    """Builds and caches storage clients for one process."""
+
+    def __init__(self, connection: str, *, table_prefix: str = "") -> None:
+        self._connection = connection
+        self._prefix = table_prefix
+        self._tables: dict[str, TableClient] = {}
+        self._service: TableServiceClient | None = None
+        self._created: set[str] = set()
+
+    def table_name(self, logical: str) -> str:
+        """Physical table name for a logical one (prefix + name; Tables names are alphanumeric)."""
+        return f"{self._prefix}{logical}"
+
+    def _table_service(self) -> TableServiceClient:
+        if self._service is None:
+            if self._connection.startswith("accountName="):
+                account = self._connection.split("=", 1)[1]
+                self._service = TableServiceClient(
+                    endpoint=f"https://{account}.table.core.windows.net", credential=_managed_identity()
+                )
+            else:
+                self._service = TableServiceClient.from_connection_string(self._connection)
+        return self._service
+
+    async def table(self, logical: str) -> TableClient:
+        """A client for the logical table, created on first use (idempotent)."""
+        name = self.table_name(logical)
+        client = self._tables.get(name)
+        if client is None:
+            service = self._table_service()
+            if name not in self._created:
+                await service.create_table_if_not_exists(name)
+                self._created.add(name)
+            client = service.get_table_client(name)
+            self._tables[name] = client
+        return client
+
+    def queue(self, name: str) -> QueueClient:
+        """A queue client that base64-encodes messages, as the Functions queue trigger expects (azure.md §8)."""
+        if self._connection.startswith("accountName="):
+            account = self._connection.split("=", 1)[1]
+            return QueueClient(
+                f"https://{account}.queue.core.windows.net",
+                name,
+                credential=_managed_identity(),
+                message_encode_policy=TextBase64EncodePolicy(),
+            )
+        return QueueClient.from_connection_string(
+            self._connection, name, message_encode_policy=TextBase64EncodePolicy()
+        )
+
+    async def close(self) -> None:
+        """Close every client."""
+        for client in self._tables.values():
+            await client.close()
+        if self._service is not None:
+            await self._service.close()
+        self._tables.clear()
+        self._service = None

@@ -1,0 +1,166 @@
+"""One typed settings object, read once at bootstrap.
+
+Precedence (one rule, everywhere): explicit argument > app setting / environment variable > documented default.
+Every name the connector reads is listed in ``SETTING_NAMES``; ``SETTING_DEFAULTS`` holds the documented defaults.
+The infra tests parse these two literals (without importing the app) to prove every setting is either set in
+``infra/main.bicep`` or has a default here, so keep them plain literals.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+# Names of every setting the connector reads (ARCHITECTURE §5 plus the operational knobs).
+SETTING_NAMES: tuple[str, ...] = (
+    "AzureWebJobsStorage",
+    "CONNECTOR_CLIENT_ID",
+    "CONNECTOR_CLIENT_SECRET",
+    "KEY_VAULT_URL",
+    "CONNECTOR_SECRET_NAME",
+    "AZURE_AUTHORITY_HOST",
+    "GRAPH_BASE_URL",
+    "INTUNE_RESOURCE",
+    "CONSOLE_API_AUDIENCE",
+    "CONSOLE_API_TENANT_ID",
+    "INTUNE_TENANT_SYNC_PROVIDER",
+    "INTUNE_DEVICE_SYNC_PROVIDER",
+    "INTUNE_TENANT_API_VERSION",
+    "INTUNE_DEVICE_API_VERSION",
+    "INTUNE_DISCOVERY_TTL_SECONDS",
+    "POLL_SCHEDULE",
+    "HEARTBEAT_SCHEDULE",
+    "UPLOAD_RESULTS_SCHEDULE",
+    "POLL_INTERVAL_MINUTES",
+    "FULL_RECONCILE_HOURS",
+    "POLL_QUEUE_NAME",
+    "TABLE_PREFIX",
+    "QUARANTINE_AFTER_FAILURES",
+    "HEARTBEAT_CONCURRENCY",
+    "SECRET_CACHE_SECONDS",
+    "GRAPH_MAX_RETRIES",
+)
+
+# Documented defaults. Settings absent here are required (or, for the credential, one of two forms is).
+SETTING_DEFAULTS: dict[str, str] = {
+    "AZURE_AUTHORITY_HOST": "https://login.microsoftonline.com",
+    "GRAPH_BASE_URL": "https://graph.microsoft.com",
+    "INTUNE_RESOURCE": "https://api.manage.microsoft.com/",
+    "CONNECTOR_SECRET_NAME": "connector-client-secret",
+    # Intune partner service names and api-versions are not public (reference/intune.md §2): Fleet's values.
+    "INTUNE_TENANT_SYNC_PROVIDER": "PartnerTenantDataSyncService",
+    "INTUNE_DEVICE_SYNC_PROVIDER": "PartnerDeviceDataSyncService",
+    "INTUNE_TENANT_API_VERSION": "1.6",
+    "INTUNE_DEVICE_API_VERSION": "1.2",
+    # Fleet caches discovered URLs for 24 h (reference/intune.md §2).
+    "INTUNE_DISCOVERY_TTL_SECONDS": "86400",
+    "POLL_SCHEDULE": "0 */5 * * * *",
+    "HEARTBEAT_SCHEDULE": "0 */15 * * * *",
+    "UPLOAD_RESULTS_SCHEDULE": "30 */2 * * * *",
+    "POLL_INTERVAL_MINUTES": "5",
+    # Delta tokens for directory objects live 7 days; a daily full reconcile stays well inside that (graph.md §4).
+    "FULL_RECONCILE_HOURS": "24",
+    "POLL_QUEUE_NAME": "tenant-polls",
+    "TABLE_PREFIX": "",
+    "QUARANTINE_AFTER_FAILURES": "5",
+    "HEARTBEAT_CONCURRENCY": "8",
+    "SECRET_CACHE_SECONDS": "3600",
+    "GRAPH_MAX_RETRIES": "5",
+}
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names it."""
+
+
+def _int(env: Mapping[str, str], name: str) -> int:
+    raw = env.get(name) or SETTING_DEFAULTS[name]
+    try:
+        return int(raw)
+    except ValueError:
+        msg = f"setting {name} must be an integer, got {raw!r}"
+        raise SettingsError(msg) from None
+
+
+def _str(env: Mapping[str, str], name: str) -> str:
+    return env.get(name) or SETTING_DEFAULTS.get(name, "")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the connector. Build with :meth:`from_env`; tests build it directly."""
+
+    storage_connection: str
+    client_id: str
+    client_secret: str = field(default="", repr=False)
+    key_vault_url: str = ""
+    secret_name: str = SETTING_DEFAULTS["CONNECTOR_SECRET_NAME"]
+    authority_host: str = SETTING_DEFAULTS["AZURE_AUTHORITY_HOST"]
+    graph_base_url: str = SETTING_DEFAULTS["GRAPH_BASE_URL"]
+    intune_resource: str = SETTING_DEFAULTS["INTUNE_RESOURCE"]
+    console_audience: str = ""
+    console_tenant_id: str = ""
+    intune_tenant_provider: str = SETTING_DEFAULTS["INTUNE_TENANT_SYNC_PROVIDER"]
+    intune_device_provider: str = SETTING_DEFAULTS["INTUNE_DEVICE_SYNC_PROVIDER"]
+    intune_tenant_api_version: str = SETTING_DEFAULTS["INTUNE_TENANT_API_VERSION"]
+    intune_device_api_version: str = SETTING_DEFAULTS["INTUNE_DEVICE_API_VERSION"]
+    intune_discovery_ttl_seconds: int = 86400
+    poll_interval_minutes: int = 5
+    full_reconcile_hours: int = 24
+    poll_queue_name: str = SETTING_DEFAULTS["POLL_QUEUE_NAME"]
+    table_prefix: str = ""
+    quarantine_after_failures: int = 5
+    heartbeat_concurrency: int = 8
+    secret_cache_seconds: int = 3600
+    graph_max_retries: int = 5
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from app settings / environment.
+
+        Raises:
+            SettingsError: a required setting is missing or a number is malformed.
+        """
+        env = os.environ if env is None else env
+        storage = env.get("AzureWebJobsStorage", "")
+        if not storage and env.get("AzureWebJobsStorage__accountName"):
+            # Identity-based connection (Azure): the adapters build service URIs from the account name.
+            storage = "accountName=" + env["AzureWebJobsStorage__accountName"]
+        if not storage:
+            msg = "setting AzureWebJobsStorage (or AzureWebJobsStorage__accountName) is required"
+            raise SettingsError(msg)
+        client_id = env.get("CONNECTOR_CLIENT_ID", "")
+        if not client_id:
+            msg = "setting CONNECTOR_CLIENT_ID is required"
+            raise SettingsError(msg)
+        secret = env.get("CONNECTOR_CLIENT_SECRET", "")
+        vault = env.get("KEY_VAULT_URL", "")
+        if not secret and not vault:
+            msg = "one of CONNECTOR_CLIENT_SECRET or KEY_VAULT_URL (+ CONNECTOR_SECRET_NAME) is required"
+            raise SettingsError(msg)
+        return cls(
+            storage_connection=storage,
+            client_id=client_id,
+            client_secret=secret,
+            key_vault_url=vault,
+            secret_name=_str(env, "CONNECTOR_SECRET_NAME"),
+            authority_host=_str(env, "AZURE_AUTHORITY_HOST").rstrip("/"),
+            graph_base_url=_str(env, "GRAPH_BASE_URL").rstrip("/"),
+            intune_resource=_str(env, "INTUNE_RESOURCE"),
+            console_audience=_str(env, "CONSOLE_API_AUDIENCE"),
+            console_tenant_id=_str(env, "CONSOLE_API_TENANT_ID"),
+            intune_tenant_provider=_str(env, "INTUNE_TENANT_SYNC_PROVIDER"),
+            intune_device_provider=_str(env, "INTUNE_DEVICE_SYNC_PROVIDER"),
+            intune_tenant_api_version=_str(env, "INTUNE_TENANT_API_VERSION"),
+            intune_device_api_version=_str(env, "INTUNE_DEVICE_API_VERSION"),
+            intune_discovery_ttl_seconds=_int(env, "INTUNE_DISCOVERY_TTL_SECONDS"),
+            poll_interval_minutes=_int(env, "POLL_INTERVAL_MINUTES"),
+            full_reconcile_hours=_int(env, "FULL_RECONCILE_HOURS"),
+            poll_queue_name=_str(env, "POLL_QUEUE_NAME"),
+            table_prefix=_str(env, "TABLE_PREFIX"),
+            quarantine_after_failures=_int(env, "QUARANTINE_AFTER_FAILURES"),
+            heartbeat_concurrency=_int(env, "HEARTBEAT_CONCURRENCY"),
+            secret_cache_seconds=_int(env, "SECRET_CACHE_SECONDS"),
+            graph_max_retries=_int(env, "GRAPH_MAX_RETRIES"),
+        )

@@ -1,0 +1,68 @@
+"""The tenant document: configuration (what the console provisioned) and status (what the connector observed).
+
+Port only; adapters live in shared_code/adapters/tenant_store.py (Table Storage) and an in-memory fake for unit
+tests. Status is split into named sections (``poll``, ``intune``, ``heartbeat``, ``scope``, ``guard``,
+``quarantine``, ``permissions``) so the poller and the Intune flows update their own section without overwriting
+each other; every update is an ETag-guarded merge retried on conflict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+DEFAULT_PLATFORMS = ("iOS", "iPadOS", "Android")
+
+
+@dataclass(frozen=True)
+class TenantConfig:
+    """What the console provisioned for one customer tenant (validated at the HTTP edge)."""
+
+    tenant_id: str
+    enrollment_groups: tuple[str, ...]
+    platforms: tuple[str, ...] = DEFAULT_PLATFORMS
+    poll_interval_minutes: int = 5
+    heartbeat_interval_minutes: int = 15
+    # Deactivation guard: stage when a plan deactivates more than min(max_count, max_percent% of enrolled).
+    guard_max_deactivations: int = 500
+    guard_max_percent: float = 20.0
+    keep_disabled_users: bool = True
+    role_mappings: tuple[tuple[str, str], ...] = ()  # (Entra group id, console role)
+    partner_enrollment_url: str = ""
+    partner_remediation_url: str = ""
+    config_version: int = 1
+
+
+@dataclass
+class TenantRecord:
+    """A stored tenant: config, lifecycle state and status sections."""
+
+    config: TenantConfig
+    state: str = "active"  # active | deprovisioned
+    status: dict[str, dict[str, Any]] = field(default_factory=dict)
+    created_at: str = ""
+    updated_at: str = ""
+
+
+class TenantRepository(Protocol):
+    """Storage of tenant documents, partitioned by tenant id."""
+
+    async def get(self, tenant_id: str) -> TenantRecord | None:
+        """Return the tenant, or None when it was never provisioned."""
+        ...
+
+    async def put_config(self, config: TenantConfig) -> tuple[TenantRecord, bool]:
+        """Create or replace the config (state → active). Returns (record, created)."""
+        ...
+
+    async def set_state(self, tenant_id: str, state: str) -> None:
+        """Change lifecycle state (``deprovisioned`` keeps history but stops polling)."""
+        ...
+
+    async def update_status(self, tenant_id: str, section: str, patch: dict[str, Any]) -> None:
+        """Merge ``patch`` into status[section] (ETag-guarded, retried on conflict)."""
+        ...
+
+    async def list_active(self) -> list[TenantRecord]:
+        """Every tenant whose state is ``active``."""
+        ...
