@@ -1,22 +1,37 @@
-"""HTTP plumbing shared by every console route: auth, JSON bodies, problem+json errors.
+"""HTTP plumbing shared by every console route: auth, input validation, JSON bodies, problem+json errors.
 
 Each route function stays thin:
 
+    TENANT_BODY = Obj({"enrollmentGroups": Prop(List(Str(max_length=256), max_items=50), required=True)})
+
     @bp.route(route="tenants/{tenantId}/devices", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
     async def list_devices(req: func.HttpRequest) -> func.HttpResponse:
-        return await handle(req, READ, lambda ctx: _list_devices(ctx))
+        return await handle(req, READ, _list_devices)
 
-``handle`` authenticates the bearer token (``shared_code.adapters.console_auth``), runs the action, and maps the
-taxonomy in ``shared_code.errors`` to HTTP in this one place. Responses never carry stack traces or internal URLs.
+    async def _list_devices(ctx: RequestContext) -> func.HttpResponse:
+        tenant_id = ctx.guid("tenantId")                        # 400 invalid-parameter unless a GUID
+        limit = ctx.query_int("limit", default=100, minimum=1, maximum=1000)
+        body = ctx.body(TENANT_BODY)                            # 400 unknown-field / validation-error, 413, 415
+        ...
+
+``handle`` authenticates the bearer token (``shared_code.adapters.console_auth``) *before* anything else (so an
+anonymous caller learns nothing, not even whether an id is well-formed), caps the body size, runs the action, and maps
+the taxonomy in ``shared_code.errors`` to HTTP in this one place. Every 4xx/5xx is ``application/problem+json``
+(RFC 9457) with a stable ``type`` URI (``PROBLEM_BASE`` + one of ``PROBLEM_TYPES``), a human ``detail`` and, for input
+errors, the offending ``field`` (a JSON-pointer-like path such as ``enrollmentGroups/3`` or the parameter name).
+Responses never carry stack traces, and URLs are scrubbed from details (an upstream message may name an internal host).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import azure.functions as func
@@ -26,6 +41,7 @@ from shared_code.errors import (
     AuthenticationError,
     ConflictError,
     ConsentRequiredError,
+    FatalError,
     ForbiddenError,
     NotFoundError,
     PermissionMissingError,
@@ -36,7 +52,29 @@ from shared_code.errors import (
 READ = "Console.Read"
 MANAGE = "Console.Manage"
 MAX_BODY_BYTES = 64 * 1024
+MAX_DETAIL_CHARS = 500
 PROBLEM_BASE = "https://mtd-connector.dev/problems/"
+# The stable problem types (slug → title). openapi.yaml lists the same slugs; a test keeps them in step.
+PROBLEM_TYPES: dict[str, str] = {
+    "unauthenticated": "Unauthenticated",
+    "forbidden": "Forbidden",
+    "invalid-parameter": "Invalid parameter",
+    "invalid-json": "Invalid JSON",
+    "invalid-body": "Invalid body",
+    "unknown-field": "Unknown field",
+    "validation-error": "Validation error",
+    "unsupported-media-type": "Unsupported media type",
+    "body-too-large": "Body too large",
+    "not-found": "Not found",
+    "conflict": "Conflict",
+    "permission-missing": "Permission missing",
+    "consent-required": "Consent required",
+    "upstream-error": "Upstream error",
+    "upstream-unavailable": "Upstream unavailable",
+    "internal-error": "Internal error",
+}
+GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_URL_RE = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
 log = logging.getLogger("connector.http")
 
 
@@ -52,6 +90,238 @@ class ApiError(Exception):
         self.extra = extra
 
 
+def invalid(field_: str, detail: str, type_: str = "validation-error") -> ApiError:
+    """A 400 naming the offending field."""
+    return ApiError(400, type_, detail, field=field_)
+
+
+# ---- scalar validators (usable outside a RequestContext too) ------------------------------------------------------
+def parse_guid(value: Any, field_: str) -> str:
+    """``value`` as a canonical lower-case GUID string.
+
+    Raises:
+        ApiError: 400 ``invalid-parameter`` naming ``field_``.
+    """
+    if not isinstance(value, str) or not GUID_RE.match(value):
+        raise invalid(field_, f"{field_} must be a GUID (8-4-4-4-12 hexadecimal digits)", "invalid-parameter")
+    return value.lower()
+
+
+def parse_int(raw: str, field_: str, *, minimum: int, maximum: int) -> int:
+    """A decimal integer within [minimum, maximum] (no signs other than '-', no spaces, no exponents)."""
+    if not re.fullmatch(r"-?[0-9]{1,18}", raw):
+        raise invalid(field_, f"{field_} must be an integer between {minimum} and {maximum}", "invalid-parameter")
+    value = int(raw)
+    if not minimum <= value <= maximum:
+        raise invalid(field_, f"{field_} must be between {minimum} and {maximum}", "invalid-parameter")
+    return value
+
+
+def parse_bool(raw: str, field_: str) -> bool:
+    """``true`` or ``false`` (any case)."""
+    lowered = raw.lower()
+    if lowered not in ("true", "false"):
+        raise invalid(field_, f"{field_} must be true or false", "invalid-parameter")
+    return lowered == "true"
+
+
+# ---- a small body schema: strict objects, sized strings and lists -------------------------------------------------
+class Spec:
+    """A value specification; ``check`` returns the (normalised) value or raises a 400 naming ``path``."""
+
+    def check(self, value: Any, path: str) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Str(Spec):
+    """A string with a length range, optional pattern and allowed values. Control characters are refused."""
+
+    max_length: int = 256
+    min_length: int = 1
+    pattern: str | None = None
+    enum: tuple[str, ...] | None = None
+    strip: bool = True
+
+    def check(self, value: Any, path: str) -> str:
+        if not isinstance(value, str):
+            raise invalid(path, f"{path} must be a string")
+        text = value.strip() if self.strip else value
+        if self.enum is not None:
+            if text not in self.enum:
+                raise invalid(path, f"{path} must be one of: {', '.join(self.enum)}")
+            return text
+        if len(text) < self.min_length or len(text) > self.max_length:
+            raise invalid(path, f"{path} must be {self.min_length} to {self.max_length} characters")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+            raise invalid(path, f"{path} must not contain control characters")
+        if self.pattern is not None and not re.fullmatch(self.pattern, text):
+            raise invalid(path, f"{path} has an invalid format")
+        return text
+
+
+@dataclass(frozen=True)
+class Guid(Spec):
+    """A GUID string (normalised to lower case)."""
+
+    def check(self, value: Any, path: str) -> str:
+        if not isinstance(value, str) or not GUID_RE.match(value):
+            raise invalid(path, f"{path} must be a GUID")
+        return value.lower()
+
+
+@dataclass(frozen=True)
+class Int(Spec):
+    """An integer (JSON number without fraction; booleans refused) in [minimum, maximum]."""
+
+    minimum: int = 0
+    maximum: int = 2**31 - 1
+
+    def check(self, value: Any, path: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise invalid(path, f"{path} must be an integer")
+        if isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()):
+            raise invalid(path, f"{path} must be an integer")
+        number = int(value)
+        if not self.minimum <= number <= self.maximum:
+            raise invalid(path, f"{path} must be between {self.minimum} and {self.maximum}")
+        return number
+
+
+@dataclass(frozen=True)
+class Num(Spec):
+    """A finite number in [minimum, maximum] (booleans refused)."""
+
+    minimum: float = 0.0
+    maximum: float = 1e9
+
+    def check(self, value: Any, path: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise invalid(path, f"{path} must be a number")
+        if not self.minimum <= value <= self.maximum:
+            raise invalid(path, f"{path} must be between {self.minimum:g} and {self.maximum:g}")
+        return float(value)
+
+
+@dataclass(frozen=True)
+class Bool(Spec):
+    """A JSON boolean."""
+
+    def check(self, value: Any, path: str) -> bool:
+        if not isinstance(value, bool):
+            raise invalid(path, f"{path} must be true or false")
+        return value
+
+
+@dataclass(frozen=True)
+class DateTime(Spec):
+    """An RFC 3339 date-time with a time zone (``Z`` or an offset); returned as the original string."""
+
+    def check(self, value: Any, path: str) -> str:
+        if not isinstance(value, str) or len(value) > 40:
+            raise invalid(path, f"{path} must be an RFC 3339 date-time")
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise invalid(path, f"{path} must be an RFC 3339 date-time") from None
+        if parsed.tzinfo is None or "T" not in value.upper():
+            raise invalid(path, f"{path} must be an RFC 3339 date-time with a time zone")
+        return value
+
+
+@dataclass(frozen=True)
+class List(Spec):
+    """A JSON array of ``item`` with a size range; ``unique`` refuses duplicates (after normalisation)."""
+
+    item: Spec
+    max_items: int = 100
+    min_items: int = 0
+    unique: bool = False
+
+    def check(self, value: Any, path: str) -> list[Any]:
+        if not isinstance(value, list):
+            raise invalid(path, f"{path} must be an array")
+        if len(value) < self.min_items or len(value) > self.max_items:
+            raise invalid(path, f"{path} must have {self.min_items} to {self.max_items} items")
+        out = [self.item.check(v, f"{path}/{i}") for i, v in enumerate(value)]
+        if self.unique:
+            seen: set[str] = set()
+            for i, v in enumerate(out):
+                key = json.dumps(v, sort_keys=True)
+                if key in seen:
+                    raise invalid(f"{path}/{i}", f"{path} must not contain duplicates")
+                seen.add(key)
+        return out
+
+
+@dataclass(frozen=True)
+class Prop:
+    """A property of an :class:`Obj`: its spec, whether it is required, whether ``null`` is allowed."""
+
+    spec: Spec
+    required: bool = False
+    nullable: bool = False
+
+
+@dataclass(frozen=True)
+class Obj(Spec):
+    """A JSON object with exactly the listed properties: unknown ones are refused (400 ``unknown-field``)."""
+
+    props: Mapping[str, Prop] = field(default_factory=dict)
+    max_properties: int | None = None
+    # For maps (e.g. role mappings) rather than records: every key must match ``key`` and every value ``values``.
+    values: Spec | None = None
+    key: Str | None = None
+
+    def check(self, value: Any, path: str) -> dict[str, Any]:
+        where = path or "body"
+        if not isinstance(value, dict):
+            raise invalid(where, f"{where} must be a JSON object", "invalid-body" if not path else "validation-error")
+        if self.max_properties is not None and len(value) > self.max_properties:
+            raise invalid(where, f"{where} must have at most {self.max_properties} properties")
+        out: dict[str, Any] = {}
+        if self.values is not None:
+            key_spec = self.key or Str(max_length=256)
+            for k, v in value.items():
+                sub = _join(path, k)
+                key_spec.check(k, sub)
+                out[k] = self.values.check(v, sub)
+            return out
+        for name in value:
+            if name not in self.props:
+                raise invalid(_join(path, name), f"unknown field {_join(path, name)!r}", "unknown-field")
+        for name, prop in self.props.items():
+            sub = _join(path, name)
+            if name not in value:
+                if prop.required:
+                    raise invalid(sub, f"{sub} is required")
+                continue
+            if value[name] is None:
+                if not prop.nullable:
+                    raise invalid(sub, f"{sub} must not be null")
+                out[name] = None
+                continue
+            out[name] = prop.spec.check(value[name], sub)
+        return out
+
+
+def _join(path: str, name: str) -> str:
+    # JSON Pointer escaping (RFC 6901) for names containing '~' or '/'; long names are cut to keep details small.
+    escaped = name.replace("~", "~0").replace("/", "~1")[:64]
+    return f"{path}/{escaped}" if path else escaped
+
+
+def strict_object(body: Any, schema: Obj | Mapping[str, Prop]) -> dict[str, Any]:
+    """Validate ``body`` against ``schema`` (unknown fields refused) and return the normalised copy.
+
+    Raises:
+        ApiError: 400 ``invalid-body`` / ``unknown-field`` / ``validation-error`` naming the field.
+    """
+    spec = schema if isinstance(schema, Obj) else Obj(props=schema)
+    return spec.check(body, "")
+
+
+# ---- the request context -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RequestContext:
     """What a route action gets: the request, the caller, and the composition root."""
@@ -64,36 +334,92 @@ class RequestContext:
         """A route parameter (always present: the route template guarantees it)."""
         return str(self.req.route_params.get(name, ""))
 
+    def guid(self, name: str) -> str:
+        """A route parameter that must be a GUID (lower-cased). 400 ``invalid-parameter`` otherwise."""
+        return parse_guid(self.route(name), name)
+
+    def query(self, name: str, *, max_length: int = 256) -> str | None:
+        """A raw query parameter (``None`` when absent), length-capped."""
+        raw: str | None = self.req.params.get(name)
+        if raw is None:
+            return None
+        if len(raw) > max_length:
+            raise invalid(name, f"{name} must be at most {max_length} characters", "invalid-parameter")
+        return raw
+
+    def query_int(self, name: str, *, default: int, minimum: int, maximum: int) -> int:
+        """An integer query parameter within [minimum, maximum]; ``default`` when absent."""
+        raw = self.query(name, max_length=20)
+        return default if raw is None else parse_int(raw, name, minimum=minimum, maximum=maximum)
+
+    def query_bool(self, name: str, *, default: bool = False) -> bool:
+        """``true``/``false`` query parameter; ``default`` when absent."""
+        raw = self.query(name, max_length=5)
+        return default if raw is None else parse_bool(raw, name)
+
+    def query_str(self, name: str, *, max_length: int = 256, pattern: str | None = None) -> str | None:
+        """A string query parameter, optionally matching ``pattern`` in full."""
+        raw = self.query(name, max_length=max_length)
+        if raw is not None and pattern is not None and not re.fullmatch(pattern, raw):
+            raise invalid(name, f"{name} has an invalid format", "invalid-parameter")
+        return raw
+
+    def query_guid(self, name: str) -> str | None:
+        """An optional GUID query parameter."""
+        raw = self.query(name, max_length=36)
+        return None if raw is None else parse_guid(raw, name)
+
+    def allow_query(self, *names: str) -> None:
+        """Refuse query parameters other than ``names`` (400 ``invalid-parameter``)."""
+        for name in self.req.params:
+            if name not in names:
+                raise invalid(name[:64], f"unknown query parameter {name[:64]!r}", "invalid-parameter")
+
     def json_body(self) -> dict[str, Any]:
         """The body as a JSON object.
 
         Raises:
-            ApiError: 413 when too large, 400 when not a JSON object.
+            ApiError: 413 when too large, 415 when not declared as JSON, 400 when not a JSON object.
         """
         raw = self.req.get_body() or b""
         if len(raw) > MAX_BODY_BYTES:
             raise ApiError(413, "body-too-large", f"request body exceeds {MAX_BODY_BYTES} bytes", field="body")
+        content_type = (self.req.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if raw and content_type and content_type != "application/json" and not content_type.endswith("+json"):
+            raise ApiError(415, "unsupported-media-type", "request body must be application/json", field="body")
         try:
             body = json.loads(raw or b"null")
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise ApiError(400, "invalid-json", "request body is not valid JSON", field="body") from None
         if not isinstance(body, dict):
             raise ApiError(400, "invalid-body", "request body must be a JSON object", field="body")
         return body
+
+    def body(self, schema: Obj | Mapping[str, Prop]) -> dict[str, Any]:
+        """The JSON body validated with :func:`strict_object`."""
+        return strict_object(self.json_body(), schema)
+
+
+# ---- responses -----------------------------------------------------------------------------------------------------
+def _scrub(detail: str) -> str:
+    """No URLs (internal hosts, SAS tokens, nextLinks) and no unbounded text in a response detail."""
+    text = _URL_RE.sub("<url>", detail)
+    return text if len(text) <= MAX_DETAIL_CHARS else text[: MAX_DETAIL_CHARS - 1] + "…"
 
 
 def problem(status: int, type_: str, detail: str, *, field: str | None = None, **extra: Any) -> func.HttpResponse:
     """An RFC 9457 problem response."""
     body: dict[str, Any] = {
         "type": PROBLEM_BASE + type_,
-        "title": type_.replace("-", " "),
+        "title": PROBLEM_TYPES.get(type_, type_.replace("-", " ").capitalize()),
         "status": status,
-        "detail": detail,
+        "detail": _scrub(detail),
     }
     if field is not None:
         body["field"] = field
-    body.update(extra)
-    headers = {"Cache-Control": "no-store"}
+    for key, value in extra.items():
+        body.setdefault(key, _scrub(value) if isinstance(value, str) else value)
+    headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
     return func.HttpResponse(
@@ -107,7 +433,7 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
         json.dumps(body, default=str),
         status_code=status,
         mimetype="application/json",
-        headers={"Cache-Control": "no-store", **(headers or {})},
+        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", **(headers or {})},
     )
 
 
@@ -115,10 +441,12 @@ Action = Callable[[RequestContext], Awaitable[func.HttpResponse]]
 
 
 async def handle(req: func.HttpRequest, role: str, action: Action) -> func.HttpResponse:
-    """Authenticate, run ``action``, and map errors to problem+json (the only place that does)."""
+    """Authenticate, cap the body, run ``action``, and map errors to problem+json (the only place that does)."""
     services = container()
     try:
         caller = await services.console_auth.authenticate(req.headers.get("Authorization"), role)
+        if len(req.get_body() or b"") > MAX_BODY_BYTES:
+            raise ApiError(413, "body-too-large", f"request body exceeds {MAX_BODY_BYTES} bytes", field="body")
         return await action(RequestContext(req=req, caller=caller, services=services))
     except AuthenticationError as exc:
         return problem(401, "unauthenticated", str(exc))
@@ -138,6 +466,10 @@ async def handle(req: func.HttpRequest, role: str, action: Action) -> func.HttpR
         return problem(424, "consent-required", "the customer tenant has not granted admin consent to the connector")
     except RetriableError:
         return problem(503, "upstream-unavailable", "an upstream service is unavailable; retry later")
+    except FatalError as exc:
+        # An upstream refused for a reason retrying cannot fix; its message may name internals, so only the status.
+        log.warning("upstream error in HTTP route: %s (status %s)", type(exc).__name__, exc.status)
+        return problem(502, "upstream-error", f"an upstream service refused the request (HTTP {exc.status or '?'})")
     except Exception:
         # Unexpected: log with a correlation id, answer without internals.
         incident = str(uuid.uuid4())

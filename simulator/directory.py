@@ -219,9 +219,6 @@ class Tenant:
     def entries(self, stream: str, after: int, upto: int) -> list[JournalEntry]:
         """Journal entries with ``after < seq <= upto`` (journal is append-only and seq-ordered)."""
         j = self.journal[stream]
-        seqs = [e.seq for e in j] if len(j) < 64 else None
-        if seqs is not None:
-            return [e for e in j if after < e.seq <= upto]
         lo = _bisect_seq(j, after)
         hi = _bisect_seq(j, upto)
         return j[lo:hi]
@@ -353,7 +350,12 @@ class World:
                 raise DirectoryError("tenant_id must be a GUID", "tenant_id") from None
             if tenant_id in self.tenants:
                 raise DirectoryError("tenant already exists", "tenant_id")
-        tenant = scenarios.build(scenario, seed, tenant_id)
+        return self.install(scenarios.build(scenario, seed, tenant_id), with_intune_sp=with_intune_sp)
+
+    def install(self, tenant: Tenant, *, with_intune_sp: bool = True) -> Tenant:
+        """Add a generated tenant. A derived (seeded) id that is already taken gets a fresh random id."""
+        if tenant.tenant_id in self.tenants:
+            tenant.tenant_id = str(uuid.uuid4())
         if with_intune_sp:
             self.ensure_intune_sp(tenant)
         self.tenants[tenant.tenant_id] = tenant
@@ -685,10 +687,6 @@ def _op_set_owner(w: World, t: Tenant, a: dict[str, Any]) -> dict[str, Any]:
     # (delta-query-overview.md: navigation properties are not tracked) — nothing is journaled.
     t._set_owner(d, owner_id)
     return {"id": d.id, "owner_id": owner_id}
-
-
-def _op_restore_user(w: World, t: Tenant, a: dict[str, Any]) -> dict[str, Any]:
-    raise DirectoryError("restore_user is not modelled (deleted users are not kept)", "op")
 
 
 def _op_add_mam(w: World, t: Tenant, a: dict[str, Any]) -> dict[str, Any]:

@@ -196,6 +196,20 @@ def _b64u(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+def _thumb_bytes(value: str) -> bytes:
+    """Decode an x5t / x5t#S256 / kid thumbprint: base64url (padded or not, as MSAL sends it) or hex."""
+    v = value.strip()
+    if len(v) in (40, 64):
+        try:
+            return bytes.fromhex(v)
+        except ValueError:
+            pass
+    try:
+        return base64.urlsafe_b64decode(v.replace("+", "-").replace("/", "_") + "=" * (-len(v) % 4))
+    except (ValueError, TypeError):
+        return b""
+
+
 def _int_b64u(n: int) -> str:
     return _b64u(n.to_bytes((n.bit_length() + 7) // 8, "big"))
 
@@ -485,9 +499,10 @@ class Entra:
         if alg not in ("RS256", "PS256"):
             raise err_assertion_signature("")
         cert = None
-        thumb = header.get("x5t#S256") or header.get("x5t") or header.get("kid") or ""
+        thumb = str(header.get("x5t#S256") or header.get("x5t") or header.get("kid") or "")
+        digest = _thumb_bytes(thumb)
         for c in app.certificates:
-            if thumb in (_b64u(c.sha1), _b64u(c.sha256), c.sha1.hex().upper(), c.sha1.hex()):
+            if digest in (c.sha1, c.sha256):
                 cert = c
         if cert is None:
             raise err_assertion_signature(str(thumb))

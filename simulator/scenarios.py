@@ -188,9 +188,10 @@ class _Builder:
         for d in devs[:: max(1, len(devs) // max(1, n // 10))]:
             if d.owner and d.os in ("iOS", "Android", "iPadOS"):
                 ios = d.os != "Android"
-                ident = ({"@odata.type": "#microsoft.graph.iosMobileAppIdentifier", "bundleId": "com.microsoft.Office.Outlook"}
-                         if ios else {"@odata.type": "#microsoft.graph.androidMobileAppIdentifier",
-                                      "packageId": "com.microsoft.office.outlook"})
+                ident = ({"@odata.type": "#microsoft.graph.iosMobileAppIdentifier",
+                          "bundleId": "com.microsoft.Office.Outlook"} if ios else
+                         {"@odata.type": "#microsoft.graph.androidMobileAppIdentifier",
+                          "packageId": "com.microsoft.office.outlook"})
                 data = _mam_defaults({
                     "@odata.type": "#microsoft.graph.iosManagedAppRegistration" if ios
                     else "#microsoft.graph.androidManagedAppRegistration",

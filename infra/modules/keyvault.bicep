@@ -41,8 +41,19 @@ param connectorSecretExpiresAt int = dateTimeToEpoch(dateTimeAdd(utcNow(), 'P180
 @maxValue(90)
 param softDeleteRetentionInDays int = 90
 
-@description('When true, the vault refuses public network traffic and is reached through a private endpoint.')
-param enablePrivateNetworking bool = false
+@description('Public network access: "Disabled" when main.bicep deploys private endpoints (enablePrivateNetworking), else "Enabled".')
+@allowed([
+  'Enabled'
+  'Disabled'
+])
+param publicNetworkAccess string = 'Enabled'
+
+@description('Firewall default action: "Deny" with private endpoints, else "Allow".')
+@allowed([
+  'Allow'
+  'Deny'
+])
+param networkDefaultAction string = 'Allow'
 
 // Built-in role definition ids (https://learn.microsoft.com/azure/role-based-access-control/built-in-roles).
 var roles = {
@@ -53,6 +64,7 @@ var roles = {
 }
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
+  // checkov:skip=CKV_AZURE_189: public mode only - publicNetworkAccess is Disabled when enablePrivateNetworking=true; without VNet integration Flex Consumption reaches the vault over the public endpoint (with an Entra ID token and an RBAC role)
   // checkov:skip=CKV_AZURE_109: public mode only - Flex Consumption without VNet integration has no fixed egress addresses to allow, so the firewall default is Deny only when enablePrivateNetworking=true (access still needs an Entra ID token and an RBAC role)
   name: name
   location: location
@@ -70,25 +82,22 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
     enabledForDeployment: false
     enabledForDiskEncryption: false
     enabledForTemplateDeployment: false
-    publicNetworkAccess: enablePrivateNetworking ? 'Disabled' : 'Enabled'
+    publicNetworkAccess: publicNetworkAccess
     networkAcls: {
       bypass: 'AzureServices'
-      defaultAction: enablePrivateNetworking ? 'Deny' : 'Allow'
+      defaultAction: networkDefaultAction
     }
   }
 }
 
 // Created only when a value is passed; otherwise the operator sets it (docs/deploy.md) and the app reads it by name.
-resource connectorSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(connectorClientSecret)) {
-  parent: vault
-  name: secretName
-  properties: {
+module connectorSecret 'secret.bicep' = if (!empty(connectorClientSecret)) {
+  name: 'connector-secret'
+  params: {
+    vaultName: vault.name
+    name: secretName
     value: connectorClientSecret
-    contentType: 'text/plain'
-    attributes: {
-      enabled: true
-      exp: connectorSecretExpiresAt
-    }
+    expiresAt: connectorSecretExpiresAt
   }
 }
 

@@ -35,8 +35,19 @@ param deploymentContainerName string
 ])
 param skuName string = 'Standard_GRS'
 
-@description('When true, the account refuses public network traffic and is reached through private endpoints.')
-param enablePrivateNetworking bool = false
+@description('Public network access: "Disabled" when main.bicep deploys private endpoints (enablePrivateNetworking), else "Enabled".')
+@allowed([
+  'Enabled'
+  'Disabled'
+])
+param publicNetworkAccess string = 'Enabled'
+
+@description('Firewall default action: "Deny" with private endpoints, else "Allow".')
+@allowed([
+  'Allow'
+  'Deny'
+])
+param networkDefaultAction string = 'Allow'
 
 // Built-in role definition ids (https://learn.microsoft.com/azure/role-based-access-control/built-in-roles).
 var roles = {
@@ -66,10 +77,10 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     allowCrossTenantReplication: false
     minimumTlsVersion: 'TLS1_2'
     supportsHttpsTrafficOnly: true
-    publicNetworkAccess: enablePrivateNetworking ? 'Disabled' : 'Enabled'
+    publicNetworkAccess: publicNetworkAccess
     networkAcls: {
       bypass: 'AzureServices'
-      defaultAction: enablePrivateNetworking ? 'Deny' : 'Allow'
+      defaultAction: networkDefaultAction
     }
     encryption: {
       keySource: 'Microsoft.Storage'
@@ -160,17 +171,18 @@ resource queueDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-0
   }
 }]
 
-// Storage Table Data Contributor on each table (not the account): the tables are created here, so the app never
-// needs the account-level right to create or delete tables.
-resource tableDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (tableName, i) in tableNames: {
-  name: guid(tables[i].id, principalId, roles.storageTableDataContributor)
-  scope: tables[i]
+// Storage Table Data Contributor on the account: the app creates its tables on first use
+// (shared_code/adapters/storage.py, create_table_if_not_exists), and creating a table is authorized at the table
+// service, not on the table. The tables are also created here; the account holds only this connector's data.
+resource tableDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage.id, principalId, roles.storageTableDataContributor)
+  scope: storage
   properties: {
     principalId: principalId
     principalType: 'ServicePrincipal'
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageTableDataContributor)
   }
-}]
+}
 
 output id string = storage.id
 output name string = storage.name

@@ -6,8 +6,9 @@ the secret source says the secret changed (rotation) or a token request is rejec
 
 from __future__ import annotations
 
+import os
 import re
-from typing import Protocol
+from typing import Any, Protocol
 
 from azure.core.exceptions import AzureError, ClientAuthenticationError
 from azure.identity.aio import ClientSecretCredential
@@ -21,6 +22,16 @@ _AADSTS = re.compile(r"AADSTS(\d+)")
 _CONSENT_CODES = frozenset({"65001", "7000229", "700016", "90002", "500011", "50020"})
 # Bad or expired client secret: refresh it from the secret source once, then give up.
 _BAD_SECRET_CODES = frozenset({"7000215", "7000222"})
+
+
+def tls_options() -> dict[str, Any]:
+    """Extra trust for azure-core clients: REQUESTS_CA_BUNDLE / SSL_CERT_FILE (ARCHITECTURE §5).
+
+    Passed explicitly because aiohttp builds its default SSL context at import time and would miss a CA bundle
+    configured later in the process (the local simulator's test CA).
+    """
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE")
+    return {"connection_verify": bundle} if bundle else {}
 
 
 class SecretSource(Protocol):
@@ -72,6 +83,7 @@ class TenantCredentials:
             authority=self._authority,
             # Instance discovery asks login.microsoftonline.com about the authority; the authority is a setting.
             disable_instance_discovery=True,
+            **tls_options(),
         )
         self._credentials[tenant_id] = (secret, credential)
         return credential

@@ -1,0 +1,318 @@
+// Intune MTD partner connector: everything `azd up` provisions (docs/deploy.md walks through it).
+// Plain Bicep resources in ./modules (no registry modules) so checkov and the tests in tests/infra can see every
+// property. Names of app settings mirror shared_code/settings.py (SETTING_NAMES); tests/infra checks the mapping.
+targetScope = 'subscription'
+
+// ---------------------------------------------------------------------------------------------------------------
+// azd environment
+// ---------------------------------------------------------------------------------------------------------------
+@minLength(1)
+@maxLength(64)
+@description('azd environment name; seeds resource names and tags.')
+param environmentName string
+
+@minLength(1)
+@description('Azure region for all resources (must offer Flex Consumption).')
+param location string
+
+@description('Resource group name (default rg-<environmentName>).')
+param resourceGroupName string = ''
+
+@description('Principal id of the deploying user or pipeline (azd sets AZURE_PRINCIPAL_ID). Gets Key Vault Secrets Officer on the connector vault so it can set the credential. Empty = none.')
+param principalId string = ''
+
+@description('Type of principalId.')
+@allowed([
+  'User'
+  'ServicePrincipal'
+  'Group'
+])
+param principalType string = 'User'
+
+// ---------------------------------------------------------------------------------------------------------------
+// Connector identity and API
+// ---------------------------------------------------------------------------------------------------------------
+@minLength(36)
+@maxLength(36)
+@description('Application (client) id of the multi-tenant app registration (CONNECTOR_CLIENT_ID).')
+param connectorClientId string
+
+@description('Name of the Key Vault secret holding the app registration\'s credential (CONNECTOR_SECRET_NAME).')
+param connectorSecretName string = 'connector-client-secret'
+
+@secure()
+@description('Optional: the client secret, stored once in Key Vault. Leave empty and set it out of band (recommended, docs/deploy.md).')
+param connectorClientSecret string = ''
+
+@description('Audience (App ID URI or client id) of tokens the console presents (CONSOLE_API_AUDIENCE). Default: api://<connectorClientId>.')
+param consoleApiAudience string = ''
+
+@description('Tenant that issues the console\'s tokens (CONSOLE_API_TENANT_ID). Default: this subscription\'s tenant.')
+param consoleApiTenantId string = subscription().tenantId
+
+// ---------------------------------------------------------------------------------------------------------------
+// Microsoft cloud endpoints and Intune partner services (defaults = public cloud; see shared_code/settings.py)
+// ---------------------------------------------------------------------------------------------------------------
+@description('Entra ID authority host (AZURE_AUTHORITY_HOST).')
+param authorityHost string = 'https://login.microsoftonline.com'
+
+@description('Microsoft Graph root (GRAPH_BASE_URL).')
+param graphBaseUrl string = 'https://graph.microsoft.com'
+
+@description('Token audience for Intune partner services (INTUNE_RESOURCE).')
+param intuneResource string = 'https://api.manage.microsoft.com/'
+
+@description('Intune partner tenant service providerName (INTUNE_TENANT_SYNC_PROVIDER).')
+param intuneTenantSyncProvider string = 'PartnerTenantDataSyncService'
+
+@description('Intune partner device service providerName (INTUNE_DEVICE_SYNC_PROVIDER).')
+param intuneDeviceSyncProvider string = 'PartnerDeviceDataSyncService'
+
+@description('api-version for the tenant service (INTUNE_TENANT_API_VERSION).')
+param intuneTenantApiVersion string = '1.6'
+
+@description('api-version for the device service (INTUNE_DEVICE_API_VERSION).')
+param intuneDeviceApiVersion string = '1.2'
+
+// ---------------------------------------------------------------------------------------------------------------
+// Schedules and state (NCRONTAB: {second} {minute} {hour} {day} {month} {day-of-week}, UTC)
+// ---------------------------------------------------------------------------------------------------------------
+@description('Timer that enqueues due tenant polls (POLL_SCHEDULE).')
+param pollSchedule string = '0 */5 * * * *'
+
+@description('Timer that sends Intune partner heartbeats (HEARTBEAT_SCHEDULE).')
+param heartbeatSchedule string = '0 */15 * * * *'
+
+@description('Timer that collects Intune upload results (UPLOAD_RESULTS_SCHEDULE).')
+param uploadResultsSchedule string = '30 */2 * * * *'
+
+@minValue(1)
+@description('Hours between full reconciles of a tenant (FULL_RECONCILE_HOURS).')
+param fullReconcileHours int = 24
+
+@description('Work queue of tenant polls (POLL_QUEUE_NAME); the Functions host adds "<name>-poison".')
+param pollQueueName string = 'tenant-polls'
+
+@description('Prefix for the table names (TABLE_PREFIX), letters and digits only (table-name rules), e.g. "prod".')
+param tablePrefix string = ''
+
+@description('Further app settings (name -> string value), e.g. QUARANTINE_AFTER_FAILURES. They override the ones above.')
+param extraAppSettings object = {}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Hosting, storage, network, alerts
+// ---------------------------------------------------------------------------------------------------------------
+@allowed([
+  512
+  2048
+  4096
+])
+@description('Flex Consumption instance memory in MB.')
+param instanceMemoryMB int = 2048
+
+@minValue(1)
+@maxValue(1000)
+@description('Flex Consumption maximum instance count (caps cost and the load on Graph/Intune).')
+param maximumInstanceCount int = 100
+
+@allowed([
+  'Standard_LRS'
+  'Standard_ZRS'
+  'Standard_GRS'
+  'Standard_RAGRS'
+  'Standard_GZRS'
+  'Standard_RAGZRS'
+])
+@description('Storage redundancy.')
+param storageSkuName string = 'Standard_GRS'
+
+@description('Deploy a VNet, integrate the app with it and reach storage and Key Vault only through private endpoints.')
+param enablePrivateNetworking bool = false
+
+@description('Zone-redundant Flex Consumption plan (only where the region offers it).')
+param zoneRedundant bool = false
+
+@description('Optional e-mail address for the alerts.')
+param alertEmail string = ''
+
+// ---------------------------------------------------------------------------------------------------------------
+// Names
+// ---------------------------------------------------------------------------------------------------------------
+var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = {
+  'azd-env-name': environmentName
+  application: 'intune-mtd-connector'
+}
+var functionAppName = 'func-${resourceToken}'
+var deploymentContainerName = 'deployment-package'
+
+// The connector's tables (ARCHITECTURE §4); TABLE_PREFIX is prepended exactly as the app does.
+var tableBaseNames = [
+  'tenants'
+  'cursors'
+  'memberships'
+  'devices'
+  'events'
+  'uploads'
+  'leases'
+]
+var tableNames = [for t in tableBaseNames: '${tablePrefix}${t}']
+// The work queue and the poison queue the Functions host moves a message to after maxDequeueCount failures.
+var queueNames = [
+  pollQueueName
+  '${pollQueueName}-poison'
+]
+
+resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: empty(resourceGroupName) ? 'rg-${environmentName}' : resourceGroupName
+  location: location
+  tags: tags
+}
+
+module identity 'modules/identity.bicep' = {
+  name: 'identity'
+  scope: rg
+  params: {
+    name: 'id-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module monitoring 'modules/monitoring.bicep' = {
+  name: 'monitoring'
+  scope: rg
+  params: {
+    logAnalyticsName: 'log-${resourceToken}'
+    applicationInsightsName: 'appi-${resourceToken}'
+    location: location
+    tags: tags
+    principalId: identity.outputs.principalId
+  }
+}
+
+module storage 'modules/storage.bicep' = {
+  name: 'storage'
+  scope: rg
+  params: {
+    name: 'st${resourceToken}'
+    location: location
+    tags: tags
+    principalId: identity.outputs.principalId
+    tableNames: tableNames
+    queueNames: queueNames
+    deploymentContainerName: deploymentContainerName
+    skuName: storageSkuName
+    publicNetworkAccess: enablePrivateNetworking ? 'Disabled' : 'Enabled'
+    networkDefaultAction: enablePrivateNetworking ? 'Deny' : 'Allow'
+  }
+}
+
+module keyVault 'modules/keyvault.bicep' = {
+  name: 'keyvault'
+  scope: rg
+  params: {
+    name: 'kv-${resourceToken}'
+    location: location
+    tags: tags
+    principalId: identity.outputs.principalId
+    deployerPrincipalId: principalId
+    deployerPrincipalType: principalType
+    secretName: connectorSecretName
+    connectorClientSecret: connectorClientSecret
+    publicNetworkAccess: enablePrivateNetworking ? 'Disabled' : 'Enabled'
+    networkDefaultAction: enablePrivateNetworking ? 'Deny' : 'Allow'
+  }
+}
+
+module network 'modules/network.bicep' = if (enablePrivateNetworking) {
+  name: 'network'
+  scope: rg
+  params: {
+    namePrefix: 'mtd-${resourceToken}'
+    location: location
+    tags: tags
+    storageAccountId: storage.outputs.id
+    keyVaultId: keyVault.outputs.id
+  }
+}
+
+// Every setting shared_code/settings.py reads in Azure (tests/infra/test_settings_coverage.py keeps this in step).
+var appSettings = union({
+  // Identity-based host storage (no connection string, no keys).
+  AzureWebJobsStorage__accountName: storage.outputs.name
+  AzureWebJobsStorage__credential: 'managedidentity'
+  AzureWebJobsStorage__clientId: identity.outputs.clientId
+  AzureWebJobsStorage__blobServiceUri: storage.outputs.blobEndpoint
+  AzureWebJobsStorage__queueServiceUri: storage.outputs.queueEndpoint
+  AzureWebJobsStorage__tableServiceUri: storage.outputs.tableEndpoint
+  // The user-assigned identity azure-identity's ManagedIdentityCredential / DefaultAzureCredential should use.
+  AZURE_CLIENT_ID: identity.outputs.clientId
+  // Telemetry with Entra ID auth (App Insights local auth is disabled).
+  APPLICATIONINSIGHTS_CONNECTION_STRING: monitoring.outputs.applicationInsightsConnectionString
+  APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identity.outputs.clientId};Authorization=AAD'
+  // The connector's app registration; its credential is read from Key Vault, never stored in settings.
+  CONNECTOR_CLIENT_ID: connectorClientId
+  KEY_VAULT_URL: keyVault.outputs.uri
+  CONNECTOR_SECRET_NAME: connectorSecretName
+  AZURE_AUTHORITY_HOST: authorityHost
+  GRAPH_BASE_URL: graphBaseUrl
+  INTUNE_RESOURCE: intuneResource
+  CONSOLE_API_AUDIENCE: empty(consoleApiAudience) ? 'api://${connectorClientId}' : consoleApiAudience
+  CONSOLE_API_TENANT_ID: consoleApiTenantId
+  INTUNE_TENANT_SYNC_PROVIDER: intuneTenantSyncProvider
+  INTUNE_DEVICE_SYNC_PROVIDER: intuneDeviceSyncProvider
+  INTUNE_TENANT_API_VERSION: intuneTenantApiVersion
+  INTUNE_DEVICE_API_VERSION: intuneDeviceApiVersion
+  // Timer schedules are bound as %NAME% in the trigger decorators, so the host needs them as app settings.
+  POLL_SCHEDULE: pollSchedule
+  HEARTBEAT_SCHEDULE: heartbeatSchedule
+  UPLOAD_RESULTS_SCHEDULE: uploadResultsSchedule
+  FULL_RECONCILE_HOURS: string(fullReconcileHours)
+  POLL_QUEUE_NAME: pollQueueName
+  TABLE_PREFIX: tablePrefix
+}, extraAppSettings)
+
+module functionApp 'modules/functionapp.bicep' = {
+  name: 'functionapp'
+  scope: rg
+  params: {
+    name: functionAppName
+    planName: 'plan-${resourceToken}'
+    location: location
+    tags: tags
+    identityId: identity.outputs.id
+    deploymentContainerUrl: storage.outputs.deploymentContainerUrl
+    instanceMemoryMB: instanceMemoryMB
+    maximumInstanceCount: maximumInstanceCount
+    appSettings: appSettings
+    virtualNetworkSubnetId: enablePrivateNetworking ? network.outputs.appSubnetId : ''
+    zoneRedundant: zoneRedundant
+  }
+}
+
+module alerts 'modules/alerts.bicep' = {
+  name: 'alerts'
+  scope: rg
+  params: {
+    namePrefix: 'mtd-${resourceToken}'
+    location: location
+    tags: tags
+    applicationInsightsId: monitoring.outputs.applicationInsightsId
+    poisonQueueName: '${pollQueueName}-poison'
+    alertEmail: alertEmail
+  }
+}
+
+// Outputs become azd environment values. None of them is a secret.
+output AZURE_LOCATION string = location
+output AZURE_TENANT_ID string = subscription().tenantId
+output AZURE_RESOURCE_GROUP string = rg.name
+output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
+output SERVICE_API_NAME string = functionApp.outputs.name
+output SERVICE_API_URI string = 'https://${functionApp.outputs.defaultHostName}'
+output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
+output KEY_VAULT_URL string = keyVault.outputs.uri
+output CONNECTOR_SECRET_NAME string = connectorSecretName
+output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+output AZURE_USER_ASSIGNED_IDENTITY_CLIENT_ID string = identity.outputs.clientId

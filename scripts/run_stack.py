@@ -1,0 +1,466 @@
+"""``make run``: the whole local stack — Azurite, the simulator (Microsoft cloud) and devhost running function_app.
+
+    .venv/bin/python scripts/run_stack.py [--once] [--scenario small|M|L|XL] [--seed N] [--port 7071]
+
+Environment: ONCE=1 and SCENARIO=… are accepted too. Live mode provisions a demo tenant through the connector's HTTP
+API and prints progress (polls, devices enrolled, heartbeats) until Ctrl-C. ``--once`` runs one full cycle (timers
+fired once, queues drained, a threat report and an inventory request if those routes exist) and prints a JSON
+summary as its LAST line, after everything is torn down. Exit codes: 0 ok, 1 a component failed to start, 2 bad
+arguments. Features that are not there yet (404 routes, missing timers) report 0 instead of failing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+log = logging.getLogger("run_stack")
+
+# ---- the connector API's shapes, kept in one place (openapi.yaml is the truth; adjust here when it changes) ----
+PLATFORMS = ["iOS", "iPadOS", "Android"]
+
+
+def provisioning_body(sim_tenant: dict[str, Any]) -> dict[str, Any]:
+    """Body of ``PUT /api/tenants/{tenantId}`` for a simulator tenant summary."""
+    return {"enrollmentGroups": list(sim_tenant["enrollment_groups"]), "platforms": PLATFORMS}
+
+
+THREAT_BODY: dict[str, Any] = {"threatLevel": "high"}
+INVENTORY_BODY: dict[str, Any] = {}
+# Keys under which the tenant status may report the number of enrolled devices (first match wins).
+ENROLLED_KEYS = ("devicesEnrolled", "enrolledDevices", "enrolled", "deviceCount", "devices")
+# Timers fired by --once, in this order; any other timer of the app is fired afterwards.
+ONCE_TIMERS = ("dispatch_polls", "send_heartbeats", "poll_upload_results")
+# Live demo schedules (NCRONTAB, UTC) used when the environment does not set them: fast enough to watch.
+LIVE_SCHEDULES = {
+    "POLL_SCHEDULE": "*/30 * * * * *",
+    "HEARTBEAT_SCHEDULE": "*/30 * * * * *",
+    "UPLOAD_RESULTS_SCHEDULE": "*/10 * * * * *",
+}
+DRAIN_TIMEOUT = {"small": 120.0, "M": 300.0, "L": 1200.0, "XL": 3600.0}
+SIM_START_TIMEOUT = {"small": 60.0, "M": 120.0, "L": 600.0, "XL": 1800.0}
+
+
+class StackError(RuntimeError):
+    """A component of the stack failed to start (exit code 1)."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="scripts/run_stack.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--once", action="store_true", default=os.environ.get("ONCE", "") not in ("", "0"),
+                   help="one full cycle, then exit with a JSON summary as the last line (env ONCE=1)")
+    p.add_argument("--scenario", default=os.environ.get("SCENARIO") or "small",
+                   help="simulator scenario of the demo tenant: small, M, L, XL (env SCENARIO)")
+    p.add_argument("--seed", type=int, default=int(os.environ.get("SEED", "1")))
+    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "7071")),
+                   help="devhost HTTP port (0 = any free port; default 7071)")
+    p.add_argument("--app", default="function_app:app")
+    p.add_argument("--interval", type=float, default=5.0, help="live mode: seconds between progress lines")
+    p.add_argument("--keep", action="store_true", help="keep the temp folder (logs, Azurite data) on exit")
+    p.add_argument("--verbose", action="store_true", help="log every function invocation")
+    args = p.parse_args(argv)
+    if args.scenario not in DRAIN_TIMEOUT:
+        p.error(f"--scenario must be one of {sorted(DRAIN_TIMEOUT)}, got {args.scenario!r}")
+    if not 0 <= args.port <= 65535:
+        p.error(f"--port must be 0..65535, got {args.port}")
+    return args
+
+
+def build_env(info: dict[str, Any], storage: str) -> dict[str, str]:
+    """App settings for the connector from the simulator's info file and Azurite (ARCHITECTURE §5 names)."""
+    env = {
+        "AzureWebJobsStorage": storage,
+        "CONNECTOR_CLIENT_ID": info["connector"]["client_id"],
+        "CONNECTOR_CLIENT_SECRET": info["connector"]["client_secret"],
+        "KEY_VAULT_URL": info["key_vault_url"],
+        "CONNECTOR_SECRET_NAME": info["connector"]["secret_name"],
+        "AZURE_AUTHORITY_HOST": info["authority"],
+        "GRAPH_BASE_URL": info["graph_base_url"],
+        "INTUNE_RESOURCE": info["intune_resource"],
+        "CONSOLE_API_AUDIENCE": info["console"]["audience"],
+        "CONSOLE_API_TENANT_ID": info["console"]["tenant_id"],
+        "REQUESTS_CA_BUNDLE": info["ca_path"],
+        "SSL_CERT_FILE": info["ca_path"],
+    }
+    for name, schedule in LIVE_SCHEDULES.items():
+        env[name] = os.environ.get(name) or schedule
+    return env
+
+
+def _find_int(obj: Any, keys: tuple[str, ...]) -> int | None:
+    """First integer under one of ``keys`` (searching nested dicts breadth-first); lists count as their length."""
+    queue = [obj]
+    while queue:
+        cur = queue.pop(0)
+        if not isinstance(cur, dict):
+            continue
+        for k in keys:
+            v = cur.get(k)
+            if isinstance(v, bool):
+                continue
+            if isinstance(v, int):
+                return v
+            if isinstance(v, list) and k == "devices":
+                return len(v)
+        queue.extend(v for v in cur.values() if isinstance(v, dict))
+    return None
+
+
+def _items(payload: Any) -> list[dict[str, Any]]:
+    """List items of a collection response (a bare list, or under value/items/devices)."""
+    if isinstance(payload, list):
+        return [x for x in payload if isinstance(x, dict)]
+    if isinstance(payload, dict):
+        for k in ("value", "items", "devices"):
+            if isinstance(payload.get(k), list):
+                return [x for x in payload[k] if isinstance(x, dict)]
+    return []
+
+
+def _next_link(payload: Any) -> str | None:
+    if isinstance(payload, dict):
+        for k in ("nextLink", "@odata.nextLink", "next"):
+            if isinstance(payload.get(k), str) and payload[k]:
+                return str(payload[k])
+    return None
+
+
+class Stack:
+    """Owns the three components and tears them down in reverse order."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.workdir = Path(tempfile.mkdtemp(prefix="mtd-run-"))
+        self.azurite: Any = None
+        self.sim_proc: Any = None
+        self.info: dict[str, Any] = {}
+        self.host: Any = None
+        self.sim: httpx.AsyncClient | None = None
+        self.api: httpx.AsyncClient | None = None
+        self.tenants: list[dict[str, Any]] = []
+        self.token = ""
+        self.timings: dict[str, float] = {}
+
+    # ---------------------------------------------------------------- start
+    async def start(self) -> None:
+        from devhost import AzuriteError, DevHost, DevHostError, load_app, start_azurite
+        from simulator import launch
+
+        scenario = self.args.scenario
+        t0 = time.monotonic()
+        try:
+            self.azurite = await asyncio.to_thread(start_azurite, self.workdir / "azurite")
+        except AzuriteError as exc:
+            raise StackError(f"Azurite failed to start: {exc}") from exc
+        self.timings["azurite_start_s"] = round(self.azurite.startup_seconds, 2)
+        progress(f"Azurite ready in {self.azurite.startup_seconds:.2f}s (queue port {self.azurite.queue_port})")
+
+        t1 = time.monotonic()
+        try:
+            self.info, self.sim_proc = await asyncio.to_thread(
+                launch.start, self.workdir / "simulator", scenario=scenario, tenants=1, seed=self.args.seed,
+                timeout=SIM_START_TIMEOUT[scenario],
+            )
+        except Exception as exc:
+            raise StackError(f"simulator failed to start: {exc}") from exc
+        self.timings["simulator_start_s"] = round(time.monotonic() - t1, 2)
+        self.sim = httpx.AsyncClient(base_url=self.info["base_url"], verify=self.info["ca_path"], timeout=120)
+        self.tenants = list(self.info.get("tenants") or [])
+        if not self.tenants:
+            r = await self.sim.post("/_sim/tenants", json={"scenario": scenario, "seed": self.args.seed})
+            if r.status_code != 200:
+                raise StackError(f"simulator refused to create a {scenario} tenant: {r.status_code} {r.text}")
+            self.tenants = [r.json()]
+        progress(f"simulator ready at {self.info['base_url']} in {self.timings['simulator_start_s']}s; "
+                 f"demo tenant {self.tenants[0]['tenant_id']} ({scenario}, groups {self.tenants[0]['enrollment_groups']})")
+
+        env = build_env(self.info, self.azurite.connection_string)
+        # The app reads settings from the environment, possibly at import time: export before importing it.
+        os.environ.update(env)
+        try:
+            app = load_app(self.args.app)
+            self.host = DevHost(
+                app, env, port=self.args.port, host_json=ROOT / "host.json", enable_timers=not self.args.once,
+                max_polling_interval=2.0,
+            )
+            await self.host.start()
+        except DevHostError as exc:
+            raise StackError(f"devhost failed to start {self.args.app}: {exc}") from exc
+        self.api = httpx.AsyncClient(base_url=self.host.base_url, timeout=300)
+        progress(f"devhost serving {len(self.host.functions)} functions on {self.host.base_url}")
+        for line in self.host.describe():
+            progress(f"  {line}")
+
+        r = await self.sim.post("/_sim/tokens/console", json={"roles": ["Console.Manage", "Console.Read"]})
+        if r.status_code != 200:
+            raise StackError(f"simulator did not mint a console token: {r.status_code} {r.text}")
+        self.token = r.json()["access_token"]
+        self.timings["stack_start_s"] = round(time.monotonic() - t0, 2)
+
+    async def stop(self) -> None:
+        from simulator import launch
+
+        if self.host is not None:
+            with contextlib.suppress(Exception):
+                await self.host.stop()
+        for client in (self.api, self.sim):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+        if self.sim_proc is not None:
+            with contextlib.suppress(Exception):
+                launch.stop(self.sim_proc)
+        if self.azurite is not None:
+            self.azurite.stop()
+        if self.args.keep:
+            print(f"kept {self.workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # ---------------------------------------------------------------- API helpers
+    async def call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        assert self.api is not None
+        headers = {"Authorization": f"Bearer {self.token}", **kw.pop("headers", {})}
+        return await self.api.request(method, path, headers=headers, **kw)
+
+    async def provision(self) -> int:
+        ok = 0
+        for t in self.tenants:
+            r = await self.call("PUT", f"/api/tenants/{t['tenant_id']}", json=provisioning_body(t))
+            if r.status_code < 300:
+                ok += 1
+                progress(f"provisioned tenant {t['tenant_id']}: HTTP {r.status_code}")
+            else:
+                progress(f"provisioning tenant {t['tenant_id']} answered HTTP {r.status_code} "
+                         f"{'(route not there yet)' if r.status_code == 404 else r.text[:200]}")
+        return ok
+
+    async def tenant_status(self, tid: str) -> dict[str, Any] | None:
+        r = await self.call("GET", f"/api/tenants/{tid}")
+        if r.status_code != 200:
+            return None
+        with contextlib.suppress(ValueError):
+            data = r.json()
+            return data if isinstance(data, dict) else None
+        return None
+
+    async def devices(self, tid: str, limit_pages: int = 1000) -> list[dict[str, Any]] | None:
+        """Enrolled devices from ``GET /api/tenants/{id}/devices`` (all pages); None if the route is absent."""
+        url: str | None = f"/api/tenants/{tid}/devices"
+        out: list[dict[str, Any]] = []
+        for _ in range(limit_pages):
+            if url is None:
+                break
+            r = await self.call("GET", url)
+            if r.status_code != 200:
+                return None if not out else out
+            try:
+                payload = r.json()
+            except ValueError:
+                return None
+            out.extend(_items(payload))
+            url = _next_link(payload)
+        return out
+
+    async def devices_enrolled(self, tid: str) -> int:
+        status = await self.tenant_status(tid)
+        n = _find_int(status, ENROLLED_KEYS) if status else None
+        if n is not None:
+            return n
+        devs = await self.devices(tid)
+        if not devs:
+            return 0
+        states = [str(d.get("state", "enrolled")).lower() for d in devs]
+        return sum(1 for s in states if s in ("enrolled", "active"))
+
+    async def devices_expected(self, t: dict[str, Any]) -> int:
+        assert self.sim is not None
+        params = [("groups", g) for g in t["enrollment_groups"]] + [("platforms", ",".join(PLATFORMS))]
+        r = await self.sim.get(f"/_sim/tenants/{t['tenant_id']}/truth", params=params)
+        return len(r.json().get("devices", [])) if r.status_code == 200 else 0
+
+    async def intune_snapshot(self, tid: str) -> dict[str, Any]:
+        assert self.sim is not None
+        r = await self.sim.get(f"/_sim/intune/{tid}")
+        return r.json() if r.status_code == 200 else {}
+
+    async def fire(self, name: str) -> bool:
+        """Run one timer now and drain the queues it fed; False if it failed."""
+        from devhost import InvocationError
+
+        ok = True
+        try:
+            await self.host.run_timer(name)
+        except InvocationError as exc:
+            ok = False
+            progress(f"timer {name} failed: {exc.__cause__!r}")
+        await self.drain()
+        return ok
+
+    async def drain(self) -> None:
+        try:
+            await self.host.drain_queues(timeout=DRAIN_TIMEOUT[self.args.scenario])
+        except TimeoutError as exc:
+            progress(f"queues not drained: {exc}")
+            self.timings["drain_timeouts"] = self.timings.get("drain_timeouts", 0) + 1
+
+    # ---------------------------------------------------------------- modes
+    async def once(self) -> dict[str, Any]:
+        t0 = time.monotonic()
+        provisioned = await self.provision()
+        await self.drain()
+        timers = list(self.host.timer_names)
+        order = [n for n in ONCE_TIMERS if n in timers] + sorted(n for n in timers if n not in ONCE_TIMERS)
+        fired: dict[str, bool] = {}
+        for name in order:
+            if name == "poll_upload_results":
+                continue  # after the threat/inventory requests below
+            fired[name] = await self.fire(name)
+
+        threat_ok = inventories = 0
+        t = self.tenants[0]
+        tid = t["tenant_id"]
+        device_id = await self._a_device(t)
+        if device_id:
+            r = await self.call("PUT", f"/api/tenants/{tid}/devices/{device_id}/threat", json=THREAT_BODY)
+            threat_ok += r.status_code < 300
+            progress(f"threat report for device {device_id}: HTTP {r.status_code}")
+            r = await self.call("POST", f"/api/tenants/{tid}/devices/{device_id}/inventory", json=INVENTORY_BODY)
+            inventory_requested = r.status_code < 300
+            progress(f"inventory request for device {device_id}: HTTP {r.status_code}")
+            await self.drain()
+            await self._settle_intune(tid)
+        else:
+            inventory_requested = False
+            progress("no device to report a threat for (nothing enrolled yet)")
+        if "poll_upload_results" in timers:
+            fired["poll_upload_results"] = await self.fire("poll_upload_results")
+        if device_id and inventory_requested:
+            r = await self.call("GET", f"/api/tenants/{tid}/devices/{device_id}/inventory")
+            inventories += r.status_code == 200
+            progress(f"inventory fetch for device {device_id}: HTTP {r.status_code}")
+
+        snapshot = await self.intune_snapshot(tid)
+        counters = self.host.counters()
+        return {
+            "tenants": provisioned,
+            "devices_enrolled": sum([await self.devices_enrolled(x["tenant_id"]) for x in self.tenants]),
+            "devices_expected": sum([await self.devices_expected(x) for x in self.tenants]),
+            "heartbeats_sent": int(snapshot.get("heartbeat_count") or 0),
+            "threat_reports_accepted": threat_ok,
+            "inventories_fetched": inventories,
+            "scenario": self.args.scenario,
+            "intune_status": snapshot.get("status"),
+            "timers_fired": fired,
+            "invocations": sum(c["invocations"] for c in counters.values()),
+            "function_failures": {n: c["failures"] for n, c in counters.items() if c["failures"]},
+            "poisoned": {n: c["poisoned"] for n, c in counters.items() if c["poisoned"]},
+            "cycle_s": round(time.monotonic() - t0, 2),
+            **self.timings,
+        }
+
+    async def _a_device(self, t: dict[str, Any]) -> str | None:
+        devs = await self.devices(t["tenant_id"])
+        for d in devs or []:
+            for k in ("deviceId", "id", "azureADDeviceId"):
+                if isinstance(d.get(k), str):
+                    return str(d[k])
+        return None
+
+    async def _settle_intune(self, tid: str) -> None:
+        """Let the simulated Intune finish processing uploads (simulated clock) before results are polled."""
+        assert self.sim is not None
+        seconds = int((await self.intune_snapshot(tid)).get("config", {}).get("processing_seconds") or 0)
+        if seconds:
+            await self.sim.post("/_sim/clock/advance", json={"seconds": seconds + 1})
+
+    async def live(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await self.provision()
+        if "dispatch_polls" in self.host.timer_names:
+            asyncio.create_task(self.fire("dispatch_polls"))  # a first poll now rather than at the next tick
+        progress("live: timers on their schedules "
+                 + ", ".join(f"{k}={v}" for k, v in LIVE_SCHEDULES.items() if k in os.environ)
+                 + " — Ctrl-C to stop")
+        t0 = time.monotonic()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.args.interval)
+            if stop.is_set():
+                break
+            c = self.host.counters()
+            parts = [f"t+{time.monotonic() - t0:.0f}s"]
+            for name in ONCE_TIMERS + ("poll_tenant",):
+                if name in c:
+                    parts.append(f"{name}={c[name]['successes']}" + (f"/{c[name]['failures']}✗"
+                                                                     if c[name]["failures"] else ""))
+            for t in self.tenants:
+                snap = await self.intune_snapshot(t["tenant_id"])
+                parts.append(f"devices={await self.devices_enrolled(t['tenant_id'])}/"
+                             f"{await self.devices_expected(t)}")
+                parts.append(f"heartbeats={snap.get('heartbeat_count', 0)} intune={snap.get('status', '?')}")
+            with contextlib.suppress(Exception):
+                queued = await self.host.queue_counts()
+                parts.append("queues=" + ",".join(f"{k}:{v}" for k, v in queued.items() if v) if any(
+                    queued.values()) else "queues=empty")
+            progress(" ".join(parts))
+
+
+def progress(line: str) -> None:
+    print(line, flush=True)
+
+
+async def amain(args: argparse.Namespace) -> int:
+    stack = Stack(args)
+    summary: dict[str, Any] | None = None
+    try:
+        await stack.start()
+        if args.once:
+            summary = await stack.once()
+        else:
+            await stack.live()
+    except StackError as exc:
+        print(f"run_stack: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        await stack.stop()
+    if summary is not None:
+        # Last line of the run, after teardown, so nothing can print after it.
+        print(json.dumps(summary, sort_keys=False), flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("azure", "msal", "urllib3", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return asyncio.run(amain(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

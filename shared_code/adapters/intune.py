@@ -1,0 +1,265 @@
+"""Intune partner data-sync services client (MTD partner side), over httpx with the shared retry layer.
+
+Wire format from the best public evidence (reference/intune.md §2, Fleet's compliance-partner integration):
+OData-style keys ``Entity(guid'…')``, ``?api-version=`` per service, JSON bodies, ``Content`` of an upload is a JSON
+*string* of an entity array. Service URLs come from discovery (shared_code/intune/discovery.py); api-versions and
+provider names are settings because they are not public.
+
+Tokens: client credentials for ``{INTUNE_RESOURCE}/.default`` from the connector's app credential. With the default
+resource ``https://api.manage.microsoft.com/`` that is Fleet's double-slash scope
+``https://api.manage.microsoft.com//.default``; azure-identity caches the token per credential and scope until
+shortly before expiry.
+
+Status → taxonomy mapping happens once, in :func:`raise_for_intune`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import orjson
+
+from shared_code.adapters.credentials import TenantCredentials
+from shared_code.adapters.http_retry import RetryTransport, UsageMeter
+from shared_code.errors import (
+    ConflictError,
+    FatalError,
+    NotFoundError,
+    PermissionMissingError,
+    RetriableError,
+)
+from shared_code.permissions import ApiCall, call
+
+# Intune's answer when the MTD connector is Not Set Up / Unavailable and blocks threat and App Sync messages
+# (mobile-threat-defense.md "since 2308/2309"; the error code is the simulator's — the real one is not public).
+CONNECTOR_BLOCKED_CODES = frozenset({"PartnerConnectorNotEnabled"})
+NOT_PROVISIONED_CODES = frozenset({"PartnerTenantNotProvisioned"})
+
+
+class IntuneUnauthorizedError(FatalError):
+    """Intune rejected the token (401): stale discovery or token; after a re-discovery, missing consent."""
+
+
+class IntuneNotFoundError(NotFoundError):
+    """Intune answered 404: the service URL moved (re-discover) or the message id is unknown."""
+
+
+class IntuneUnreachableError(RetriableError):
+    """DNS or connection failure to the discovered host after the retry layer gave up (re-discover)."""
+
+
+class IntuneConnectorStateError(ConflictError):
+    """Intune reports the MTD connector as Not Set Up / Unavailable (threat and App Sync messages are blocked).
+
+    Attributes:
+        state: the connector state Intune named (``notSetUp`` / ``unavailable``) or ``unknown``.
+        detail: Intune's ErrorDetail.
+    """
+
+    def __init__(self, message: str, *, state: str, detail: str) -> None:
+        super().__init__(message, status=409, code="connector_not_enabled")
+        self.state = state
+        self.detail = detail
+
+
+class IntuneNotProvisionedError(ConflictError):
+    """Intune says the partner tenant is not provisioned (heartbeat before PartnerTenants)."""
+
+
+def _error_parts(response: httpx.Response) -> tuple[str, str]:
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return "", ""
+    if not isinstance(body, dict):
+        return "", ""
+    odata = body.get("odata.error") or body.get("error") or {}
+    code = str(odata.get("code", "")) if isinstance(odata, dict) else ""
+    message = body.get("ErrorDetail")
+    if not message and isinstance(odata, dict):
+        raw = odata.get("message")
+        message = raw.get("value") if isinstance(raw, dict) else raw
+    return code, str(message or "")[:500]
+
+
+def _connector_state(detail: str) -> str:
+    lowered = detail.lower()
+    if "not set up" in lowered or "notsetup" in lowered:
+        return "notSetUp"
+    if "unavailable" in lowered:
+        return "unavailable"
+    return "unknown"
+
+
+def raise_for_intune(response: httpx.Response, *, api_call: ApiCall) -> None:
+    """Map a non-2xx Intune response to the error taxonomy (the only place that does).
+
+    Raises:
+        IntuneUnauthorizedError: 401.
+        IntuneConnectorStateError: 403 with a connector-blocked code (Not Set Up / Unavailable).
+        PermissionMissingError: any other 403 (``update_device_health`` not granted).
+        IntuneNotFoundError: 404.
+        IntuneNotProvisionedError: 400 PartnerTenantNotProvisioned.
+        ConflictError: 409.
+        RetriableError: 429/5xx left after the retry layer gave up.
+        FatalError: any other 4xx.
+    """
+    status = response.status_code
+    if status < 400:
+        return
+    code, detail = _error_parts(response)
+    if status == 401:
+        raise IntuneUnauthorizedError(f"Intune rejected the token ({code or 401})", status=401, code=code)
+    if status == 403 and code in CONNECTOR_BLOCKED_CODES:
+        state = _connector_state(detail)
+        raise IntuneConnectorStateError(f"Intune MTD connector is {state}", state=state, detail=detail)
+    if status == 403:
+        raise PermissionMissingError(f"Intune denied {api_call.name}: {code}", permission=api_call.permission)
+    if status == 404:
+        raise IntuneNotFoundError(f"Intune resource not found ({code})", status=404, code=code)
+    if status == 400 and code in NOT_PROVISIONED_CODES:
+        raise IntuneNotProvisionedError(detail or "partner tenant not provisioned", status=400, code=code)
+    if status == 409:
+        raise ConflictError(f"Intune conflict: {detail}", status=409, code=code)
+    if status == 429 or status >= 500:
+        raise RetriableError(f"Intune unavailable after retries ({status} {code})", status=status)
+    raise FatalError(f"Intune rejected {api_call.name} ({status} {code}): {detail}", status=status, code=code)
+
+
+def iso_now() -> str:
+    """UTC now, ISO-8601 with milliseconds and ``Z``."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class IntuneClient:
+    """Calls to the partner services of any customer tenant (one per process; URLs are passed per call)."""
+
+    def __init__(
+        self,
+        *,
+        credentials: TenantCredentials,
+        resource: str,
+        tenant_api_version: str,
+        device_api_version: str,
+        max_retries: int,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout_seconds: float = 30.0,
+    ) -> None:
+        self._credentials = credentials
+        # f"{resource}/.default": the double slash for the default resource is deliberate (Fleet, intune.md §2).
+        self.scope = f"{resource}/.default"
+        self._tenant_version = tenant_api_version
+        self._device_version = device_api_version
+        self.meter = UsageMeter()
+        retry = RetryTransport(
+            transport or httpx.AsyncHTTPTransport(retries=0),
+            max_retries=max_retries,
+            meter_for=lambda request: request.extensions.get("meter") or self.meter,
+        )
+        self._http = httpx.AsyncClient(
+            transport=retry, timeout=httpx.Timeout(timeout_seconds, connect=10.0), trust_env=True
+        )
+
+    async def ensure_token(self, tenant_id: str) -> None:
+        """Get (and cache) an Intune token now, so consent problems surface early.
+
+        Raises:
+            ConsentRequiredError, RetriableError: see TenantCredentials.get_token.
+        """
+        await self._credentials.get_token(tenant_id, self.scope)
+
+    async def _send(
+        self,
+        tenant_id: str,
+        method: str,
+        url: str,
+        api_call: ApiCall,
+        body: dict[str, Any] | None = None,
+        meter: UsageMeter | None = None,
+    ) -> dict[str, Any]:
+        token = await self._credentials.get_token(tenant_id, self.scope)
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/json",
+            "client-request-id": str(uuid.uuid4()),
+        }
+        content = None
+        if body is not None:
+            content = orjson.dumps(body)
+            headers["Content-Type"] = "application/json"
+            # Fleet sends Prefer: return-content so PUTs answer with the entity (intune.md §2).
+            headers["Prefer"] = "return-content"
+        request = self._http.build_request(
+            method, url, headers=headers, content=content, extensions={"meter": meter} if meter else {}
+        )
+        try:
+            response = await self._http.send(request)
+        except httpx.HTTPError as exc:
+            raise IntuneUnreachableError(f"Intune unreachable: {type(exc).__name__}") from None
+        raise_for_intune(response, api_call=api_call)
+        if not response.content:
+            return {}
+        try:
+            parsed = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            raise FatalError(f"Intune answered {api_call.name} with non-JSON content") from None
+        return parsed if isinstance(parsed, dict) else {"value": parsed}
+
+    async def put_partner_tenant(
+        self,
+        tenant_url: str,
+        tenant_id: str,
+        *,
+        provisioned: int,
+        enrollment_url: str,
+        remediation_url: str,
+    ) -> dict[str, Any]:
+        """``PUT PartnerTenants(guid'{tenant}')`` with Provisioned 1 (provision) or 2 (deprovision)."""
+        url = f"{tenant_url.rstrip('/')}/PartnerTenants(guid'{tenant_id}')?api-version={self._tenant_version}"
+        body = {
+            "Provisioned": provisioned,
+            "PartnerEnrollmentUrl": enrollment_url,
+            "PartnerRemediationUrl": remediation_url,
+        }
+        return await self._send(tenant_id, "PUT", url, call("intune.partner_tenants"), body)
+
+    async def heartbeat(self, tenant_url: str, tenant_id: str, *, timestamp: str | None = None) -> dict[str, Any]:
+        """``PUT PartnerTenantHeartbeat(guid'{tenant}')`` with the current timestamp."""
+        url = f"{tenant_url.rstrip('/')}/PartnerTenantHeartbeat(guid'{tenant_id}')?api-version={self._tenant_version}"
+        body = {"Timestamp": timestamp or iso_now()}
+        return await self._send(tenant_id, "PUT", url, call("intune.partner_tenant_heartbeat"), body)
+
+    async def upload(
+        self,
+        device_url: str,
+        tenant_id: str,
+        message_id: str,
+        entities: list[dict[str, Any]],
+        *,
+        api_call: ApiCall,
+        upload_time: str | None = None,
+    ) -> dict[str, Any]:
+        """``PUT DataUploadMessages(guid'{message}')``; ``Content`` is the entity array as a JSON string.
+
+        Re-sending the same message id with the same body is idempotent at Intune (intune.md §7 note 4).
+        """
+        url = f"{device_url.rstrip('/')}/DataUploadMessages(guid'{message_id}')?api-version={self._device_version}"
+        body = {
+            "TenantId": tenant_id,
+            "UploadTime": upload_time or iso_now(),
+            "Content": orjson.dumps(entities).decode(),
+        }
+        return await self._send(tenant_id, "PUT", url, api_call, body)
+
+    async def upload_result(self, device_url: str, tenant_id: str, message_id: str) -> dict[str, Any]:
+        """``GET DataUploadMessages(guid'{message}')``: ``Status`` Pending/Succeeded/Failed, ``ErrorDetail``,
+        ``Results`` (App Sync inventories)."""
+        url = f"{device_url.rstrip('/')}/DataUploadMessages(guid'{message_id}')?api-version={self._device_version}"
+        return await self._send(tenant_id, "GET", url, call("intune.upload_result"))
+
+    async def aclose(self) -> None:
+        """Close the HTTP pool."""
+        await self._http.aclose()

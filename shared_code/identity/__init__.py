@@ -1,0 +1,1 @@
+"""Console identity features: Intune MAM registration checks and SSO role mapping."""

@@ -1,0 +1,1 @@
+"""Intune MTD partner flows: discovery, provisioning, heartbeat, threat levels, App Sync inventory, uploads."""

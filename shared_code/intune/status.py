@@ -1,0 +1,70 @@
+"""Status sections the Intune, MAM and SSO flows write into the tenant document (shared_code/tenants.py).
+
+* ``intune``: discovery + provisioning (``state``: provisioned | consent_required | permission_missing |
+  discovery_failed | provisioning_failed | deprovisioned; ``problem``; discovered URLs; ``connectorState`` as Intune
+  last reported it).
+* ``heartbeat``: last attempt/success, consecutive failures, backoff, ``state`` (ok | failing | consent_required).
+* ``permissions``: one key per feature → ``"permission_missing: <permission>"`` or None when the feature works.
+* ``intune_activity``: counters (heartbeatsSent, threatReportsAccepted, inventoriesFetched, …).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from shared_code.tenants import TenantRepository
+
+INTUNE = "intune"
+HEARTBEAT = "heartbeat"
+PERMISSIONS = "permissions"
+ACTIVITY = "intune_activity"
+
+
+def iso(ts: float | None = None) -> str:
+    """Epoch seconds (default now) as ISO-8601 UTC with ``Z``."""
+    moment = datetime.fromtimestamp(time.time() if ts is None else ts, UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def parse_iso(value: Any) -> float | None:
+    """ISO-8601 → epoch seconds; None when absent or unreadable."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def permission_problem(permission: str) -> str:
+    """The one spelling of a missing-permission status."""
+    return f"permission_missing: {permission}"
+
+
+async def set_feature_permission(
+    tenants: TenantRepository, tenant_id: str, feature: str, permission: str | None
+) -> None:
+    """Record (or clear, with None) a feature's missing permission."""
+    await tenants.update_status(
+        tenant_id, PERMISSIONS, {feature: permission_problem(permission) if permission else None}
+    )
+
+
+class ActivityCounters:
+    """Increments ``intune_activity`` counters (read-modify-write through the repository's ETag merge)."""
+
+    def __init__(self, tenants: TenantRepository) -> None:
+        self._tenants = tenants
+        self.process_totals: dict[str, int] = {}
+
+    async def bump(self, tenant_id: str, name: str, by: int = 1) -> None:
+        """Add ``by`` to a counter of a tenant (and to this process's totals)."""
+        self.process_totals[name] = self.process_totals.get(name, 0) + by
+        record = await self._tenants.get(tenant_id)
+        current = int((record.status.get(ACTIVITY, {}) if record else {}).get(name, 0) or 0)
+        await self._tenants.update_status(tenant_id, ACTIVITY, {name: current + by})

@@ -1,0 +1,141 @@
+"""Device threat levels: validate, send as a DataUploadMessage, keep the latest result per device.
+
+Levels are those of Intune's "Device threat level" compliance setting: secured, low, medium, high
+(mtd-device-compliance-policy-create.md; reference/intune.md §5). ``detectedAt`` becomes the entity's
+``LastUpdateTime``, which orders messages at Intune (Fleet: "global timestamp indicating the order of messages"), so
+an older detection sent late cannot overwrite a newer one. A client ``idempotencyKey`` maps to one message id: a
+replay answers the same upload (and resends it if the first send never reached Intune).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared_code.errors import ConflictError, ValidationError
+from shared_code.intune.messages import ENTITY_THREAT_LEVEL, MessageService, new_message
+from shared_code.intune.status import parse_iso
+from shared_code.intune.uploads import NOT_SENT, UploadMessage, digest
+from shared_code.permissions import call
+
+LEVELS = ("secured", "low", "medium", "high")
+MAX_THREATS = 100
+MAX_THREAT_CHARS = 2000
+MAX_KEY_CHARS = 128
+_FIELDS = frozenset({"level", "detectedAt", "threats", "idempotencyKey"})
+
+
+def validate_threat_body(body: dict[str, Any]) -> dict[str, Any]:
+    """Check a threat report body; return it normalized.
+
+    Raises:
+        ValidationError: naming the offending field.
+    """
+    for name in body:
+        if name not in _FIELDS:
+            raise ValidationError(f"unknown field '{name}'", field=name)
+    level = body.get("level")
+    if not isinstance(level, str) or level.lower() not in LEVELS:
+        raise ValidationError(f"level must be one of {', '.join(LEVELS)}", field="level")
+    detected = body.get("detectedAt")
+    if not isinstance(detected, str) or parse_iso(detected) is None:
+        raise ValidationError("detectedAt must be an ISO-8601 date-time", field="detectedAt")
+    threats = body.get("threats", [])
+    if not isinstance(threats, list) or len(threats) > MAX_THREATS:
+        raise ValidationError(f"threats must be an array of at most {MAX_THREATS} items", field="threats")
+    for index, item in enumerate(threats):
+        if not isinstance(item, dict | str):
+            raise ValidationError("each threat must be an object or a string", field=f"threats[{index}]")
+        if len(str(item)) > MAX_THREAT_CHARS:
+            raise ValidationError(f"a threat is limited to {MAX_THREAT_CHARS} characters", field=f"threats[{index}]")
+    key = body.get("idempotencyKey")
+    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY_CHARS):
+        raise ValidationError(f"idempotencyKey must be a string of 1..{MAX_KEY_CHARS} characters",
+                              field="idempotencyKey")
+    return {"level": level.lower(), "detectedAt": detected, "threats": threats, "idempotencyKey": key}
+
+
+class ThreatService:
+    """PUT threat → upload; GET threat → latest report and its result."""
+
+    def __init__(self, messages: MessageService) -> None:
+        self._messages = messages
+        messages.on_settled.append(self._settled)
+
+    async def report(self, tenant_id: str, device_id: str, body: dict[str, Any], *, idempotency_key: str | None = None
+                     ) -> tuple[UploadMessage, bool]:
+        """Send a threat level. Returns (upload, replayed).
+
+        Raises:
+            ValidationError, NotFoundError, ConnectorNotReadyError, PermissionMissingError, RetriableError,
+            ConflictError (idempotency key reused with a different body).
+        """
+        report = validate_threat_body(body)
+        key = report["idempotencyKey"] or idempotency_key
+        record, device = await self._messages.resolve(tenant_id, device_id)
+        self._messages.require_provisioned(record)
+        entity = {
+            "EntityType": ENTITY_THREAT_LEVEL,
+            "TenantId": tenant_id,
+            "DeviceId": device.device_id,
+            "UserId": device.user_id,
+            "ThreatLevel": report["level"],
+            "LastUpdateTime": report["detectedAt"],
+        }
+        message = new_message(
+            tenant_id, "threat", device.device_id, [entity],
+            level=report["level"], detectedAt=report["detectedAt"], threats=report["threats"], idempotencyKey=key,
+        )
+        replayed = False
+        if key:
+            body_digest = digest({k: v for k, v in report.items() if k != "idempotencyKey"})
+            bound_id, bound_digest, claimed = await self._messages.store.claim_key(
+                tenant_id, device.device_id, key, message.message_id, body_digest
+            )
+            if not claimed:
+                if bound_digest != body_digest:
+                    raise ConflictError("idempotencyKey was already used with a different threat report", status=409)
+                existing = await self._messages.store.get(tenant_id, bound_id)
+                if existing is not None and existing.status != NOT_SENT:
+                    return existing, True
+                if existing is not None:
+                    message, replayed = existing, True
+        sent = await self._messages.send(message, call("intune.upload_threat_level"), "threat")
+        await self._messages.store.set_latest(tenant_id, "threat", device.device_id, self._latest(sent))
+        await self._messages.counters.bump(tenant_id, "threatReportsAccepted")
+        return sent, replayed
+
+    async def latest(self, tenant_id: str, device_id: str) -> dict[str, Any] | None:
+        """The device's latest threat report with its upload status (None when never reported).
+
+        Raises:
+            NotFoundError: unknown tenant or device not enrolled.
+        """
+        _, device = await self._messages.resolve(tenant_id, device_id)
+        return await self._messages.store.get_latest(tenant_id, "threat", device.device_id)
+
+    @staticmethod
+    def _latest(message: UploadMessage) -> dict[str, Any]:
+        return {
+            "deviceId": message.device_id,
+            "level": message.extra.get("level"),
+            "detectedAt": message.extra.get("detectedAt"),
+            "threats": message.extra.get("threats", []),
+            "uploadId": message.message_id,
+            "status": message.status,
+            "errorDetail": message.error_detail,
+            "reportedAt": message.upload_time,
+            "settledAt": None,
+        }
+
+    async def _settled(self, message: UploadMessage, result: dict[str, Any]) -> None:
+        if message.kind != "threat":
+            return
+        store = self._messages.store
+        latest = await store.get_latest(message.tenant_id, "threat", message.device_id)
+        # Only the newest report's pointer is updated; an older message settling late leaves it alone.
+        if latest is None or latest.get("uploadId") == message.message_id:
+            data = self._latest(message)
+            data["settledAt"] = message.updated_at or None
+            await store.set_latest(message.tenant_id, "threat", message.device_id, data)
+        counter = "threatResultsSucceeded" if message.status == "Succeeded" else "threatResultsFailed"
+        await self._messages.counters.bump(message.tenant_id, counter)

@@ -1,0 +1,240 @@
+"""The ``uploads`` table: Intune DataUploadMessages we sent, idempotency keys, latest threat/inventory per device.
+
+Rows (PartitionKey = tenant id, so one tenant's rows live together):
+
+* ``msg|<messageId>``: one upload (kind threat | inventory, device, status NotSent → Pending → Succeeded/Failed,
+  ErrorDetail, the exact entities and UploadTime sent so a resend is byte-identical and thus idempotent at Intune).
+* ``idem|<sha256(device, key)>``: client idempotency key → message id (insert-if-absent decides the winner).
+* ``threat|<deviceId>``: the device's latest threat report and its upload result.
+* ``inv|<deviceId>``: the device's latest inventory request/result header (generation, chunk count, app count).
+* ``invc|<deviceId>|<generation>|<NNNN>``: inventory chunk rows.
+
+Size: App Sync inventories run to 1,600 apps (~0.5 MB of JSON) and beyond. A Table string property holds 64 KiB and
+an entity 1 MiB, so apps are packed into chunk rows of at most ``CHUNK_CHARS`` characters, each spread over
+``json_N`` properties by :func:`pack_json`. A new inventory is written under a new generation first, then the header
+is switched, then the old generation's chunks are deleted: readers never see a half-written inventory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.data.tables import UpdateMode
+from azure.data.tables.aio import TableClient
+
+from shared_code.adapters.storage import StorageClients
+from shared_code.adapters.tenant_store import pack_json, unpack_json, utc_now_iso
+
+# Characters of JSON per chunk row: 12 × 30,000 ≤ 15 properties × 30,000 (pack_json's limit), ~720 KB as UTF-16.
+CHUNK_CHARS = 360_000
+PENDING = "Pending"
+NOT_SENT = "NotSent"
+FINAL_STATUSES = frozenset({"Succeeded", "Failed"})
+
+
+@dataclass
+class UploadMessage:
+    """One DataUploadMessage and what became of it."""
+
+    tenant_id: str
+    message_id: str
+    kind: str  # threat | inventory
+    device_id: str
+    upload_time: str
+    entities: list[dict[str, Any]]
+    status: str = NOT_SENT
+    error_detail: str | None = None
+    created_at: str = ""
+    updated_at: str = ""
+    polls: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def public(self) -> dict[str, Any]:
+        """What the HTTP API shows for an upload."""
+        return {
+            "uploadId": self.message_id,
+            "kind": self.kind,
+            "deviceId": self.device_id,
+            "status": self.status,
+            "errorDetail": self.error_detail,
+            "uploadTime": self.upload_time,
+            "createdAt": self.created_at,
+            "updatedAt": self.updated_at,
+        }
+
+
+def _idem_row(device_id: str, key: str) -> str:
+    # RowKeys may not contain / \ # ? or control characters; a hash keeps any client key safe and bounded.
+    return "idem|" + hashlib.sha256(f"{device_id.lower()}\n{key}".encode()).hexdigest()[:48]
+
+
+def digest(value: Any) -> str:
+    """Stable digest of a JSON value (idempotent replays must carry the same body)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class UploadStore:
+    """Typed access to the uploads table."""
+
+    def __init__(self, storage: StorageClients, *, table: str = "uploads") -> None:
+        self._storage = storage
+        self._table_name = table
+
+    async def _table(self) -> TableClient:
+        return await self._storage.table(self._table_name)
+
+    # ---- idempotency -------------------------------------------------------------------------------------------
+    async def claim_key(self, tenant_id: str, device_id: str, key: str, message_id: str, body_digest: str) -> (
+        tuple[str, str, bool]
+    ):
+        """Bind ``key`` to ``message_id`` unless already bound. Returns (message_id, digest, claimed_now)."""
+        table = await self._table()
+        row = _idem_row(device_id, key)
+        try:
+            await table.create_entity(
+                {"PartitionKey": tenant_id, "RowKey": row, "messageId": message_id, "digest": body_digest}
+            )
+            return message_id, body_digest, True
+        except ResourceExistsError:
+            existing = await table.get_entity(tenant_id, row)
+            return str(existing["messageId"]), str(existing["digest"]), False
+
+    # ---- messages ----------------------------------------------------------------------------------------------
+    async def save(self, message: UploadMessage) -> None:
+        """Insert or replace a message row."""
+        now = utc_now_iso()
+        message.created_at = message.created_at or now
+        message.updated_at = now
+        table = await self._table()
+        await table.upsert_entity(self._entity(message), mode=UpdateMode.REPLACE)
+
+    async def get(self, tenant_id: str, message_id: str) -> UploadMessage | None:
+        """One message, or None."""
+        table = await self._table()
+        try:
+            entity = await table.get_entity(tenant_id, f"msg|{message_id}")
+        except ResourceNotFoundError:
+            return None
+        return self._message(dict(entity))
+
+    async def pending(self, limit: int = 500) -> list[UploadMessage]:
+        """Messages sent and not yet settled, across tenants (the results timer's work list)."""
+        table = await self._table()
+        found: list[UploadMessage] = []
+        async for entity in table.query_entities("status eq @s", parameters={"s": PENDING}):
+            found.append(self._message(dict(entity)))
+            if len(found) >= limit:
+                break
+        return found
+
+    # ---- latest per device -------------------------------------------------------------------------------------
+    async def set_latest(self, tenant_id: str, kind: str, device_id: str, data: dict[str, Any]) -> None:
+        """Replace the device's latest threat/inventory pointer row."""
+        table = await self._table()
+        entity = {"PartitionKey": tenant_id, "RowKey": f"{kind}|{device_id.lower()}", **pack_json(data)}
+        await table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+
+    async def get_latest(self, tenant_id: str, kind: str, device_id: str) -> dict[str, Any] | None:
+        """The device's latest threat/inventory pointer, or None."""
+        table = await self._table()
+        try:
+            entity = await table.get_entity(tenant_id, f"{kind}|{device_id.lower()}")
+        except ResourceNotFoundError:
+            return None
+        value = unpack_json(dict(entity))
+        return dict(value) if isinstance(value, dict) else None
+
+    # ---- inventories -------------------------------------------------------------------------------------------
+    async def store_inventory(self, tenant_id: str, device_id: str, apps: list[dict[str, Any]]) -> dict[str, Any]:
+        """Write ``apps`` as a new generation of chunk rows and return the chunk layout for the header."""
+        table = await self._table()
+        generation = uuid.uuid4().hex[:12]
+        chunks: list[list[dict[str, Any]]] = [[]]
+        size = 0
+        for app in apps:
+            app_size = len(json.dumps(app, ensure_ascii=True, separators=(",", ":"))) + 1
+            if chunks[-1] and size + app_size > CHUNK_CHARS:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(app)
+            size += app_size
+        prefix = f"invc|{device_id.lower()}|{generation}|"
+        for index, chunk in enumerate(chunks):
+            entity = {"PartitionKey": tenant_id, "RowKey": f"{prefix}{index:04d}", **pack_json(chunk)}
+            await table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+        return {"generation": generation, "chunks": len(chunks), "appCount": len(apps)}
+
+    async def load_inventory(self, tenant_id: str, device_id: str, generation: str, chunks: int) -> (
+        list[dict[str, Any]]
+    ):
+        """Read a generation's apps back in order."""
+        table = await self._table()
+        apps: list[dict[str, Any]] = []
+        for index in range(chunks):
+            entity = await table.get_entity(tenant_id, f"invc|{device_id.lower()}|{generation}|{index:04d}")
+            apps.extend(unpack_json(dict(entity)) or [])
+        return apps
+
+    async def delete_generations(self, tenant_id: str, device_id: str, keep: str) -> int:
+        """Delete every inventory chunk row of the device except generation ``keep``. Returns rows deleted."""
+        table = await self._table()
+        low = f"invc|{device_id.lower()}|"
+        high = low[:-1] + chr(ord("|") + 1)
+        deleted = 0
+        rows = [
+            e
+            async for e in table.query_entities(
+                "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+                parameters={"pk": tenant_id, "lo": low, "hi": high},
+                select=["PartitionKey", "RowKey"],
+            )
+        ]
+        for entity in rows:
+            if str(entity["RowKey"]).split("|")[2] != keep:
+                try:
+                    await table.delete_entity(tenant_id, str(entity["RowKey"]))
+                    deleted += 1
+                except ResourceNotFoundError:
+                    pass
+        return deleted
+
+    # ---- (de)serialization --------------------------------------------------------------------------------------
+    @staticmethod
+    def _entity(message: UploadMessage) -> dict[str, Any]:
+        body = {"entities": message.entities, "extra": message.extra}
+        return {
+            "PartitionKey": message.tenant_id,
+            "RowKey": f"msg|{message.message_id}",
+            "kind": message.kind,
+            "deviceId": message.device_id,
+            "status": message.status,
+            "errorDetail": (message.error_detail or "")[:8000],
+            "uploadTime": message.upload_time,
+            "createdAt": message.created_at,
+            "updatedAt": message.updated_at,
+            "polls": message.polls,
+            **pack_json(body),
+        }
+
+    @staticmethod
+    def _message(entity: dict[str, Any]) -> UploadMessage:
+        body = unpack_json(entity) or {}
+        return UploadMessage(
+            tenant_id=str(entity["PartitionKey"]),
+            message_id=str(entity["RowKey"]).split("|", 1)[1],
+            kind=str(entity.get("kind", "")),
+            device_id=str(entity.get("deviceId", "")),
+            upload_time=str(entity.get("uploadTime", "")),
+            entities=list(body.get("entities", [])),
+            status=str(entity.get("status", NOT_SENT)),
+            error_detail=str(entity["errorDetail"]) if entity.get("errorDetail") else None,
+            created_at=str(entity.get("createdAt", "")),
+            updated_at=str(entity.get("updatedAt", "")),
+            polls=int(entity.get("polls", 0) or 0),
+            extra=dict(body.get("extra", {})),
+        )

@@ -1,0 +1,79 @@
+"""Fixtures for devhost tests: one Azurite per session, a DevHost on the sample app per test."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# The repo root must be importable (`devhost`) however pytest is launched (`pytest` vs `python -m pytest`).
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+import devhost_sample_app as sample  # noqa: E402
+
+from devhost import Azurite, DevHost, start_azurite  # noqa: E402
+
+QUIET_SCHEDULE = "0 0 0 1 1 *"  # once a year: timers exist but do not tick during a test
+
+HOST_JSON: dict[str, Any] = {
+    "version": "2.0",
+    "extensions": {
+        "http": {"routePrefix": "api"},
+        "queues": {
+            "batchSize": 4,
+            "maxDequeueCount": 3,
+            "visibilityTimeout": "00:00:00",
+            "maxPollingInterval": "00:00:02",
+        },
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    az = start_azurite()
+    print(f"\nAzurite ready in {az.startup_seconds:.2f}s on queue port {az.queue_port}")
+    try:
+        yield az
+    finally:
+        az.stop()
+
+
+@pytest.fixture
+def queue_name() -> str:
+    return f"work-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def sample_env(azurite: Azurite, queue_name: str) -> dict[str, str]:
+    return {
+        "AzureWebJobsStorage": azurite.connection_string,
+        "TICK_SCHEDULE": QUIET_SCHEDULE,
+        "SLOW_SCHEDULE": QUIET_SCHEDULE,
+        "WORK_QUEUE": queue_name,
+    }
+
+
+@pytest.fixture
+async def make_host(sample_env: dict[str, str]) -> AsyncIterator[Callable[..., Any]]:
+    """Factory: ``await make_host(env_overrides..., host_json=..., **DevHost kwargs)`` → started DevHost."""
+    hosts: list[DevHost] = []
+    sample.reset()
+
+    async def factory(env: dict[str, str] | None = None, **kwargs: Any) -> DevHost:
+        kwargs.setdefault("host_json", HOST_JSON)
+        kwargs.setdefault("port", 0)
+        host = DevHost(sample.app, {**sample_env, **(env or {})}, **kwargs)
+        await host.start()
+        hosts.append(host)
+        return host
+
+    yield factory
+    for h in hosts:
+        await h.stop()
