@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
@@ -57,9 +58,9 @@ def run_checkov() -> int:
         return 1
     reports = report if isinstance(report, list) else [report]
     problems = 0
-    passed: list[dict[str, object]] = []
-    failed: list[dict[str, object]] = []
-    skipped: list[dict[str, object]] = []
+    passed: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
     parsing_errors: list[str] = []
     for rep in reports:
         results = rep.get("results", {})
@@ -70,14 +71,16 @@ def run_checkov() -> int:
     for rec in failed:
         print(f"FAILED  {rec['check_id']} {rec['check_name']} -- {rec['file_path']}:{rec['resource']}")
     for rec in skipped:
-        comment = str((rec.get("check_result") or {}).get("suppress_comment") or "").strip()  # type: ignore[union-attr]
+        comment = str((rec.get("check_result") or {}).get("suppress_comment") or "").strip()
         print(f"SKIPPED {rec['check_id']} {rec['file_path']}:{rec['resource']} -- {comment}")
         if len(comment) < 20:
             print(f"  suppression of {rec['check_id']} needs a reason")
             problems += 1
     for err in parsing_errors:
         print(f"checkov parsing error: {err}")
-    crashed = [line for line in proc.stderr.splitlines() if "Failed to run check" in line or "Cannot load external" in line]
+    crashed = [
+        line for line in proc.stderr.splitlines() if "Failed to run check" in line or "Cannot load external" in line
+    ]
     for line in crashed:
         print(f"checkov error: {line.strip()}")
     # A suppression that no longer matches a check is misleading: keep the templates' skips and checkov's in step.
@@ -94,9 +97,10 @@ def run_checkov() -> int:
     missing = [cid for cid in CUSTOM_CHECK_IDS if cid not in seen]
     if missing:
         print(f"custom checks that reported nothing: {', '.join(missing)}")
+    resources = sum(int(rep.get("summary", {}).get("resource_count", 0)) for rep in reports)
     print(
         f"checkov summary: passed={len(passed)} failed={len(failed)} skipped={len(skipped)} "
-        f"parsing_errors={len(parsing_errors)} resources={sum(rep.get('summary', {}).get('resource_count', 0) for rep in reports)}"
+        f"parsing_errors={len(parsing_errors)} resources={resources}"
     )
     problems += len(failed) + len(parsing_errors) + len(crashed) + len(missing)
     return problems

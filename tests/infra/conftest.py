@@ -39,26 +39,13 @@ def accessor(expr: Any) -> list[str]:
     return [repr(expr)]
 
 
-def walk(node: Any) -> list[Any]:
-    """Every dict, list and scalar inside ``node`` (depth first)."""
-    out = [node]
-    if isinstance(node, dict):
-        for value in node.values():
-            out += walk(value)
-    elif isinstance(node, list):
-        for value in node:
-            out += walk(value)
-    return out
-
-
 @pytest.fixture(scope="session")
 def parsed() -> dict[str, dict[str, Any]]:
     """Every .bicep under infra/, keyed by its path relative to infra/ (``main.bicep``, ``modules/storage.bicep``)."""
     from pycep import BicepParser
 
-    return {
-        path.relative_to(INFRA).as_posix(): BicepParser().parse(file_path=path) for path in sorted(INFRA.rglob("*.bicep"))
-    }
+    files = sorted(INFRA.rglob("*.bicep"))
+    return {path.relative_to(INFRA).as_posix(): BicepParser().parse(file_path=path) for path in files}
 
 
 @pytest.fixture(scope="session")

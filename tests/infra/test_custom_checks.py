@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("pycep", reason="infra tests run in .venv-infra: make infra-check (bash infra/check.sh)")
 
-from .conftest import INFRA  # noqa: E402
+from .conftest import INFRA
 
 BAD = """
 resource st 'Microsoft.Storage/storageAccounts@2023-05-01' = {

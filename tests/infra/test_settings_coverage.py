@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("pycep", reason="infra tests run in .venv-infra: make infra-check (bash infra/check.sh)")
 
-from .conftest import ROOT  # noqa: E402
+from .conftest import ROOT
 
 SETTINGS_PY = ROOT / "shared_code" / "settings.py"
 # Settings satisfied in Azure by another form: the identity-based storage connection replaces the connection
