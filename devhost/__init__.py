@@ -16,18 +16,27 @@ identity-based connections, lease renewal past 10 minutes, multiple instances/sc
 WEBSITE_TIME_ZONE, Application Insights.
 """
 
-from devhost.azurite import Azurite, AzuriteError, start_azurite
-from devhost.config import DevHostError
-from devhost.functions import load_app
-from devhost.host import DevHost, FunctionStats, InvocationError
+from __future__ import annotations
 
-__all__ = [
-    "Azurite",
-    "AzuriteError",
-    "DevHost",
-    "DevHostError",
-    "FunctionStats",
-    "InvocationError",
-    "load_app",
-    "start_azurite",
-]
+import importlib
+from typing import Any
+
+# Lazy exports (PEP 562) so `python -m devhost.azurite` does not import its own module twice.
+_EXPORTS = {
+    "Azurite": "devhost.azurite",
+    "AzuriteError": "devhost.azurite",
+    "start_azurite": "devhost.azurite",
+    "DevHostError": "devhost.config",
+    "load_app": "devhost.functions",
+    "DevHost": "devhost.host",
+    "FunctionStats": "devhost.host",
+    "InvocationError": "devhost.host",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'devhost' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

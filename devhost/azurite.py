@@ -127,9 +127,9 @@ def _sdk_ready(connection_string: str) -> None:
     from azure.storage.queue import QueueServiceClient
 
     with QueueServiceClient.from_connection_string(connection_string) as qs:
-        list(qs.list_queues(results_per_page=1).by_page().next())
+        next(iter(qs.list_queues(results_per_page=1).by_page()))
     with TableServiceClient.from_connection_string(connection_string) as ts:
-        list(ts.list_tables(results_per_page=1).by_page().next())
+        next(iter(ts.list_tables(results_per_page=1).by_page()))
 
 
 def start_azurite(

@@ -98,7 +98,7 @@ def collect_functions(app: func.FunctionApp) -> list[FunctionSpec]:
         raise DevHostError(f"the app's functions cannot be indexed: {exc}") from exc
     specs: list[FunctionSpec] = []
     for fn in functions:
-        name = fn.get_function_name()
+        name = str(fn.get_function_name())
         bindings = [_plain(b) for b in fn.get_bindings_dict()["bindings"]]
         triggers = [b for b in bindings if str(b.get("type", "")).endswith("Trigger")]
         if len(triggers) != 1:

@@ -51,6 +51,8 @@ log = logging.getLogger("devhost")
 
 # A timer fired more than this after its scheduled time reports past_due=True.
 PAST_DUE_TOLERANCE = 1.0
+# How long stop() lets running invocations finish before cancelling them.
+STOP_GRACE_SECONDS = 10.0
 
 
 @dataclass
@@ -323,12 +325,16 @@ class DevHost:
         """Stop timers, pollers (letting running invocations finish) and the HTTP server; restore env."""
         for t in self._timers.values():
             if t.task is not None:
+                # Like the host's graceful shutdown: let a running invocation finish (bounded), then stop ticking.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(STOP_GRACE_SECONDS), t.lock:
+                        pass
                 t.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await t.task
                 t.task = None
         for poller in self._pollers.values():
-            await poller.stop()
+            await poller.stop(grace=STOP_GRACE_SECONDS)
         self._pollers.clear()
         if self._runner is not None:
             await self._runner.cleanup()

@@ -180,7 +180,7 @@ class QueuePoller:
                 await self._poison(m, str(exc))
                 return
             # The worker's concrete QueueMessage (azure.functions.queue) carries dequeue_count and the timestamps.
-            message = FunctionsQueueMessage(
+            message = FunctionsQueueMessage(  # type: ignore[no-untyped-call]
                 id=m.id,
                 body=body,
                 dequeue_count=m.dequeue_count,

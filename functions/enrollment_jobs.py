@@ -1,7 +1,38 @@
-"""Blueprint placeholder: filled by the feature that owns it."""
+"""Enrollment fan-out: timer ``dispatch_polls`` (``%POLL_SCHEDULE%``) and queue worker ``poll_tenant``.
+
+The timer enqueues one message per due tenant on ``%POLL_QUEUE_NAME%``; each message polls one tenant under that
+tenant's lease, so duplicate or concurrent messages do one poll and a tenant's failure stays its own (the service
+records it as a failure streak / quarantine and the message is acknowledged, not retried by the host).
+"""
 
 from __future__ import annotations
 
+import logging
+
 import azure.functions as func
 
-bp = func.Blueprint()
+from shared_code.bootstrap import container
+from shared_code.enrollment.service import build_enrollment_service
+from shared_code.errors import ValidationError
+
+bp = func.Blueprint()  # type: ignore[no-untyped-call]
+log = logging.getLogger("connector.enrollment.jobs")
+
+
+@bp.timer_trigger(schedule="%POLL_SCHEDULE%", arg_name="timer", run_on_startup=False)
+async def dispatch_polls(timer: func.TimerRequest) -> None:
+    """Enqueue a poll for every active tenant that is due (interval elapsed, not backing off, not running)."""
+    enqueued = await container().service(build_enrollment_service).dispatch()
+    log.info("dispatch_polls: enqueued %d", len(enqueued))
+
+
+@bp.queue_trigger(arg_name="msg", queue_name="%POLL_QUEUE_NAME%", connection="AzureWebJobsStorage")
+async def poll_tenant(msg: func.QueueMessage) -> None:
+    """Poll the tenant named in the message (JSON ``{"tenant_id": …}``)."""
+    try:
+        result = await container().service(build_enrollment_service).handle_message(msg.get_body().decode())
+    except ValidationError as exc:
+        # A malformed message can never succeed: drop it (logged) instead of cycling it to the poison queue.
+        log.error("poll_tenant: dropping malformed message %s: %s", msg.id, exc)
+        return
+    log.info("poll_tenant: %s", {k: result.get(k) for k in ("tenantId", "result", "mode", "counts")})

@@ -18,7 +18,7 @@ Each route function stays thin:
 anonymous caller learns nothing, not even whether an id is well-formed), caps the body size, runs the action, and maps
 the taxonomy in ``shared_code.errors`` to HTTP in this one place. Every 4xx/5xx is ``application/problem+json``
 (RFC 9457) with a stable ``type`` URI (``PROBLEM_BASE`` + one of ``PROBLEM_TYPES``), a human ``detail`` and, for input
-errors, the offending ``field`` (a JSON-pointer-like path such as ``enrollmentGroups/3`` or the parameter name).
+errors, the offending ``field`` (a path such as ``guard.maxPercent``, ``enrollmentGroups[3]``, or the parameter name).
 Responses never carry stack traces, and URLs are scrubbed from details (an upstream message may name an internal host).
 """
 
@@ -59,6 +59,8 @@ PROBLEM_TYPES: dict[str, str] = {
     "unauthenticated": "Unauthenticated",
     "forbidden": "Forbidden",
     "invalid-parameter": "Invalid parameter",
+    # Used by functions/enrollment_http.py for a malformed tenantId (same meaning as invalid-parameter).
+    "invalid-tenant-id": "Invalid tenant id",
     "invalid-json": "Invalid JSON",
     "invalid-body": "Invalid body",
     "unknown-field": "Unknown field",
@@ -67,6 +69,8 @@ PROBLEM_TYPES: dict[str, str] = {
     "body-too-large": "Body too large",
     "not-found": "Not found",
     "conflict": "Conflict",
+    "connector-not-ready": "Intune connector not ready",
+    "user-token-rejected": "User token rejected",
     "permission-missing": "Permission missing",
     "consent-required": "Consent required",
     "upstream-error": "Upstream error",
@@ -243,13 +247,13 @@ class List(Spec):
             raise invalid(path, f"{path} must be an array")
         if len(value) < self.min_items or len(value) > self.max_items:
             raise invalid(path, f"{path} must have {self.min_items} to {self.max_items} items")
-        out = [self.item.check(v, f"{path}/{i}") for i, v in enumerate(value)]
+        out = [self.item.check(v, f"{path}[{i}]") for i, v in enumerate(value)]
         if self.unique:
             seen: set[str] = set()
             for i, v in enumerate(out):
                 key = json.dumps(v, sort_keys=True)
                 if key in seen:
-                    raise invalid(f"{path}/{i}", f"{path} must not contain duplicates")
+                    raise invalid(f"{path}[{i}]", f"{path} must not contain duplicates")
                 seen.add(key)
         return out
 
@@ -306,9 +310,9 @@ class Obj(Spec):
 
 
 def _join(path: str, name: str) -> str:
-    # JSON Pointer escaping (RFC 6901) for names containing '~' or '/'; long names are cut to keep details small.
-    escaped = name.replace("~", "~0").replace("/", "~1")[:64]
-    return f"{path}/{escaped}" if path else escaped
+    # The API's one field-path convention (as in shared_code/intune/tenant_api.py): ``guard.maxPercent``,
+    # ``roleMappings[2].groupId``. Long names are cut to keep details small.
+    return f"{path}.{name[:64]}" if path else name[:64]
 
 
 def strict_object(body: Any, schema: Obj | Mapping[str, Prop]) -> dict[str, Any]:

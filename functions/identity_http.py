@@ -1,7 +1,30 @@
-"""Blueprint placeholder: filled by the feature that owns it."""
+"""``POST /api/sso/roles``: console roles of a console user, from their delegated Graph token (User.Read).
+
+Body ``{"accessToken": "<user's Graph token>", "tenantId"?: "<guid>"}`` → ``{user, tenantId, roles,
+matchedGroups}``. The user token is used for two Graph calls as that user and never stored or logged.
+"""
 
 from __future__ import annotations
 
 import azure.functions as func
 
-bp = func.Blueprint()
+from functions.http_support import READ, ApiError, RequestContext, handle, json_response
+from shared_code.identity.sso import UserTokenRejectedError
+from shared_code.intune.wiring import build_intune
+
+bp = func.Blueprint()  # type: ignore[no-untyped-call]
+
+
+async def _roles(ctx: RequestContext) -> func.HttpResponse:
+    body = ctx.json_body()
+    try:
+        result = await ctx.services.service(build_intune).sso.roles(body)
+    except UserTokenRejectedError:
+        raise ApiError(400, "user-token-rejected", "Graph rejected the user's token", field="accessToken") from None
+    return json_response(result)
+
+
+@bp.route(route="sso/roles", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+async def sso_roles(req: func.HttpRequest) -> func.HttpResponse:
+    """Map a console user's Entra groups to console roles."""
+    return await handle(req, READ, _roles)

@@ -22,6 +22,7 @@ import signal
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,13 @@ def provisioning_body(sim_tenant: dict[str, Any]) -> dict[str, Any]:
     return {"enrollmentGroups": list(sim_tenant["enrollment_groups"]), "platforms": PLATFORMS}
 
 
-THREAT_BODY: dict[str, Any] = {"threatLevel": "high"}
+def threat_body() -> dict[str, Any]:
+    """Body of ``PUT /api/tenants/{tenantId}/devices/{deviceId}/threat`` (openapi ThreatInput)."""
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return {"level": "high", "detectedAt": now, "threats": ["run_stack demo threat"]}
+
+
 INVENTORY_BODY: dict[str, Any] = {}
-# Keys under which the tenant status may report the number of enrolled devices (first match wins).
-ENROLLED_KEYS = ("devicesEnrolled", "enrolledDevices", "enrolled", "deviceCount", "devices")
 # Timers fired by --once, in this order; any other timer of the app is fired afterwards.
 ONCE_TIMERS = ("dispatch_polls", "send_heartbeats", "poll_upload_results")
 # Live demo schedules (NCRONTAB, UTC) used when the environment does not set them: fast enough to watch.
@@ -83,9 +87,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def base_settings() -> dict[str, str]:
+    """The app settings a developer's ``func start`` would have: local.settings.json(.example) ``Values``.
+
+    Placeholders (``<...>``) are dropped; the simulator/Azurite values set by :func:`build_env` win anyway.
+    """
+    from devhost.config import load_local_settings
+
+    values: dict[str, str] = {}
+    for name in ("local.settings.json.example", "local.settings.json"):
+        path = ROOT / name
+        if path.exists():
+            values.update({k: v for k, v in load_local_settings(path).items() if not v.startswith("<")})
+    return values
+
+
 def build_env(info: dict[str, Any], storage: str) -> dict[str, str]:
     """App settings for the connector from the simulator's info file and Azurite (ARCHITECTURE §5 names)."""
-    env = {
+    env = base_settings()
+    env |= {
         "AzureWebJobsStorage": storage,
         "CONNECTOR_CLIENT_ID": info["connector"]["client_id"],
         "CONNECTOR_CLIENT_SECRET": info["connector"]["client_secret"],
@@ -99,28 +119,16 @@ def build_env(info: dict[str, Any], storage: str) -> dict[str, str]:
         "REQUESTS_CA_BUNDLE": info["ca_path"],
         "SSL_CERT_FILE": info["ca_path"],
     }
+    # Who reads the vault locally (there is no managed identity): the connector app in the vendor's own tenant with
+    # its certificate, via azure-identity's EnvironmentCredential variable names (shared_code/adapters/keyvault.py).
+    connector = info["connector"]
+    if connector.get("certificate_path"):
+        env["AZURE_TENANT_ID"] = connector.get("home_tenant_id") or info["console"]["tenant_id"]
+        env["AZURE_CLIENT_ID"] = connector["client_id"]
+        env["AZURE_CLIENT_CERTIFICATE_PATH"] = connector["certificate_path"]
     for name, schedule in LIVE_SCHEDULES.items():
         env[name] = os.environ.get(name) or schedule
     return env
-
-
-def _find_int(obj: Any, keys: tuple[str, ...]) -> int | None:
-    """First integer under one of ``keys`` (searching nested dicts breadth-first); lists count as their length."""
-    queue = [obj]
-    while queue:
-        cur = queue.pop(0)
-        if not isinstance(cur, dict):
-            continue
-        for k in keys:
-            v = cur.get(k)
-            if isinstance(v, bool):
-                continue
-            if isinstance(v, int):
-                return v
-            if isinstance(v, list) and k == "devices":
-                return len(v)
-        queue.extend(v for v in cur.values() if isinstance(v, dict))
-    return None
 
 
 def _items(payload: Any) -> list[dict[str, Any]]:
@@ -134,12 +142,19 @@ def _items(payload: Any) -> list[dict[str, Any]]:
     return []
 
 
-def _next_link(payload: Any) -> str | None:
-    if isinstance(payload, dict):
-        for k in ("nextLink", "@odata.nextLink", "next"):
-            if isinstance(payload.get(k), str) and payload[k]:
-                return str(payload[k])
+def _next_cursor(payload: Any) -> str | None:
+    """The opaque ``next`` cursor of a page (openapi DevicePage), if any."""
+    if isinstance(payload, dict) and isinstance(payload.get("next"), str) and payload["next"]:
+        return str(payload["next"])
     return None
+
+
+def _enrolled_from_status(tenant: dict[str, Any] | None) -> int | None:
+    """``status.counts.enrolled`` of ``GET /api/tenants/{id}`` (openapi Tenant), when the connector reports it."""
+    status = (tenant or {}).get("status")
+    counts = status.get("counts") if isinstance(status, dict) else None
+    value = counts.get("enrolled") if isinstance(counts, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class Stack:
@@ -188,8 +203,9 @@ class Stack:
             if r.status_code != 200:
                 raise StackError(f"simulator refused to create a {scenario} tenant: {r.status_code} {r.text}")
             self.tenants = [r.json()]
+        first = self.tenants[0]
         progress(f"simulator ready at {self.info['base_url']} in {self.timings['simulator_start_s']}s; "
-                 f"demo tenant {self.tenants[0]['tenant_id']} ({scenario}, groups {self.tenants[0]['enrollment_groups']})")
+                 f"demo tenant {first['tenant_id']} ({scenario}, groups {first['enrollment_groups']})")
 
         env = build_env(self.info, self.azurite.connection_string)
         # The app reads settings from the environment, possibly at import time: export before importing it.
@@ -263,25 +279,25 @@ class Stack:
 
     async def devices(self, tid: str, limit_pages: int = 1000) -> list[dict[str, Any]] | None:
         """Enrolled devices from ``GET /api/tenants/{id}/devices`` (all pages); None if the route is absent."""
-        url: str | None = f"/api/tenants/{tid}/devices"
         out: list[dict[str, Any]] = []
+        cursor: str | None = None
         for _ in range(limit_pages):
-            if url is None:
-                break
-            r = await self.call("GET", url)
+            params = {"cursor": cursor} if cursor else None
+            r = await self.call("GET", f"/api/tenants/{tid}/devices", params=params)
             if r.status_code != 200:
-                return None if not out else out
+                return out or None
             try:
                 payload = r.json()
             except ValueError:
                 return None
             out.extend(_items(payload))
-            url = _next_link(payload)
+            cursor = _next_cursor(payload)
+            if cursor is None:
+                break
         return out
 
     async def devices_enrolled(self, tid: str) -> int:
-        status = await self.tenant_status(tid)
-        n = _find_int(status, ENROLLED_KEYS) if status else None
+        n = _enrolled_from_status(await self.tenant_status(tid))
         if n is not None:
             return n
         devs = await self.devices(tid)
@@ -339,7 +355,7 @@ class Stack:
         tid = t["tenant_id"]
         device_id = await self._a_device(t)
         if device_id:
-            r = await self.call("PUT", f"/api/tenants/{tid}/devices/{device_id}/threat", json=THREAT_BODY)
+            r = await self.call("PUT", f"/api/tenants/{tid}/devices/{device_id}/threat", json=threat_body())
             threat_ok += r.status_code < 300
             progress(f"threat report for device {device_id}: HTTP {r.status_code}")
             r = await self.call("POST", f"/api/tenants/{tid}/devices/{device_id}/inventory", json=INVENTORY_BODY)
@@ -377,9 +393,13 @@ class Stack:
         }
 
     async def _a_device(self, t: dict[str, Any]) -> str | None:
+        """An enrolled device's id; without a devices route, a device the simulator says should be enrolled."""
         devs = await self.devices(t["tenant_id"])
+        if devs is None and self.sim is not None:
+            r = await self.sim.get(f"/_sim/tenants/{t['tenant_id']}/truth")
+            devs = r.json().get("devices", []) if r.status_code == 200 else []
         for d in devs or []:
-            for k in ("deviceId", "id", "azureADDeviceId"):
+            for k in ("deviceId", "id"):
                 if isinstance(d.get(k), str):
                     return str(d[k])
         return None
@@ -397,8 +417,9 @@ class Stack:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await self.provision()
+        first_poll = None
         if "dispatch_polls" in self.host.timer_names:
-            asyncio.create_task(self.fire("dispatch_polls"))  # a first poll now rather than at the next tick
+            first_poll = asyncio.create_task(self.fire("dispatch_polls"))  # a first poll now, not at the next tick
         progress("live: timers on their schedules "
                  + ", ".join(f"{k}={v}" for k, v in LIVE_SCHEDULES.items() if k in os.environ)
                  + " — Ctrl-C to stop")
@@ -410,7 +431,7 @@ class Stack:
                 break
             c = self.host.counters()
             parts = [f"t+{time.monotonic() - t0:.0f}s"]
-            for name in ONCE_TIMERS + ("poll_tenant",):
+            for name in (*ONCE_TIMERS, "poll_tenant"):
                 if name in c:
                     parts.append(f"{name}={c[name]['successes']}" + (f"/{c[name]['failures']}✗"
                                                                      if c[name]["failures"] else ""))
@@ -424,6 +445,8 @@ class Stack:
                 parts.append("queues=" + ",".join(f"{k}:{v}" for k, v in queued.items() if v) if any(
                     queued.values()) else "queues=empty")
             progress(" ".join(parts))
+        if first_poll is not None and not first_poll.done():
+            first_poll.cancel()
 
 
 def progress(line: str) -> None:

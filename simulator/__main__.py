@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         asyncio.run(run())
-    except Exception as exc:  # startup failure: one clear line, non-zero exit
+    except Exception as exc:  # noqa: BLE001 - guard: startup failure: one clear line, non-zero exit
         print(f"simulator: failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return 1
     return 0

@@ -2,7 +2,8 @@
 
 Route families and the audiences each accepts:
 - Graph `/v1.0/*`: `https://graph.microsoft.com` or `00000003-0000-0000-c000-000000000000`
-  (Graph access tokens carry either form of its resource id).
+  (v1.0 tokens' `aud` "can be the client ID or the resource URI used in the request":
+  https://learn.microsoft.com/entra/identity-platform/access-token-claims-reference).
 - Intune partner services `/intune/*`: `https://api.manage.microsoft.com/` with or without the trailing slash.
 - Key Vault `/secrets/*`: `https://vault.azure.net` (with or without trailing slash).
 """
@@ -38,7 +39,7 @@ THROTTLE: web.AppKey[Throttle] = web.AppKey("sim_throttle", Throttle)
 FAULTS: web.AppKey[Faults] = web.AppKey("sim_faults", Faults)
 CLOCK: web.AppKey[Clock] = web.AppKey("sim_clock", Clock)
 ENTRA: web.AppKey[Entra] = web.AppKey("sim_entra", Entra)
-INFO: web.AppKey[dict[str, Any]] = web.AppKey("sim_info", dict)
+INFO: web.AppKey[dict[str, Any]] = web.AppKey("sim_info")
 
 GRAPH_AUDIENCES = frozenset({"https://graph.microsoft.com", "https://graph.microsoft.com/",
                              "00000003-0000-0000-c000-000000000000"})

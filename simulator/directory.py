@@ -232,7 +232,7 @@ class Tenant:
         return None
 
     def user_by_key(self, key: str) -> User | None:
-        u = self.users.get(key)
+        u: User | None = self.users.get(key)
         if u is None:
             uid = self.upn_index.get(key.casefold())
             u = self.users.get(uid) if uid else None
@@ -391,7 +391,7 @@ class World:
              "uri": f"{self.base_url}/intune/{tenant.tenant_id}/Stateless{name}"}
             for name in ("PartnerTenantDataSyncService", "PartnerDeviceDataSyncService")
         ]
-        return sp
+        return sp  # type: ignore[no-any-return]
 
     def user_count(self, tenant_id: str) -> int:
         t = self.tenants.get(tenant_id)
@@ -399,7 +399,7 @@ class World:
 
     def summary(self, tenant_id: str) -> dict[str, Any]:
         t = self.tenant(tenant_id)
-        return {"tenant_id": t.tenant_id, "scenario": t.scenario, "seed": t.seed,
+        return {"tenant_id": t.tenant_id, "id": t.tenant_id, "scenario": t.scenario, "seed": t.seed,
                 "enrollment_groups": list(t.enrollment_groups), "counts": t.counts()}
 
     # ---- ground truth -----------------------------------------------------------------------------------------
@@ -469,7 +469,7 @@ def _group(t: Tenant, args: dict[str, Any], id_field: str = "group_id", name_fie
             raise DirectoryError(f"{name_field} matches {len(matches)} groups", name_field)
         return matches[0]
     gid = _arg(args, id_field)
-    g = t.groups.get(gid)
+    g: Group | None = t.groups.get(gid)
     if g is None:
         raise DirectoryError("no such group", id_field)
     return g
@@ -484,7 +484,7 @@ def _user(t: Tenant, args: dict[str, Any], f: str = "user_id") -> User:
 
 def _device(t: Tenant, args: dict[str, Any], f: str = "device_id") -> Device:
     key = _arg(args, f)
-    d = t.devices.get(key) or t.devices.get(t.device_id_index.get(key, ""))
+    d: Device | None = t.devices.get(key) or t.devices.get(t.device_id_index.get(key, ""))
     if d is None:
         raise DirectoryError("no such device", f)
     return d
@@ -700,7 +700,7 @@ def _op_add_mam(w: World, t: Tenant, a: dict[str, Any]) -> dict[str, Any]:
 
 def _mam_defaults(data: dict[str, Any]) -> dict[str, Any]:
     # Properties of managedAppRegistration (intune.md §4).
-    base = {"createdDateTime": "2026-01-01T00:00:00Z", "lastSyncDateTime": "2026-01-02T00:00:00Z",
+    base: dict[str, Any] = {"createdDateTime": "2026-01-01T00:00:00Z", "lastSyncDateTime": "2026-01-02T00:00:00Z",
             "applicationVersion": "1.0", "managementSdkVersion": "19.0", "platformVersion": "17.5",
             "deviceType": "iPhone", "deviceTag": None, "deviceName": "iPhone", "flaggedReasons": [],
             "appIdentifier": {"@odata.type": "#microsoft.graph.iosMobileAppIdentifier",
@@ -711,7 +711,7 @@ def _mam_defaults(data: dict[str, Any]) -> dict[str, Any]:
 
 def _domain(t: Tenant) -> str:
     for u in t.users:
-        return u.upn.split("@", 1)[1]
+        return str(u.upn.split("@", 1)[1])
     return "contoso.example"
 
 

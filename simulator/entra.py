@@ -71,7 +71,9 @@ RESOURCES: dict[str, tuple[str, frozenset[str]]] = {
 }
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-TOKEN_LIFETIME = 3599  # Entra app tokens live 60–90 min; MSAL sees expires_in 3599
+# Default access-token lifetime is a random 60–90 min (learn.microsoft.com/entra/identity-platform/
+# configurable-token-lifetimes); app tokens typically report expires_in 3599, which we use.
+TOKEN_LIFETIME = 3599
 
 
 class EntraError(Exception):
@@ -100,7 +102,7 @@ class EntraError(Exception):
 
 # AADSTS texts as Entra returns them (public error reports; see the simulator README section of the contract):
 def err_tenant_not_found(tenant: str) -> EntraError:
-    # AADSTS90002, invalid_request (e.g. https://taourl.com/read-1993956.html; errorreference.com/errors/azure/AADSTS90002)
+    # AADSTS90002, invalid_request (errorreference.com/errors/azure/AADSTS90002; taourl.com/read-1993956.html)
     return EntraError(400, "invalid_request", 90002,
                       f"Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing "
                       "into the correct cloud. Check with your subscription administrator, this may happen if there "
@@ -153,7 +155,8 @@ def err_unknown_resource(resource: str, tenant: str) -> EntraError:
 
 
 def err_assertion_signature(thumb: str) -> EntraError:
-    # AADSTS700027, invalid_client (learn.microsoft.com/azure/developer/java/sdk/troubleshooting-authentication-service-principal)
+    # AADSTS700027, invalid_client
+    # (learn.microsoft.com/azure/developer/java/sdk/troubleshooting-authentication-service-principal)
     return EntraError(401, "invalid_client", 700027,
                       f"Client assertion contains an invalid signature. [Reason - The key was not found., Thumbprint "
                       f"of key used by client: '{thumb}']")
@@ -235,8 +238,9 @@ class SigningKey:
     def generate(cls) -> SigningKey:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         cert = _self_signed(key, "accounts.simulator.local")
-        # Entra's kid equals the x5t (base64url SHA-1 thumbprint of the signing certificate).
-        kid = _b64u(cert.fingerprint(hashes.SHA1()))  # noqa: S303 - thumbprint, not security
+        # kid equals x5t (base64url SHA-1 thumbprint of the signing certificate), as in
+        # https://login.microsoftonline.com/common/discovery/v2.0/keys.
+        kid = _b64u(cert.fingerprint(hashes.SHA1()))
         return cls(kid, key, cert)
 
     def jwk(self, issuer: str) -> dict[str, Any]:
@@ -255,7 +259,7 @@ class AppCertificate:
 
     @property
     def sha1(self) -> bytes:
-        return self.cert.fingerprint(hashes.SHA1())  # noqa: S303 - x5t thumbprint
+        return self.cert.fingerprint(hashes.SHA1())
 
     @property
     def sha256(self) -> bytes:
@@ -339,7 +343,7 @@ class Entra:
             return True
         try:
             return bool(self._known_tenant(tenant))
-        except Exception:
+        except Exception:  # noqa: BLE001 - guard: the simulator must keep serving
             return False
 
     # ---- keys --------------------------------------------------------------------------------------------------
@@ -455,7 +459,8 @@ class Entra:
         if granted is None:
             raise err_missing_sp(app.app_id, tenant)
         roles = sorted(granted & resource_roles)
-        token = self.mint_app_token(tenant, app.app_id, aud, roles, version=version, acr="2" if method == "cert" else "1")
+        token = self.mint_app_token(tenant, app.app_id, aud, roles, version=version,
+                                    acr="2" if method == "cert" else "1")
         with self._lock:
             self.token_count += 1
         return {"token_type": "Bearer", "expires_in": TOKEN_LIFETIME, "ext_expires_in": TOKEN_LIFETIME,
@@ -520,7 +525,7 @@ class Entra:
         now = time.time()
         exp, nbf = claims.get("exp"), claims.get("nbf")
         try:
-            # Entra tolerates a few minutes of clock skew (documented as 5 min for certificate credentials).
+            # 5 min clock-skew tolerance: the usual validator default (unconfirmed for Entra's assertion check).
             if exp is None or float(exp) < now - 300 or (nbf is not None and float(nbf) > now + 300):
                 raise err_assertion_time(now, nbf, exp)
         except (TypeError, ValueError) as exc:
@@ -541,6 +546,7 @@ class Entra:
             "azp": app_id, "idtyp": "app", "uti": _b64u(uuid.uuid4().bytes), "ver": version,
         }
         if version == "1.0":
+            # v1.0 tokens: iss https://sts.windows.net/{tid}/, appid/appidacr (access-token-claims-reference).
             claims.update({"iss": f"https://sts.windows.net/{tenant}/", "idp": f"https://sts.windows.net/{tenant}/",
                            "appid": app_id, "appidacr": acr})
         else:
@@ -597,10 +603,10 @@ class Entra:
             return None
         try:
             return self._user_exists(tenant, user_id)
-        except Exception:
+        except Exception:  # noqa: BLE001 - guard: the simulator must keep serving
             return None
 
 
 def _new_secret() -> str:
-    # Entra client secrets are 40 characters drawn from a URL-safe alphabet with '~' and '.'.
+    # 40 characters like portal-generated secrets (Design note; the alphabet does not matter to clients).
     return pysecrets.token_urlsafe(30)[:40]

@@ -8,12 +8,14 @@ consumes through `Faults.consume("delta_expiry", request)`.
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 KINDS = ("latency", "throttle", "status", "reset", "truncate", "token_outage", "delta_expiry")
 
 
@@ -54,11 +56,9 @@ def request_tenant(request: web.Request) -> str | None:
     if principal is not None:
         return str(principal.tenant_id)
     parts = request.path.split("/")
-    if len(parts) > 2 and parts[1] == "intune":
-        return parts[2]
-    if len(parts) > 2 and parts[1] not in ("v1.0", "secrets", "_sim", "beta"):
-        return parts[1]
-    return None
+    candidate = parts[2] if len(parts) > 2 and parts[1] == "intune" else parts[1] if len(parts) > 2 else ""
+    # Only GUID tenant segments count (keeps counters free of junk paths; "common" etc. are not tenants).
+    return candidate.lower() if _GUID.fullmatch(candidate) else None
 
 
 class Faults:

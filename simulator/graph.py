@@ -416,8 +416,8 @@ class _FilterParser:
             return lambda o: _fold(o.get(prop)) == key
         if op == "ne":
             return lambda o: _fold(o.get(prop)) != key
-        cmp = {"ge": lambda a, b: a >= b, "le": lambda a, b: a <= b, "gt": lambda a, b: a > b,
-               "lt": lambda a, b: a < b}[op]
+        cmp: Callable[[Any, Any], bool] = {"ge": lambda a, b: a >= b, "le": lambda a, b: a <= b,
+                                           "gt": lambda a, b: a > b, "lt": lambda a, b: a < b}[op]
         return lambda o: o.get(prop) is not None and key is not None and cmp(_fold(o.get(prop)), key)
 
 
@@ -502,7 +502,7 @@ def _readable(ctx: Ctx, kind: str, grant: Iterable[str] = ()) -> bool:
 def render(ctx: Ctx, obj: Any, select: list[str] | None, *, typed: bool, grant: Iterable[str] = ()) -> dict[str, Any]:
     """Graph JSON of one directory object, projected by $select; limited info when the type is not readable."""
     kind = obj.kind
-    props = obj.props()
+    props: dict[str, Any] = obj.props()
     if not _readable(ctx, kind, grant):
         keys = select if select is not None else list(props)
         out: dict[str, Any] = {"@odata.type": ODATA_TYPES[kind]}
@@ -670,12 +670,24 @@ def _typed_list(ctx: Ctx, q: Query, token: dict[str, Any] | None, path: str, kin
     require(ctx, family)
     if q.get("$skip") is not None:
         raise _bad("'$skip' is not supported by the service.", "Request_UnsupportedQuery")  # user-list: no $skip
-    if q.get("$orderby") is not None and not q.advanced:
-        raise _unsupported("Sorting requires advanced query capabilities (not modelled by the simulator).")
     if q.get("$search") is not None:
         raise _unsupported("$search is not modelled by the simulator.")
+    items: list[Any] | Collection = coll
+    order = q.get("$orderby")
+    if order is not None:
+        # $orderby on displayName / userPrincipalName (user-list, group-list, device-list "Optional query
+        # parameters"); $filter combined with $orderby needs advanced queries (graph.md §6).
+        m = re.fullmatch(r"\s*(displayName|userPrincipalName)(?:\s+(asc|desc))?\s*", order)
+        if m is None or m.group(1) not in PROPS[kind]:
+            raise _unsupported(f"Sorting by '{order}' is not supported on {kind} by the simulator.")
+        if q.get("$filter") is not None and not q.advanced:
+            raise _unsupported("$filter with $orderby requires advanced query capabilities (ConsistencyLevel: "
+                               "eventual and $count=true).")
+        prop = m.group(1)
+        items = sorted(coll.items, key=lambda o: str(o.props().get(prop) or "").casefold(),
+                       reverse=m.group(2) == "desc")
     expand = parse_expand(q, kind)
-    spec = ListSpec(path, kind, coll, fragment, select=parse_select(q, kind),
+    spec = ListSpec(path, kind, items, fragment, select=parse_select(q, kind),
                     filter=parse_filter(q, kind, allowed=filterable), expand=expand,
                     expand_fn=_expand_fn(ctx, kind, expand) if expand else None)
     return list_page(ctx, q, spec, token)
@@ -684,6 +696,8 @@ def _typed_list(ctx: Ctx, q: Query, token: dict[str, Any] | None, path: str, kin
 def _dirobj_list(ctx: Ctx, q: Query, token: dict[str, Any] | None, path: str, objs: list[Any], fragment: str,
                  *, cast: str | None, grant: tuple[str, ...] = (), advanced_filter: bool = True) -> Result:
     """A directoryObject collection (members, owners, memberOf …): @odata.type per item, casts, limited info."""
+    if q.get("$search") is not None or q.get("$orderby") is not None:
+        raise _unsupported("$search and $orderby are not modelled by the simulator on this collection.")
     if cast is not None:
         objs = [o for o in objs if o.kind == cast]
     kind = cast
@@ -836,7 +850,10 @@ def _users(ctx: Ctx, method: str, segs: list[str], q: Query, token: dict[str, An
         return count_result(ctx, q, t.users, parse_filter(q, "user"))
     user = _user_or_404(ctx, key)
     if len(segs) == 2:
-        require(ctx, "users.read", self_only_scopes=(), target_user=user.id)
+        if ctx.delegated and user.id == ctx.principal.user_id:
+            require(ctx, "me")  # the signed-in user's own object: User.Read is enough (user-get)
+        else:
+            require(ctx, "users.read")
         _check_only(q, {"$select", "$expand"}, "a single user")
         expand = parse_expand(q, "user")
         row = render(ctx, user, parse_select(q, "user"), typed=False)
@@ -1130,7 +1147,7 @@ def _coll(t: Tenant, stream: str) -> Collection:
 
 
 def _delta_row(ctx: Ctx, obj: Any, sel: list[str] | None) -> dict[str, Any]:
-    props = obj.props()
+    props: dict[str, Any] = obj.props()
     if sel is not None:
         row = {k: props[k] for k in sel if k in props}
         row["id"] = obj.id  # delta rows always carry id (delta-query-overview examples)

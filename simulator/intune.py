@@ -24,13 +24,15 @@ the device's registered owner (Entra user object id); timestamps are ISO-8601 UT
 - `EntityType: 1` device inventory (Fleet): `TenantId, DeviceId, DeviceName, UserId, DeviceManagementState
   ("managed"|"notManaged"), LastCheckInTime, LastUpdateTime, Os, OsVersion, EasIds (array of strings), State (int)`.
 - `EntityType: 2` threat level: `TenantId, DeviceId, UserId, ThreatLevel ("secured"|"low"|"medium"|"high"),
-  LastUpdateTime`. Levels are those of the "Device threat level" compliance setting (mtd-device-compliance-policy-create.md).
+  LastUpdateTime`. Levels are those of the "Device threat level" compliance setting
+  (mtd-device-compliance-policy-create.md).
   `LastUpdateTime` orders messages (Fleet: "global timestamp indicating the order of messages"): a threat level older
   than the one already accepted for that device is ignored (counted as `stale`), not an error.
 - `EntityType: 3` app inventory request (App Sync, iOS/iPadOS only — mtd-connector-enable.md): `TenantId, DeviceId,
   UserId, RequestTime`. When the message Succeeded, `Results` holds per request `{"EntityType": 3, "DeviceId",
   "AppCount", "Apps": [{"AppId", "Version", "ShortVersion", "Name", "BundleSize", "DynamicSize", "IsValidated",
-  "IsManaged", "IsAdHocSigned", "IsAppStore", "IsBeta", "IsDeviceBasedVpp"}]}` (App Sync fields, mobile-threat-defense.md).
+  "IsManaged", "IsAdHocSigned", "IsAppStore", "IsBeta", "IsDeviceBasedVpp"}]}` (App Sync fields,
+  mobile-threat-defense.md).
   Inventories are deterministic per device; about 1 device in 16 has 1,000–1,600 apps.
 - `EntityType: 4` compliance (Fleet): `TenantId, DeviceId, UserId, LastUpdateTime, complianceStatus
   ("compliant"|"notCompliant")`.
@@ -61,7 +63,8 @@ from simulator.auth import CLOCK, ENTRA, WORLD, Principal, intune_error
 
 TENANT_SERVICE = "StatelessPartnerTenantDataSyncService"
 DEVICE_SERVICE = "StatelessPartnerDeviceDataSyncService"
-_ENTITY_RE = re.compile(r"^(\w+)\(guid'([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})'\)$")
+_GUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_ENTITY_RE = re.compile(r"^(\w+)\(guid'(" + _GUID + r")'\)$")  # OData key syntax: Entity(guid'…') (Fleet)
 REQUIRED_ROLE = "update_device_health"  # "Send device threat information to Microsoft Intune" (intune.md §1)
 THREAT_LEVELS = ("secured", "low", "medium", "high")
 MAX_ENTITIES = 1000

@@ -118,7 +118,23 @@ async def set_secret(request: web.Request) -> web.Response:
     return web.json_response(bundle(request.app[INFO]["key_vault_url"], name, v))
 
 
+async def list_secrets(request: web.Request) -> web.Response:
+    """`GET /secrets` (list secret properties, no values; one page — Key Vault pages with nextLink)."""
+    bad = _check_api_version(request)
+    if bad:
+        return bad
+    vault_url = request.app[INFO]["key_vault_url"]
+    items = []
+    for name in request.app[VAULT].names():
+        v = request.app[VAULT].get(name)
+        assert v is not None
+        b = bundle(vault_url, name, v)
+        items.append({"id": f"{vault_url}/secrets/{name}", "attributes": b["attributes"], "tags": b["tags"]})
+    return web.json_response({"value": items, "nextLink": None})
+
+
 def register(app: web.Application) -> None:
+    app.router.add_get("/secrets", list_secrets)
     app.router.add_get("/secrets/{name}", get_secret)
     app.router.add_get("/secrets/{name}/", get_secret)
     app.router.add_get("/secrets/{name}/{version}", get_secret)

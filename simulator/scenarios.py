@@ -122,11 +122,10 @@ class _Builder:
             subgroups.append((sg, depth + 1))
         # A membership cycle inside the first enrollment tree: its deepest subgroup contains a shallower one.
         tree0 = [n for n in subgroups if self._under(roots[0], n[0])]
-        if len(tree0) >= 2:
+        if tree0:
             deepest = max(tree0, key=lambda n: n[1])[0]
             shallow = min(tree0, key=lambda n: n[1])[0]
-            if deepest is not shallow:
-                t._link(deepest, shallow.id, "group")
+            t._link(deepest, (shallow if deepest is not shallow else roots[0]).id, "group")
 
         # ---- scope: about scope_fraction of users in one node, some in two -------------------------------------
         node_groups = [n[0] for n in nodes]

@@ -22,7 +22,17 @@ from aiohttp import web
 
 from simulator import intune, keyvault
 from simulator.auth import (
-    CLOCK, ENTRA, FAULTS, INFO, THROTTLE, WORLD, TokenValidator, authenticate, family, graph_error, intune_error,
+    CLOCK,
+    ENTRA,
+    FAULTS,
+    INFO,
+    THROTTLE,
+    WORLD,
+    TokenValidator,
+    authenticate,
+    family,
+    graph_error,
+    intune_error,
 )
 from simulator.entra import INTUNE_RESOURCE, Entra, EntraError, err_outage, err_tenant_not_found
 from simulator.faults import Fault, Faults, request_tenant
@@ -32,17 +42,17 @@ log = logging.getLogger("simulator")
 
 try:  # graph helper's modules; the core still starts without them (contract)
     from simulator import directory as _directory
-except Exception as exc:  # ImportError or a bug in their module
+except Exception as exc:  # noqa: BLE001 - guard: ImportError or a bug in their module
     _directory = None  # type: ignore[assignment]
     log.warning("simulator.directory unavailable: %s", exc)
 try:
     from simulator import graph as _graph
-except Exception as exc:
+except Exception as exc:  # noqa: BLE001 - guard: the simulator must keep serving
     _graph = None  # type: ignore[assignment]
     log.warning("simulator.graph unavailable: %s", exc)
 try:
     from simulator import pricing as _pricing
-except Exception as exc:
+except Exception as exc:  # noqa: BLE001 - guard: the simulator must keep serving
     _pricing = None  # type: ignore[assignment]
     log.warning("simulator.pricing unavailable: %s", exc)
 
@@ -79,7 +89,7 @@ def _throttle_response(fam: str | None, request: web.Request, retry_after: float
         if ru is not None:
             headers["x-ms-resource-unit"] = str(ru)
         if pct is not None:
-            headers["x-ms-throttle-limit-percentage"] = f"{pct:.1f}"
+            headers["x-ms-throttle-limit-percentage"] = f"{pct:.2f}"
         return graph_error(429, "TooManyRequests", "Too many requests, please try again later.", request, headers)
     if fam == "intune":
         return intune_error(429, "TooManyRequests", "Too many requests.", headers)
@@ -134,7 +144,7 @@ def _route_label(request: web.Request, fam: str | None) -> str:
     if fam == "graph" and _pricing is not None and hasattr(_pricing, "route_label"):
         try:
             return str(_pricing.route_label(request.path))
-        except Exception:
+        except Exception:  # noqa: BLE001 - guard: the simulator must keep serving
             pass
     info = request.match_info
     route = getattr(info, "route", None)
@@ -227,7 +237,7 @@ async def core_middleware(request: web.Request, handler: Any) -> web.StreamRespo
             if ru > 0:
                 resp.headers["x-ms-resource-unit"] = str(ru)  # RU charged for this request (graph.md §1)
             if decision is not None and decision.limit_percentage is not None:
-                resp.headers["x-ms-throttle-limit-percentage"] = f"{decision.limit_percentage:.1f}"
+                resp.headers["x-ms-throttle-limit-percentage"] = f"{decision.limit_percentage:.2f}"
         if truncate:
             return await _truncate(request, resp)
         return resp  # type: ignore[no-any-return]
@@ -235,7 +245,7 @@ async def core_middleware(request: web.Request, handler: Any) -> web.StreamRespo
         counters.record_status(tenant, route, status)
 
 
-# ---- Entra routes ------------------------------------------------------------------------------------------------------
+# ---- Entra routes ----------------------------------------------------------------------------------------------
 def _entra_error(err: EntraError) -> web.Response:
     return web.json_response(err.body(), status=err.status)
 
@@ -273,10 +283,22 @@ async def token(request: web.Request) -> web.Response:
     entra = request.app[ENTRA]
     try:
         form = await request.post()
-    except Exception:  # malformed form body
+    except Exception:  # noqa: BLE001 - guard: malformed form body
         return web.json_response({"error": "invalid_request", "error_description": "Malformed request body."},
                                  status=400)
     values = {k: str(v) for k, v in form.items()}
+    auth = request.headers.get("Authorization", "")
+    if auth.lower().startswith("basic ") and "client_secret" not in values:
+        # client_secret_basic (RFC 6749 §2.3.1), listed in the OIDC document's token_endpoint_auth_methods_supported.
+        import base64
+        from urllib.parse import unquote_plus
+
+        try:
+            cid, _, secret = base64.b64decode(auth[6:].strip()).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            cid, secret = "", ""
+        values.setdefault("client_id", unquote_plus(cid))
+        values["client_secret"] = unquote_plus(secret)
     try:
         result = entra.client_credentials(request.match_info["tenant"], values)
     except EntraError as err:
@@ -293,7 +315,7 @@ def build_app(base_url: str, ca_path: Path, workdir: Path, *, clock: Clock | Non
     if _directory is not None:
         try:
             world = _directory.World(base_url)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - guard: the simulator must keep serving
             log.warning("World() failed: %s", exc)
     if world is not None:
         world.base_url = base_url
@@ -346,7 +368,7 @@ def build_app(base_url: str, ca_path: Path, workdir: Path, *, clock: Clock | Non
     if _graph is not None and world is not None:
         try:
             _graph.register(app, world)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - guard: the simulator must keep serving
             log.warning("graph.register failed: %s", exc)
     from simulator import admin  # local: admin imports this module's helpers
 
@@ -354,7 +376,7 @@ def build_app(base_url: str, ca_path: Path, workdir: Path, *, clock: Clock | Non
     if _graph is not None and world is not None and hasattr(_graph, "register_admin"):
         try:
             _graph.register_admin(app, world)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - guard: the simulator must keep serving
             log.warning("graph.register_admin failed: %s", exc)
     admin.register_fallback(app)
     return app
@@ -364,20 +386,18 @@ def add_tenants(app: web.Application, scenario: str, count: int, seed: int) -> N
     world = app[WORLD]
     if world is None:
         raise RuntimeError("the directory module (World) is not available; cannot create tenants")
-    for i in range(count):
-        t = world.add_tenant(scenario, seed + i)
-        app[INFO]["tenants"].append({"tenant_id": t.tenant_id, "scenario": scenario,
+    if scenario == "fleet" and hasattr(world, "add_fleet"):
+        created = list(world.add_fleet(count, seed))  # mostly small, some M (graph helper's fleet plan)
+    else:
+        created = [world.add_tenant(scenario, seed + i) for i in range(count)]
+    for t in created:
+        app[INFO]["tenants"].append({"tenant_id": t.tenant_id, "scenario": getattr(t, "scenario", scenario),
                                      "enrollment_groups": list(getattr(t, "enrollment_groups", []))})
-
-
-def tenant_entry(app: web.Application, tenant: Any, scenario: str) -> dict[str, Any]:
-    return {"tenant_id": tenant.tenant_id, "scenario": scenario,
-            "enrollment_groups": list(getattr(tenant, "enrollment_groups", []))}
 
 
 def current_info(app: web.Application) -> dict[str, Any]:
     """The info JSON, with the tenant list refreshed from the World (tenants may be added via the admin API)."""
-    info = dict(app[INFO])
+    info = app[INFO].copy()
     world = app[WORLD]
     if world is not None:
         info["tenants"] = [
@@ -388,49 +408,72 @@ def current_info(app: web.Application) -> dict[str, Any]:
     return info
 
 
-async def serve(host: str, port: int, workdir: Path, info_file: Path, *, scenario: str | None = None,
-                tenants: int = 0, seed: int = 1, parent_pid: int | None = None,
-                stop: asyncio.Event | None = None) -> None:
-    """Run until `stop` is set (or SIGTERM/SIGINT in __main__)."""
+def prepare(host: str, port: int, workdir: Path, *, scenario: str | None = None, tenants: int = 0,
+            seed: int = 1) -> tuple[web.Application, Any, ssl.SSLContext]:
+    """Blocking setup: TLS material, listening socket, app and start-up tenants."""
     import os
     import socket
 
     workdir.mkdir(parents=True, exist_ok=True)
     ssl_ctx, ca_path = make_tls(workdir)
-    family_ = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family_, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(1024)
     sock.setblocking(False)
-    real_port = sock.getsockname()[1]
-    base_url = f"https://localhost:{real_port}"
+    base_url = f"https://localhost:{sock.getsockname()[1]}"
     app = build_app(base_url, ca_path, workdir)
     if scenario and tenants > 0:
         add_tenants(app, scenario, tenants, seed)
     app[INFO]["pid"] = os.getpid()
+    return app, sock, ssl_ctx
+
+
+def write_info(app: web.Application, info_file: Path) -> None:
+    """Write the info JSON atomically (tmp file, then rename) — contract."""
+    tmp = info_file.with_suffix(info_file.suffix + ".tmp")
+    tmp.write_text(json.dumps(current_info(app), indent=2))
+    tmp.replace(info_file)
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def serve(host: str, port: int, workdir: Path, info_file: Path, *, scenario: str | None = None,
+                tenants: int = 0, seed: int = 1, parent_pid: int | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    """Run until `stop` is set (SIGTERM/SIGINT in __main__) or the parent process is gone."""
+    import os
+
+    app, sock, ssl_ctx = prepare(host, port, workdir, scenario=scenario, tenants=tenants, seed=seed)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.SockSite(runner, sock, ssl_context=ssl_ctx)
     await site.start()
-    info = current_info(app)
-    tmp = info_file.with_suffix(info_file.suffix + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    tmp.replace(info_file)
+    write_info(app, info_file)
     print(f"SIMULATOR READY {info_file}", flush=True)
     stop = stop or asyncio.Event()
 
+    direct_child = parent_pid is not None and os.getppid() == parent_pid
+
     async def watch_parent() -> None:
         while parent_pid is not None:
-            await asyncio.sleep(1.0)
-            try:
-                os.kill(parent_pid, 0)
-            except ProcessLookupError:
+            await asyncio.sleep(0.5)
+            # A dead direct parent re-parents us at once (even while it is an unreaped zombie); otherwise probe it.
+            gone = os.getppid() != parent_pid if direct_child else not _alive(parent_pid)
+            if gone:
                 print("simulator: parent process gone, exiting", file=sys.stderr, flush=True)
                 stop.set()
                 return
-            except PermissionError:
-                pass
 
     watcher = asyncio.create_task(watch_parent())
     try:

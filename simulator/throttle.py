@@ -196,7 +196,7 @@ class Throttle:
             return "S"
         try:
             return size_class(int(self._user_count(tenant_id)))
-        except Exception:  # unknown tenant in the world: smallest bucket
+        except Exception:  # noqa: BLE001 - guard: unknown tenant in the world: smallest bucket
             return "S"
 
     def _bucket(self, key: tuple[str, ...], capacity: float, window: float, now: float) -> Bucket:
@@ -221,7 +221,8 @@ class Throttle:
             checks: list[tuple[Bucket, float, str]] = [
                 (self._bucket(("at", app_id, tenant_id), APP_TENANT_RU[size] * s, APP_TENANT_WINDOW, now), ru,
                  f"Tenant_Application/ReadWrite/{app_id}/{tenant_id}"),
-                (self._bucket(("a", app_id), APP_RU * s, APP_WINDOW, now), ru, f"Application/ReadWrite/{app_id}/{tenant_id}"),
+                (self._bucket(("a", app_id), APP_RU * s, APP_WINDOW, now), ru,
+                 f"Application/ReadWrite/{app_id}/{tenant_id}"),
             ]
             if write:
                 checks += [

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -70,7 +72,7 @@ class JwtConsoleAuth:
     Args:
         settings: ``authority_host``, ``console_audience`` and ``console_tenant_id`` are used.
         http: an httpx client for the metadata fetches (tests may pass one); by default one is created lazily,
-            trusting ``SSL_CERT_FILE``/``SSL_CERT_DIR`` when set (httpx's ``trust_env``).
+            trusting the CA bundle in ``SSL_CERT_FILE`` (or ``REQUESTS_CA_BUNDLE``) when set, else the system's.
         clock: seconds since the epoch (tests move time for the JWKS cache; token times use PyJWT's clock).
         min_refresh_seconds: minimum interval between JWKS re-fetches triggered by unknown ``kid`` values.
     """
@@ -211,7 +213,10 @@ class JwtConsoleAuth:
 
     async def _get_json(self, url: str) -> dict[str, Any]:
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=_FETCH_TIMEOUT, follow_redirects=False)
+            # Extra trust (the simulator's test CA locally): SSL_CERT_FILE, else REQUESTS_CA_BUNDLE (ARCHITECTURE §5).
+            bundle = os.environ.get("SSL_CERT_FILE") or os.environ.get("REQUESTS_CA_BUNDLE")
+            verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=bundle) if bundle else True
+            self._http = httpx.AsyncClient(timeout=_FETCH_TIMEOUT, follow_redirects=False, verify=verify)
         response = await self._http.get(url, headers={"Accept": "application/json"})
         response.raise_for_status()
         body = response.json()

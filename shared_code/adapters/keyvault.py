@@ -44,6 +44,7 @@ from azure.core.exceptions import (
 from azure.identity.aio import CertificateCredential, ClientSecretCredential, ManagedIdentityCredential
 from azure.keyvault.secrets.aio import SecretClient
 
+from shared_code.adapters.credentials import tls_options
 from shared_code.errors import FatalError, RetriableError
 from shared_code.settings import Settings
 
@@ -80,11 +81,21 @@ def vault_credential(settings: Settings, env: Mapping[str, str] | None = None) -
     secret = env.get("AZURE_CLIENT_SECRET", "")
     if tenant and client_id and certificate:
         return CertificateCredential(
-            tenant, client_id, certificate, authority=settings.authority_host, disable_instance_discovery=True
+            tenant,
+            client_id,
+            certificate,
+            authority=settings.authority_host,
+            disable_instance_discovery=True,
+            **tls_options(),
         )
     if tenant and client_id and secret:
         return ClientSecretCredential(
-            tenant, client_id, secret, authority=settings.authority_host, disable_instance_discovery=True
+            tenant,
+            client_id,
+            secret,
+            authority=settings.authority_host,
+            disable_instance_discovery=True,
+            **tls_options(),
         )
     return ManagedIdentityCredential(client_id=client_id or None)
 
@@ -130,7 +141,7 @@ class KeyVaultSecret:
         if self._client is None:
             if self._credential is None:
                 self._credential = vault_credential(self._settings)
-            options: dict[str, Any] = {}
+            options: dict[str, Any] = tls_options()
             if not is_azure_vault(self._vault_url):
                 # Local vaults (the simulator) do not live under vault.azure.net; see the module docstring.
                 options["verify_challenge_resource"] = False

@@ -271,3 +271,8 @@ def _assemble(entities: list[Any]) -> TenantRecord | None:
         created_at=str(config_row.get("created_at", "")),
         updated_at=str(config_row.get("updated_at", "")),
     )
+
+
+def build_tenant_repository(c: Any) -> TableTenantRepository:
+    """The process's TenantRepository: ``container().service(build_tenant_repository)`` (bootstrap.Container)."""
+    return TableTenantRepository(c.storage)

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-# The properties we ask Graph for on every device read (device resource, learn.microsoft.com/graph/api/resources/device).
+# Properties read on every device (device resource: learn.microsoft.com/graph/api/resources/device).
 DEVICE_SELECT = (
     "id",
     "deviceId",

@@ -6,8 +6,9 @@ Intune entities carry the Entra ``deviceId`` and the device's registered owner a
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -55,3 +56,47 @@ class StaticEnrolledDevices:
     async def get(self, tenant_id: str, device_id: str) -> EnrolledDevice | None:
         """The device when enrolled."""
         return self._devices.get(tenant_id, {}).get(device_id.lower())
+
+
+class TableEnrolledDevices:
+    """Reads the enrollment feature's device rows (table ``devices``; shared_code/enrollment/store.py layout).
+
+    Rows are ``PartitionKey = tenant``, ``RowKey = d|<object id>``, with ``deviceId`` as its own column (so Intune
+    lookups by Entra deviceId are one filtered query), ``rec`` the device record JSON and ``state``
+    (``enrolled`` / ``deactivated``). The API's ``{deviceId}`` may be either id: object id first (a point read),
+    then Entra deviceId.
+    """
+
+    ENROLLED = "enrolled"
+
+    def __init__(self, storage: Any) -> None:
+        self._storage = storage
+
+    async def get(self, tenant_id: str, device_id: str) -> EnrolledDevice | None:
+        """The device if currently enrolled."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        table = await self._storage.table("devices")
+        row: dict[str, Any] | None = None
+        try:
+            row = dict(await table.get_entity(tenant_id, f"d|{device_id}"))
+        except ResourceNotFoundError:
+            async for entity in table.query_entities(
+                "PartitionKey eq @pk and deviceId eq @d", parameters={"pk": tenant_id, "d": device_id}
+            ):
+                candidate = dict(entity)
+                # Prefer the enrolled row if a deviceId was ever reused by a re-registered object.
+                if row is None or candidate.get("state") == self.ENROLLED:
+                    row = candidate
+        if row is None or row.get("state") != self.ENROLLED:
+            return None
+        record = json.loads(str(row.get("rec") or "{}"))
+        owner = record.get("ownerId")
+        if not owner or not record.get("deviceId"):
+            return None  # Intune entities need the Entra deviceId and the owner (UserId)
+        return EnrolledDevice(
+            device_id=str(record["deviceId"]),
+            user_id=str(owner),
+            operating_system=str(record.get("operatingSystem") or ""),
+            display_name=str(record.get("displayName") or ""),
+        )

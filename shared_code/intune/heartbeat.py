@@ -22,7 +22,15 @@ from shared_code.adapters.intune import IntuneClient, IntuneNotProvisionedError
 from shared_code.errors import ConsentRequiredError, FatalError, PermissionMissingError, RetriableError
 from shared_code.intune.discovery import DiscoveryService
 from shared_code.intune.provisioning import ProvisioningService
-from shared_code.intune.status import HEARTBEAT, INTUNE, PERMISSIONS, ActivityCounters, iso, parse_iso, permission_problem
+from shared_code.intune.status import (
+    HEARTBEAT,
+    INTUNE,
+    PERMISSIONS,
+    ActivityCounters,
+    iso,
+    parse_iso,
+    permission_problem,
+)
 from shared_code.tenants import TenantRecord, TenantRepository
 
 log = logging.getLogger("connector.intune.heartbeat")

@@ -13,11 +13,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from shared_code.adapters.intune import IntuneClient, IntuneConnectorStateError, IntuneNotFoundError, iso_now
-from shared_code.errors import ConflictError, NotFoundError, PermissionMissingError, RetriableError
+from shared_code.errors import ConflictError, ConnectorError, NotFoundError, PermissionMissingError
 from shared_code.intune.devices import EnrolledDevice, EnrolledDevices
 from shared_code.intune.discovery import DiscoveryService
 from shared_code.intune.status import INTUNE, PERMISSIONS, ActivityCounters, iso, permission_problem
-from shared_code.intune.uploads import FINAL_STATUSES, NOT_SENT, PENDING, UploadMessage, UploadStore
+from shared_code.intune.uploads import FINAL_STATUSES, NOT_SENT, PENDING, REJECTED, UploadMessage, UploadStore
 from shared_code.permissions import ApiCall
 from shared_code.tenants import TenantRecord, TenantRepository
 
@@ -108,7 +108,7 @@ class MessageService:
             RetriableError: Intune unavailable after retries (message stays NotSent; a retry resends it).
         """
         tenant_id = message.tenant_id
-        if message.status == NOT_SENT:
+        if message.status in (NOT_SENT, REJECTED):
             await self.store.save(message)
         try:
             await self.discovery.call_with_endpoints(
@@ -126,7 +126,7 @@ class MessageService:
             await self.tenants.update_status(
                 tenant_id, INTUNE, {"connectorState": exc.state, "connectorStateAt": iso(self.now())}
             )
-            message.status, message.error_detail = "Rejected", exc.detail
+            message.status, message.error_detail = REJECTED, exc.detail
             await self.store.save(message)
             record = await self.tenants.get(tenant_id)
             view = connector_view(record) if record else {"state": "unknown"}
@@ -170,7 +170,7 @@ class MessageService:
             counts["polled"] += 1
             try:
                 settled = await self.settle(message)
-            except (RetriableError, ConflictError, PermissionMissingError, NotFoundError) as exc:
+            except ConnectorError as exc:  # one tenant's trouble (consent, discovery, outage) must not stop the run
                 counts["errors"] += 1
                 log.warning("polling upload %s failed: %s", message.message_id, exc)
                 continue

@@ -14,7 +14,7 @@ from typing import Any
 from shared_code.errors import ConflictError, ValidationError
 from shared_code.intune.messages import ENTITY_THREAT_LEVEL, MessageService, new_message
 from shared_code.intune.status import parse_iso
-from shared_code.intune.uploads import NOT_SENT, UploadMessage, digest
+from shared_code.intune.uploads import NOT_SENT, REJECTED, UploadMessage, digest
 from shared_code.permissions import call
 
 LEVELS = ("secured", "low", "medium", "high")
@@ -95,7 +95,7 @@ class ThreatService:
                 if bound_digest != body_digest:
                     raise ConflictError("idempotencyKey was already used with a different threat report", status=409)
                 existing = await self._messages.store.get(tenant_id, bound_id)
-                if existing is not None and existing.status != NOT_SENT:
+                if existing is not None and existing.status not in (NOT_SENT, REJECTED):
                     return existing, True
                 if existing is not None:
                     message, replayed = existing, True

@@ -34,6 +34,8 @@ from shared_code.adapters.tenant_store import pack_json, unpack_json, utc_now_is
 CHUNK_CHARS = 360_000
 PENDING = "Pending"
 NOT_SENT = "NotSent"
+# Intune refused the message (connector Not Set Up / Unavailable): never processed there, so a replay resends it.
+REJECTED = "Rejected"
 FINAL_STATUSES = frozenset({"Succeeded", "Failed"})
 
 

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-# The repo root must be importable (`devhost`) however pytest is launched (`pytest` vs `python -m pytest`).
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-import devhost_sample_app as sample  # noqa: E402
-
-from devhost import Azurite, DevHost, start_azurite  # noqa: E402
+from devhost import Azurite, DevHost, start_azurite
+from tests.devhost import devhost_sample_app as sample
 
 QUIET_SCHEDULE = "0 0 0 1 1 *"  # once a year: timers exist but do not tick during a test
 

@@ -30,7 +30,7 @@ def _timer_app(schedule: str) -> func.FunctionApp:
     ("spec", "message"),
     [
         ("no_such_module_xyz:app", "cannot import app module 'no_such_module_xyz'"),
-        ("devhost_sample_app:missing", "has no attribute 'missing'"),
+        ("tests.devhost.devhost_sample_app:missing", "has no attribute 'missing'"),
         ("json:dumps", "not an azure.functions.FunctionApp"),
         ("bad spec:", "must look like 'module:attr'"),
     ],

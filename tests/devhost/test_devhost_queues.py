@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import uuid
 
-import devhost_sample_app as sample
 from azure.data.tables import TableServiceClient, UpdateMode
 from azure.storage.queue import BinaryBase64DecodePolicy, QueueClient, TextBase64EncodePolicy
+
+from tests.devhost import devhost_sample_app as sample
 
 
 def _sender(conn: str, queue: str) -> QueueClient:
@@ -128,3 +130,21 @@ def test_table_sdk_round_trip_on_azurite(azurite):
         assert [(r["RowKey"], r["n"]) for r in rows] == [("d1", 5)]
         assert table.get_entity("t1", "o'brien")["n"] == 2
         svc.delete_table(name)
+
+
+async def test_visibility_timeout_delays_retry_and_drain_waits_for_it(make_host, azurite, queue_name):
+    host = await make_host(
+        host_json={"extensions": {"queues": {"visibilityTimeout": "00:00:01", "maxDequeueCount": 2}}}
+    )
+    with _sender(azurite.connection_string, queue_name) as q:
+        q.send_message(json.dumps({"action": "fail"}))
+        for _ in range(400):
+            if host.stats["work"].failures == 1 and host._pollers["work"].in_flight == 0:
+                break
+            await asyncio.sleep(0.01)
+        # Released with visibilityTimeout 1 s: still in the queue, but not visible yet.
+        assert q.peek_messages(max_messages=1) == []
+        assert q.get_queue_properties().approximate_message_count == 1
+    await host.drain_queues(timeout=30)  # counts invisible messages, so it waits for the retry
+    assert [r["dequeue_count"] for r in sample.RECORD["work"]] == [1, 2]
+    assert host.stats["work"].poisoned == 1

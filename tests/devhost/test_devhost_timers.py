@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import azure.functions as func
-import devhost_sample_app as sample
 import pytest
 
 from devhost import DevHost, InvocationError
+from tests.devhost import devhost_sample_app as sample
 
 
 async def _until(predicate, what: str, limit: int = 400) -> None:

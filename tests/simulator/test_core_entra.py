@@ -123,6 +123,14 @@ def test_token_endpoint_errors(sim: SimHandle) -> None:
     assert r.json()["error_codes"] == [700016]
 
 
+def test_client_secret_basic(sim: SimHandle) -> None:
+    c = sim.info["connector"]
+    r = sim.http.post(f"{sim.base_url}/{sim.tenant_ids[0]}/oauth2/v2.0/token",
+                      data={"grant_type": "client_credentials", "scope": GRAPH},
+                      auth=(c["client_id"], c["client_secret"]))
+    assert r.status_code == 200, r.text
+
+
 def test_consent_revoked_then_restored(sim: SimHandle) -> None:
     tid = sim.tenant_ids[1]
     r = sim.admin("DELETE", "/_sim/consent", params={"tenant_id": tid, "app_id": sim.connector_id})
@@ -156,7 +164,8 @@ def test_partial_consent_limits_roles(sim: SimHandle) -> None:
 def _assertion(sim: SimHandle, tenant: str, *, aud: str | None = None, exp_delta: int = 600,
                key: Any = None, alg: str = "RS256") -> str:
     c = sim.info["connector"]
-    pem = open(c["certificate_path"], "rb").read()
+    with open(c["certificate_path"], "rb") as fh:
+        pem = fh.read()
     own = serialization.load_pem_private_key(pem, password=None)
     now = int(time.time())
     claims = {"aud": aud or f"{sim.base_url}/{tenant}/oauth2/v2.0/token", "iss": c["client_id"],
@@ -224,8 +233,30 @@ def test_token_outage_fault(sim: SimHandle) -> None:
     assert sim.token_response(tid, GRAPH).status_code == 200
 
 
-def test_key_rotation_unknown_kid(private_sim: Any) -> None:
-    own = private_sim()
+@pytest.fixture(scope="module")
+def own(private_sim: Any) -> SimHandle:
+    """A simulator of this module only: its tests drop signing keys and revoke secrets."""
+    return private_sim()  # type: ignore[no-any-return]
+
+
+def test_secret_rotation_with_vault(own: SimHandle) -> None:
+    tid = own.tenant_ids[0]
+    c = own.info["connector"]
+    old = c["client_secret"]
+    r = own.admin("POST", f"/_sim/apps/{c['client_id']}/secrets", {"secret": "new-secret-value-0123456789"})
+    assert r.json()["secrets"] == 2
+    own.admin("POST", "/_sim/keyvault/secrets", {"name": c["secret_name"], "value": "new-secret-value-0123456789"})
+    assert secret_credential(own, tid, secret=old).get_token(GRAPH).token  # both valid during the overlap
+    own.admin("POST", f"/_sim/apps/{c['client_id']}/secrets", {"secret": "new-secret-value-0123456789",
+                                                               "revoke_old": True})
+    with pytest.raises(ClientAuthenticationError) as err:
+        secret_credential(own, tid, secret=old).get_token(GRAPH)
+    assert "AADSTS7000215" in str(err.value)
+    assert secret_credential(own, tid, secret="new-secret-value-0123456789").get_token(GRAPH).token
+    c["client_secret"] = "new-secret-value-0123456789"  # later tests of this module use the handle's secret
+
+
+def test_key_rotation_unknown_kid(own: SimHandle) -> None:
     tid = own.tenant_ids[0]
     old = own.app_token(tid, cache=False)
     assert own.get("/v1.0/users?$top=1", old).status_code == 200
@@ -239,3 +270,25 @@ def test_key_rotation_unknown_kid(private_sim: Any) -> None:
     assert denied.status_code == 401 and denied.json()["error"]["code"] == "InvalidAuthenticationToken"
     kids = [k["kid"] for k in own.http.get(f"{own.base_url}/{tid}/discovery/v2.0/keys").json()["keys"]]
     assert jwt.get_unverified_header(old)["kid"] not in kids
+
+
+def test_unknown_tenant_with_sdk(sim: SimHandle) -> None:
+    # The OIDC document answers 400 AADSTS90002, so MSAL fails at tenant discovery (as against real Entra).
+    with pytest.raises(ClientAuthenticationError) as err:
+        secret_credential(sim, str(uuid.uuid4())).get_token(GRAPH)
+    assert "Unable to get authority configuration" in str(err.value)
+
+
+def test_expired_and_wrong_audience_tokens_get_401(sim: SimHandle) -> None:
+    tid = sim.tenant_ids[0]
+    user = sim.get("/v1.0/users?$top=1", sim.app_token(tid)).json()["value"][0]["id"]
+    expired = sim.admin("POST", "/_sim/tokens/user", {"tenant_id": tid, "user_id": user, "exp_in": -120}).json()
+    r = sim.get("/v1.0/me", expired["access_token"])
+    assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
+    vault = sim.app_token(sim.info["connector"]["home_tenant_id"], "https://vault.azure.net/.default")
+    r = sim.get("/v1.0/users", vault)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "InvalidAuthenticationToken"
+    r = sim.http.get(f"{sim.base_url}/v1.0/users", headers={"Authorization": "Bearer not-a-jwt"})
+    assert r.status_code == 401
+    r = sim.http.get(f"{sim.base_url}/v1.0/users")
+    assert r.status_code == 401 and r.json()["error"]["message"] == "Access token is empty."

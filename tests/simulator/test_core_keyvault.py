@@ -56,3 +56,8 @@ def test_wrong_audience_token_is_rejected(sim: SimHandle) -> None:
     graph_token = sim.app_token(sim.tenant_ids[0])
     r = sim.get("/secrets/connector-client-secret?api-version=7.5", graph_token)
     assert r.status_code == 401 and "WWW-Authenticate" in r.headers
+
+
+def test_list_secret_properties(sim: SimHandle) -> None:
+    names = {p.name for p in secret_client(sim).list_properties_of_secrets()}
+    assert "connector-client-secret" in names

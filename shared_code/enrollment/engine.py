@@ -1,0 +1,571 @@
+"""The poll engine: one tenant, one poll — full reconcile or incremental — get → transform → load → commit cursor.
+
+Full reconcile (first poll, config change, expired delta token, or every ``FULL_RECONCILE_HOURS``):
+  1. make sure a ``devices/delta`` round exists (start it now, before reading, so no change falls in a gap);
+  2. a new ``groups/delta?$select=displayName,members`` round: every group's direct members (the membership graph);
+  3. resolve the configured names with ``$filter`` (quotes doubled); expand nested groups locally;
+  4. read devices + owners with the cheapest strategy for the tenant's shape (strategies.py; logged);
+  5. reconcile desired vs stored (domain), guard, write rows + events, save the graph, commit cursors last.
+
+Incremental: read ``groups/delta`` and ``devices/delta`` from the committed deltaLinks. Nothing changed → stop: no
+table write at all (2 Graph requests). Otherwise apply the membership changes to the stored graph, re-derive scope,
+fetch owned devices only for users who *entered* scope and owners only for devices that appeared or changed
+platform (``$batch``, 20 per request), reconcile against the stored rows, write, commit cursors last.
+
+Crash safety: rows + events are written in per-partition transactions before the graph and the cursors; a poll that
+dies anywhere replays the same deltas next time against the (partly) updated rows, and reconcile only emits what
+is still missing, so no event is lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from shared_code.adapters.graph import GraphClient
+from shared_code.adapters.http_retry import UsageMeter
+from shared_code.domain import guard
+from shared_code.domain.devices import (
+    DeviceRecord,
+    device_from_graph,
+    merge_device_update,
+    normalize_platforms,
+    platform_matches,
+)
+from shared_code.domain.reconcile import (
+    DEACTIVATE,
+    DIRECT,
+    ENROLLED,
+    OWNER,
+    Desired,
+    Facts,
+    Plan,
+    Stored,
+    reconcile,
+)
+from shared_code.domain.scope import (
+    MembershipGraph,
+    Resolution,
+    Scope,
+    expand_scope,
+    resolve_from_matches,
+    resolve_names,
+)
+from shared_code.enrollment import strategies
+from shared_code.enrollment.cursors import DEVICES, GROUPS, Cursor, CursorStore
+from shared_code.enrollment.reader import DirectoryReader
+from shared_code.enrollment.store import EnrollmentStore
+from shared_code.errors import CursorExpiredError, NotFoundError
+from shared_code.tenants import TenantConfig, TenantRecord, TenantRepository
+
+log = logging.getLogger("connector.enrollment")
+
+# The first devices/delta round of a big tenant pages through every device; its data repeats what the full
+# reconcile just read, so it is spread over polls this many pages at a time (the in-flight nextLink is kept).
+DEVICE_CATCHUP_PAGES = 40
+# A first devices round this short (in pages after the first) is finished inside the full reconcile.
+FINISH_NOW_PAGES = 5
+PLAN_SAMPLE = 50
+OWNERLESS_SAMPLE = 20
+
+GraphFactory = Callable[[str, UsageMeter], GraphClient]
+
+
+def utc_iso(ts: float) -> str:
+    """Epoch seconds → ISO-8601 UTC with Z."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass
+class PollOutcome:
+    """What one poll did (or, for a dry run, would do)."""
+
+    tenant_id: str
+    mode: str  # full | incremental | noop | skipped
+    dry_run: bool = False
+    plan: Plan = field(default_factory=lambda: Plan(()))
+    applied: dict[str, int] = field(default_factory=dict)
+    staged: int = 0
+    strategy: dict[str, Any] | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+    unresolved: list[dict[str, Any]] = field(default_factory=list)
+    ownerless: list[str] | None = None
+    notes: list[str] = field(default_factory=list)
+    events_written: int = 0
+    desired: int = 0
+    enrolled: int = 0
+    shape: dict[str, Any] | None = None
+
+    def summary(self, sample: int = PLAN_SAMPLE) -> dict[str, Any]:
+        """JSON form (dry-run answer, logs)."""
+        return {
+            "tenantId": self.tenant_id,
+            "mode": self.mode,
+            "dryRun": self.dry_run,
+            "counts": self.plan.counts(),
+            "applied": self.applied,
+            "staged": self.staged,
+            "desired": self.desired,
+            "enrolled": self.enrolled,
+            "strategy": self.strategy,
+            "usage": self.usage,
+            "unresolvedGroups": self.unresolved,
+            "ownerless": len(self.ownerless) if self.ownerless is not None else None,
+            "notes": self.notes,
+            "items": [i.to_dict() for i in self.plan.items[:sample]],
+            "truncated": len(self.plan.items) > sample,
+        }
+
+
+@dataclass
+class _Ctx:
+    record: TenantRecord
+    reader: DirectoryReader
+    meter: UsageMeter
+    now: float
+    dry_run: bool
+    groups_cursor: Cursor
+    devices_cursor: Cursor
+    outcome: PollOutcome
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def cfg(self) -> TenantConfig:
+        return self.record.config
+
+    @property
+    def tenant_id(self) -> str:
+        return self.record.config.tenant_id
+
+
+class _NeedFull(Exception):
+    """Incremental poll cannot proceed (no stored graph): run a full reconcile."""
+
+
+class PollEngine:
+    """Runs polls. Stateless between polls (state lives in the stores)."""
+
+    def __init__(
+        self,
+        *,
+        tenants: TenantRepository,
+        store: EnrollmentStore,
+        cursors: CursorStore,
+        graph_factory: GraphFactory,
+        clock: Callable[[], float] = time.time,
+        full_reconcile_hours: int = 24,
+        device_catchup_pages: int = DEVICE_CATCHUP_PAGES,
+    ) -> None:
+        self.tenants = tenants
+        self.store = store
+        self.cursors = cursors
+        self._graph_factory = graph_factory
+        self._clock = clock
+        self._full_hours = full_reconcile_hours
+        self._catchup = device_catchup_pages
+
+    async def poll(self, tenant_id: str, *, dry_run: bool = False, force_full: bool = False) -> PollOutcome:
+        """Poll one tenant.
+
+        Raises:
+            NotFoundError: the tenant is not provisioned.
+            ConsentRequiredError, PermissionMissingError, RetriableError, FatalError: from Graph.
+            ConflictError: another worker advanced the tenant meanwhile.
+        """
+        record = await self.tenants.get(tenant_id)
+        if record is None:
+            raise NotFoundError(f"tenant {tenant_id} is not provisioned", status=404)
+        outcome = PollOutcome(tenant_id, "skipped", dry_run=dry_run)
+        if record.state != "active":
+            return outcome
+        meter = UsageMeter()
+        graph = self._graph_factory(tenant_id, meter)
+        try:
+            ctx = _Ctx(
+                record=record,
+                reader=DirectoryReader(graph),
+                meter=meter,
+                now=self._clock(),
+                dry_run=dry_run,
+                groups_cursor=await self.cursors.get(tenant_id, GROUPS),
+                devices_cursor=await self.cursors.get(tenant_id, DEVICES),
+                outcome=outcome,
+            )
+            reason = self._full_reason(ctx, force_full)
+            if reason is None:
+                try:
+                    await self._incremental(ctx)
+                except CursorExpiredError as exc:
+                    reason = f"delta token expired ({exc})"
+                    log.warning("tenant %s: %s; running a full reconcile", tenant_id, reason)
+                except _NeedFull as exc:
+                    reason = str(exc)
+            if reason is not None:
+                outcome.notes.append(f"full reconcile: {reason}")
+                log.info("tenant %s: full reconcile (%s)", tenant_id, reason)
+                await self._full(ctx)
+            outcome.usage = meter.snapshot()
+            if outcome.mode != "noop" and not dry_run:
+                await self._write_poll_status(ctx)
+            return outcome
+        finally:
+            await graph.aclose()
+
+    # ---- mode selection ---------------------------------------------------------------------------------------
+
+    def _full_reason(self, ctx: _Ctx, force: bool) -> str | None:
+        if force:
+            return "requested"
+        if not ctx.groups_cursor.committed:
+            return "no committed groups cursor"
+        poll_status = ctx.record.status.get("poll", {})
+        if int(poll_status.get("configVersion") or 0) != ctx.cfg.config_version:
+            return "configuration changed"
+        if ctx.now - ctx.groups_cursor.full_at >= self._full_hours * 3600:
+            return f"scheduled (every {self._full_hours} h)"
+        return None
+
+    # ---- incremental --------------------------------------------------------------------------------------------
+
+    async def _incremental(self, ctx: _Ctx) -> None:
+        out = ctx.outcome
+        group_pages: list[list[dict[str, Any]]] = []
+        groups_link = ""
+        async for page in ctx.reader.groups_delta(ctx.groups_cursor.committed):
+            group_pages.append(list(page.get("value", ())))
+            groups_link = str(page.get("@odata.deltaLink") or groups_link)
+        device_changes, devices_cursor = await self._device_deltas(ctx)
+        guard_status = ctx.record.status.get("guard", {})
+        approval_pending = guard_status.get("state") == "deactivations_staged" and guard_status.get("approvedCount")
+        need_disabled = not ctx.cfg.keep_disabled_users
+        changed = any(group_pages) or bool(device_changes)
+        if not changed and not approval_pending and not need_disabled:
+            out.mode = "noop"
+            if not ctx.devices_cursor.committed and devices_cursor != ctx.devices_cursor and not ctx.dry_run:
+                # Only while the first devices round catches up: progress of the in-flight link.
+                await self.cursors.put(ctx.tenant_id, DEVICES, devices_cursor)
+            return
+        out.mode = "incremental"
+        loaded = await self.store.load_graph(ctx.tenant_id)
+        if loaded is None:
+            raise _NeedFull("no stored membership graph")
+        graph_old, _meta = loaded
+        graph_new = copy.deepcopy(graph_old)
+        graph_changed = False
+        for values in group_pages:
+            graph_changed = graph_new.apply_page(values) or graph_changed
+        names = list(ctx.cfg.enrollment_groups)
+        res_old, res_new = resolve_names(graph_old, names), resolve_names(graph_new, names)
+        scope_old, scope_new = expand_scope(graph_old, res_old.resolved), expand_scope(graph_new, res_new.resolved)
+        stored = await self.store.load_devices(ctx.tenant_id)
+        plat = normalize_platforms(ctx.cfg.platforms)
+
+        deleted: set[str] = set()
+        updated: dict[str, dict[str, Any]] = {}
+        for obj in device_changes:
+            did = str(obj["id"])
+            if "@removed" in obj:
+                deleted.add(did)
+                updated.pop(did, None)
+            else:
+                deleted.discard(did)
+                updated[did] = {**updated.get(did, {}), **obj}
+
+        current: dict[str, DeviceRecord] = {}
+        for did, row in stored.items():
+            if row.state == ENROLLED:
+                rec = row.record
+                current[did] = merge_device_update(rec, updated[did]) if did in updated else rec
+        entering = sorted(set(scope_new.users) - set(scope_old.users))
+        if entering:
+            for uid, devices in (await ctx.reader.owned_devices(entering)).items():
+                for dev in devices or ():
+                    current[str(dev["id"])] = device_from_graph(dev, uid)
+        lookups = set(scope_new.devices) - set(scope_old.devices)
+        for did, obj in updated.items():
+            known = stored.get(did)
+            if (known is None or known.state != ENROLLED) and platform_matches(
+                str(obj.get("operatingSystem") or ""), plat
+            ):
+                lookups.add(did)  # appeared, or moved into the platforms: who owns it?
+        lookups -= set(current) | deleted
+        if lookups:
+            for did, found in (await ctx.reader.devices_by_id(sorted(lookups))).items():
+                if found is None:
+                    deleted.add(did)
+                else:
+                    owners = found.get("registeredOwners") or []
+                    current[did] = device_from_graph(found, str(owners[0]["id"]) if owners else None)
+        disabled = await ctx.reader.disabled_users() if need_disabled else set()
+        desired = self._desired(current, deleted, scope_new, plat, disabled)
+        facts = Facts(
+            deleted=frozenset(deleted),
+            current=current,
+            platforms=plat,
+            disabled_owners=frozenset(disabled),
+            unresolved=frozenset(u["name"] for u in res_new.unresolved),
+        )
+        plan = reconcile(desired, stored, facts)
+        out.unresolved = res_new.unresolved
+        out.desired = len(desired)
+        cursors = {GROUPS: ctx.groups_cursor.commit(groups_link, ctx.now), DEVICES: devices_cursor}
+        await self._finish(ctx, plan, stored, graph_new if graph_changed else None, res_new, scope_new, cursors,
+                           {"ownerless": None})
+
+    async def _device_deltas(self, ctx: _Ctx) -> tuple[list[dict[str, Any]], Cursor]:
+        """Device changes since the committed link; or progress on a first round spread over polls."""
+        cur = ctx.devices_cursor
+        changes: list[dict[str, Any]] = []
+        if cur.committed:
+            link = ""
+            async for page in ctx.reader.devices_delta(cur.committed):
+                changes.extend(page.get("value", ()))
+                link = str(page.get("@odata.deltaLink") or link)
+            return changes, cur.commit(link, ctx.now)
+        return changes, await self._devices_catchup(ctx, cur)
+
+    async def _devices_catchup(self, ctx: _Ctx, cur: Cursor) -> Cursor:
+        """Advance (or start) the first ``devices/delta`` round by at most ``device_catchup_pages`` pages."""
+        pages = 0
+        link: str | None = cur.inflight or None
+        stream = ctx.reader.devices_delta(link)
+        async for page in stream:
+            pages += 1
+            if page.get("@odata.deltaLink"):
+                return cur.commit(str(page["@odata.deltaLink"]), ctx.now)
+            link = str(page.get("@odata.nextLink") or "")
+            if pages >= self._catchup:
+                break
+        return Cursor(committed="", inflight=link or "", generation=cur.generation, committed_at=cur.committed_at,
+                      full_at=cur.full_at, etag=cur.etag)
+
+    # ---- full ---------------------------------------------------------------------------------------------------
+
+    async def _full(self, ctx: _Ctx) -> None:
+        out = ctx.outcome
+        out.mode = "full"
+        cfg = ctx.cfg
+        shape_status = ctx.record.status.get("poll", {}).get("shape") or {}
+        users = shape_status.get("users")
+        devices = shape_status.get("devices")
+        if users is None or devices is None:
+            users = await ctx.reader.count("users")
+            devices = await ctx.reader.count("devices")
+        devices_cursor = ctx.devices_cursor
+        if not devices_cursor.committed and not devices_cursor.inflight and not ctx.dry_run:
+            # Start the devices round before reading anything: changes made while we read are in its deltaLink.
+            devices_cursor = await self._start_devices_round(ctx, devices)
+        graph = MembershipGraph()
+        groups_link = ""
+        async for page in ctx.reader.groups_delta(None):
+            graph.apply_page(page.get("value", ()))
+            groups_link = str(page.get("@odata.deltaLink") or groups_link)
+        matches = {name: await ctx.reader.groups_named(name) for name in cfg.enrollment_groups}
+        resolution = resolve_from_matches(matches)
+        scope = expand_scope(graph, resolution.resolved)
+        shape = strategies.Shape(
+            users=int(users if users is not None else 1000),
+            devices=int(devices if devices is not None else 2000),
+            scope_users=len(scope.users),
+            scope_devices=len(scope.devices),
+            capped_users=int(shape_status.get("cappedUsers") or 1),
+        )
+        best, costs = strategies.choose(shape)
+        log.info(
+            "tenant %s: full reconcile strategy %s (estimates: %s; shape users=%d devices=%d scope=%d)",
+            ctx.tenant_id, best.strategy, [c.to_dict() for c in costs], shape.users, shape.devices,
+            shape.scope_users,
+        )
+        out.strategy = {**best.to_dict(), "estimates": [c.to_dict() for c in costs]}
+        inventory = await strategies.RUNNERS[best.strategy](ctx.reader, scope, cfg.platforms)
+        plat = normalize_platforms(cfg.platforms)
+        disabled: set[str] = set()
+        if not cfg.keep_disabled_users:
+            disabled = inventory.disabled if inventory.disabled is not None else await ctx.reader.disabled_users()
+        desired = self._desired(inventory.records, set(), scope, plat, disabled)
+        stored = await self.store.load_devices(ctx.tenant_id)
+        deleted = frozenset(
+            d for d, row in stored.items() if inventory.seen is not None and d not in inventory.seen
+        )
+        facts = Facts(
+            deleted=deleted,
+            current=inventory.records,
+            platforms=plat,
+            disabled_owners=frozenset(disabled),
+            unresolved=frozenset(u["name"] for u in resolution.unresolved),
+        )
+        plan = reconcile(desired, stored, facts)
+        out.unresolved = resolution.unresolved
+        out.ownerless = inventory.ownerless
+        out.desired = len(desired)
+        new_shape = {
+            "users": inventory.users_seen if inventory.users_seen is not None else shape.users,
+            "devices": inventory.devices_seen if inventory.devices_seen is not None else shape.devices,
+            "cappedUsers": inventory.capped_users or shape.capped_users,
+        }
+        out.shape = new_shape
+        cursors = {GROUPS: ctx.groups_cursor.commit(groups_link, ctx.now, full=True), DEVICES: devices_cursor}
+        extra = {"ownerless": inventory.ownerless}
+        await self._finish(ctx, plan, stored, graph, resolution, scope, cursors, extra)
+
+    async def _start_devices_round(self, ctx: _Ctx, expected_devices: int | None) -> Cursor:
+        """Start a new devices round and persist where it stands (in-flight or committed).
+
+        The round is finished now when it looks short (≤ ``FINISH_NOW_PAGES`` more pages, judged from the first
+        page's size and the tenant's device count); otherwise later polls continue it from the in-flight link.
+        """
+        cur = ctx.devices_cursor
+        new = cur
+        pages = 0
+        limit = 1
+        async for page in ctx.reader.devices_delta(None):
+            pages += 1
+            if page.get("@odata.deltaLink"):
+                new = cur.commit(str(page["@odata.deltaLink"]), ctx.now)
+                break
+            new = Cursor(inflight=str(page.get("@odata.nextLink") or ""), generation=cur.generation + 1,
+                         etag=cur.etag)
+            if pages == 1:
+                size = max(1, len(page.get("value", ())))
+                remaining = math.ceil(max(0, (expected_devices or 10**9) - size) / size)
+                limit = 1 + remaining if remaining <= FINISH_NOW_PAGES else 1
+            if pages >= limit:
+                break
+        if new is not cur:
+            ctx.devices_cursor = await self.cursors.put(ctx.tenant_id, DEVICES, new)
+        return ctx.devices_cursor
+
+    # ---- shared -------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _desired(
+        records: Mapping[str, DeviceRecord],
+        deleted: set[str],
+        scope: Scope,
+        platforms: frozenset[str],
+        disabled: set[str],
+    ) -> dict[str, Desired]:
+        """Devices that should be enrolled: in the platforms, with an owner, owner in scope or device a member."""
+        desired: dict[str, Desired] = {}
+        for did, rec in records.items():
+            if did in deleted or rec.owner_id is None or not platform_matches(rec.operating_system, platforms):
+                continue
+            if rec.owner_id in disabled:
+                continue
+            if did in scope.devices:
+                desired[did] = Desired(rec, scope.devices[did], DIRECT)
+            elif rec.owner_id in scope.users:
+                desired[did] = Desired(rec, scope.users[rec.owner_id], OWNER)
+        return desired
+
+    async def _finish(
+        self,
+        ctx: _Ctx,
+        plan: Plan,
+        stored: Mapping[str, Stored],
+        graph: MembershipGraph | None,
+        resolution: Resolution,
+        scope: Scope,
+        cursors: dict[str, Cursor],
+        extra: dict[str, Any],
+    ) -> None:
+        out = ctx.outcome
+        cfg = ctx.cfg
+        out.plan = plan
+        enrolled_before = sum(1 for s in stored.values() if s.state == ENROLLED)
+        guard_status = ctx.record.status.get("guard", {})
+        approved = guard_status.get("approvedCount") if guard_status.get("state") == "deactivations_staged" else None
+        deactivations = len(plan.of(DEACTIVATE))
+        decision = guard.evaluate(
+            deactivations,
+            enrolled_before,
+            max_count=cfg.guard_max_deactivations,
+            max_percent=cfg.guard_max_percent,
+            approved_count=int(approved) if approved is not None else None,
+        )
+        to_apply = plan if decision.apply_deactivations else plan.without_deactivations()
+        out.staged = decision.staged
+        counts = to_apply.counts()
+        out.enrolled = enrolled_before + counts["enroll"] - counts["deactivate"]
+        if ctx.dry_run:
+            out.applied = {k: 0 for k in counts}
+            return
+        events = await self.store.apply(ctx.tenant_id, to_apply.items, utc_iso(ctx.now))
+        out.events_written = len(events)
+        out.applied = counts
+        if graph is not None:
+            meta = {"configVersion": cfg.config_version, "resolved": resolution.resolved,
+                    "scopeUsers": len(scope.users), "savedAt": utc_iso(ctx.now)}
+            await self.store.save_graph(ctx.tenant_id, graph, meta)
+        # Cursors last: everything the deltas described is applied.
+        for stream in (DEVICES, GROUPS):
+            new = cursors[stream]
+            old = ctx.groups_cursor if stream == GROUPS else ctx.devices_cursor
+            if new != old and (new.committed or new.inflight):
+                await self.cursors.put(ctx.tenant_id, stream, new)
+        await self._write_scope_and_guard(ctx, decision, plan, resolution, extra)
+
+    async def _write_scope_and_guard(
+        self,
+        ctx: _Ctx,
+        decision: guard.GuardDecision,
+        plan: Plan,
+        resolution: Resolution,
+        extra: dict[str, Any],
+    ) -> None:
+        tid = ctx.tenant_id
+        out = ctx.outcome
+        scope_patch: dict[str, Any] = {
+            "unresolvedGroups": [u for u in resolution.unresolved if u["reason"] == "not_found"],
+            "ambiguousGroups": [u for u in resolution.unresolved if u["reason"] == "ambiguous"],
+            "resolvedGroups": resolution.resolved,
+            "updatedAt": utc_iso(ctx.now),
+        }
+        ownerless = extra.get("ownerless")
+        if ownerless is not None:
+            scope_patch["ownerlessDevices"] = len(ownerless)
+            scope_patch["ownerlessSample"] = ownerless[:OWNERLESS_SAMPLE]
+        await self.tenants.update_status(tid, "scope", scope_patch)
+        previous = ctx.record.status.get("guard", {})
+        if decision.staged:
+            sample = [i.to_dict() for i in plan.of(DEACTIVATE)[:PLAN_SAMPLE]]
+            await self.tenants.update_status(tid, "guard", {
+                "state": "deactivations_staged", "staged": decision.staged, "threshold": decision.threshold,
+                "stagedAt": utc_iso(ctx.now), "configVersion": ctx.cfg.config_version, "sample": sample,
+                "approvedCount": None,
+            })
+            out.notes.append(f"guard: {decision.staged} deactivations staged (threshold {decision.threshold})")
+            log.warning("tenant %s: %d deactivations staged (threshold %d)", tid, decision.staged, decision.threshold)
+        elif previous.get("state") == "deactivations_staged":
+            await self.tenants.update_status(tid, "guard", {
+                "state": "clear", "staged": 0, "approvedCount": None, "releasedAt": utc_iso(ctx.now),
+                "released": "approved" if decision.approved else "plan no longer exceeds the threshold",
+            })
+
+    async def _write_poll_status(self, ctx: _Ctx) -> None:
+        out = ctx.outcome
+        patch: dict[str, Any] = {
+            "mode": out.mode,
+            "startedAt": utc_iso(ctx.now),
+            "finishedAt": utc_iso(self._clock()),
+            "durationMs": int((time.monotonic() - ctx.started) * 1000),
+            "requests": out.usage.get("requests", 0),
+            "resourceUnits": out.usage.get("resourceUnits", 0),
+            "throttled": out.usage.get("throttled", 0),
+            "counts": {**out.applied, "staged": out.staged, "enrolled": out.enrolled, "desired": out.desired},
+            "configVersion": ctx.cfg.config_version,
+            "lastError": None,
+        }
+        if out.strategy is not None:
+            patch["strategy"] = out.strategy["strategy"]
+        if out.mode == "full":
+            patch["lastFullAt"] = utc_iso(ctx.now)
+        if out.shape is not None:
+            patch["shape"] = out.shape
+        await self.tenants.update_status(ctx.tenant_id, "poll", patch)

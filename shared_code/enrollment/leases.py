@@ -1,0 +1,156 @@
+"""Per-tenant poll leases: duplicate or concurrent queue messages for one tenant run one poll.
+
+A lease is a row (table ``leases``, PartitionKey ``poll``, RowKey tenant id) taken by compare-and-swap on its ETag:
+create when absent, replace when expired. The dispatcher reads the whole partition once per tick to learn when each
+tenant last finished a poll, so a quiet poll needs no write besides its lease.
+
+Race window::
+
+    worker A: read (free, etag 1) ── replace(etag 1) → ok, holds lease
+    worker B: read (free, etag 1) ─────────── replace(etag 1) → 412 → None (A polls; B acks its message)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import UpdateMode
+
+from shared_code.adapters.storage import StorageClients
+
+PARTITION = "poll"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A held lease (release it with the same object)."""
+
+    tenant_id: str
+    owner: str
+    etag: str
+    started_at: float
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    """What the dispatcher needs to know about a tenant's polls."""
+
+    holder: str
+    expires_at: float
+    last_started: float
+    last_finished: float
+
+
+def _info(row: dict[str, Any]) -> LeaseInfo:
+    return LeaseInfo(
+        holder=str(row.get("holder") or ""),
+        expires_at=float(row.get("expires_at") or 0.0),
+        last_started=float(row.get("last_started") or 0.0),
+        last_finished=float(row.get("last_finished") or 0.0),
+    )
+
+
+class LeaseStore(Protocol):
+    """Poll leases."""
+
+    async def acquire(self, tenant_id: str, owner: str, ttl: float, now: float) -> Lease | None:
+        """Take the tenant's lease for ``ttl`` seconds; None when another holder has it."""
+        ...
+
+    async def release(self, lease: Lease, now: float) -> None:
+        """Give the lease back and record the finish time (a lost lease is ignored)."""
+        ...
+
+    async def all(self) -> dict[str, LeaseInfo]:
+        """Every tenant's lease row."""
+        ...
+
+
+class MemoryLeaseStore:
+    """In-memory leases with compare-and-swap semantics."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, tuple[int, dict[str, Any]]] = {}
+
+    async def acquire(self, tenant_id: str, owner: str, ttl: float, now: float) -> Lease | None:
+        """See :class:`LeaseStore`."""
+        found = self._rows.get(tenant_id)
+        await asyncio.sleep(0)  # let concurrent acquirers interleave like real I/O
+        if found is not None and found[1].get("holder") and float(found[1].get("expires_at", 0)) > now:
+            return None
+        current = self._rows.get(tenant_id)
+        if (current[0] if current else None) != (found[0] if found else None):
+            return None
+        row = dict(found[1]) if found else {}
+        row.update({"holder": owner, "expires_at": now + ttl, "last_started": now})
+        version = (found[0] if found else 0) + 1
+        self._rows[tenant_id] = (version, row)
+        return Lease(tenant_id, owner, str(version), now)
+
+    async def release(self, lease: Lease, now: float) -> None:
+        """See :class:`LeaseStore`."""
+        found = self._rows.get(lease.tenant_id)
+        if found is None or str(found[0]) != lease.etag:
+            return
+        row = dict(found[1])
+        row.update({"holder": "", "expires_at": 0.0, "last_finished": now})
+        self._rows[lease.tenant_id] = (found[0] + 1, row)
+
+    async def all(self) -> dict[str, LeaseInfo]:
+        """See :class:`LeaseStore`."""
+        return {k: _info(v[1]) for k, v in self._rows.items()}
+
+
+class TableLeaseStore:
+    """Leases in the ``leases`` table."""
+
+    def __init__(self, storage: StorageClients) -> None:
+        self._storage = storage
+
+    async def acquire(self, tenant_id: str, owner: str, ttl: float, now: float) -> Lease | None:
+        """See :class:`LeaseStore`."""
+        table = await self._storage.table("leases")
+        try:
+            found: Any = await table.get_entity(PARTITION, tenant_id)
+        except ResourceNotFoundError:
+            found = None
+        row = {"PartitionKey": PARTITION, "RowKey": tenant_id, "holder": owner, "expires_at": now + ttl,
+               "last_started": now}
+        try:
+            if found is None:
+                meta = await table.create_entity({**row, "last_finished": 0.0})
+            else:
+                if found.get("holder") and float(found.get("expires_at") or 0) > now:
+                    return None
+                row["last_finished"] = float(found.get("last_finished") or 0.0)
+                meta = await table.update_entity(
+                    row, mode=UpdateMode.REPLACE, etag=found.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+        except (ResourceExistsError, ResourceModifiedError):
+            return None
+        return Lease(tenant_id, owner, str(meta["etag"]), now)
+
+    async def release(self, lease: Lease, now: float) -> None:
+        """See :class:`LeaseStore`."""
+        table = await self._storage.table("leases")
+        row = {"PartitionKey": PARTITION, "RowKey": lease.tenant_id, "holder": "", "expires_at": 0.0,
+               "last_started": lease.started_at, "last_finished": now}
+        # A lost lease (expired, taken by someone else) has nothing to give back.
+        with contextlib.suppress(ResourceModifiedError, ResourceNotFoundError):
+            await table.update_entity(
+                row, mode=UpdateMode.REPLACE, etag=lease.etag, match_condition=MatchConditions.IfNotModified
+            )
+
+    async def all(self) -> dict[str, LeaseInfo]:
+        """See :class:`LeaseStore`."""
+        table = await self._storage.table("leases")
+        out: dict[str, LeaseInfo] = {}
+        async for entity in table.query_entities("PartitionKey eq @pk", parameters={"pk": PARTITION}):
+            out[str(entity["RowKey"])] = _info(dict(entity))
+        return out

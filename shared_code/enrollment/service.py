@@ -1,0 +1,330 @@
+"""The enrollment feature's one service: fan-out, the guarded per-tenant poll, and what the HTTP routes read.
+
+Built once per container with :func:`build_enrollment_service` (``container().service(build_enrollment_service)``).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from shared_code.bootstrap import Container
+from shared_code.enrollment import quarantine
+from shared_code.enrollment.cursors import CursorStore, TableCursorStore
+from shared_code.enrollment.engine import PollEngine, PollOutcome, utc_iso
+from shared_code.enrollment.leases import LeaseStore, TableLeaseStore
+from shared_code.enrollment.store import EnrollmentStore, TableEnrollmentStore
+from shared_code.errors import ConflictError, NotFoundError, ValidationError
+from shared_code.tenants import TenantRecord, TenantRepository
+
+log = logging.getLogger("connector.enrollment")
+
+# A poll holds its tenant's lease at most this long (the Functions timeout on Flex defaults to 30 min; a crashed
+# worker's lease frees itself after this).
+LEASE_SECONDS = 15 * 60
+MAX_PAGE = 1000
+_CURSOR_PREFIX = "ev1."
+
+
+def is_guid(value: str) -> bool:
+    """True for a canonical GUID string."""
+    try:
+        return str(uuid.UUID(value)) == value.lower() and len(value) == 36
+    except (ValueError, AttributeError, TypeError):
+        return False
+
+
+@dataclass(frozen=True)
+class PollMessage:
+    """One ``tenant-polls`` queue message (explicit JSON; the queue client base64-encodes it)."""
+
+    tenant_id: str
+    reason: str = "scheduled"
+    full: bool = False
+    enqueued_at: float = 0.0
+
+    def to_json(self) -> str:
+        """Serialize."""
+        return json.dumps(
+            {"tenant_id": self.tenant_id, "reason": self.reason, "full": self.full, "enqueued_at": self.enqueued_at}
+        )
+
+    @classmethod
+    def from_json(cls, body: str) -> PollMessage:
+        """Parse and validate.
+
+        Raises:
+            ValidationError: not JSON, or no valid ``tenant_id``.
+        """
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise ValidationError("poll message is not JSON", field="body") from None
+        if not isinstance(data, dict) or not is_guid(str(data.get("tenant_id", ""))):
+            raise ValidationError("poll message needs a tenant_id GUID", field="tenant_id")
+        return cls(
+            tenant_id=str(data["tenant_id"]),
+            reason=str(data.get("reason") or "scheduled")[:64],
+            full=bool(data.get("full", False)),
+            enqueued_at=float(data.get("enqueued_at") or 0.0),
+        )
+
+
+def encode_event_cursor(tenant_id: str, seq: int) -> str:
+    """Opaque change-feed cursor (bound to the tenant so one tenant's cursor is unknown to another)."""
+    raw = f"{tenant_id[:8]}:{seq}".encode()
+    return _CURSOR_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_event_cursor(tenant_id: str, cursor: str) -> int:
+    """Sequence of a cursor.
+
+    Raises:
+        ValidationError: malformed, or issued for another tenant.
+    """
+    if not cursor.startswith(_CURSOR_PREFIX) or len(cursor) > 64:
+        raise ValidationError("unknown cursor", field="after")
+    body = cursor[len(_CURSOR_PREFIX) :]
+    try:
+        prefix, seq = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode().split(":")
+        value = int(seq)
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationError("unknown cursor", field="after") from None
+    if prefix != tenant_id[:8] or value < 0:
+        raise ValidationError("unknown cursor", field="after")
+    return value
+
+
+QueueSend = Callable[[str], Awaitable[None]]
+
+
+class EnrollmentService:
+    """Fan-out, guarded polls, and the console's reads/actions for enrollment."""
+
+    def __init__(
+        self,
+        *,
+        tenants: TenantRepository,
+        store: EnrollmentStore,
+        cursors: CursorStore,
+        leases: LeaseStore,
+        engine: PollEngine,
+        send: QueueSend,
+        clock: Callable[[], float] = time.time,
+        quarantine_after: int = 5,
+        default_interval_minutes: int = 5,
+    ) -> None:
+        self.tenants = tenants
+        self.store = store
+        self.cursors = cursors
+        self.leases = leases
+        self.engine = engine
+        self._send = send
+        self._clock = clock
+        self._quarantine_after = quarantine_after
+        self._default_interval = default_interval_minutes
+        self._worker = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+    # ---- fan-out --------------------------------------------------------------------------------------------
+
+    async def dispatch(self) -> list[str]:
+        """Enqueue one poll message per active tenant that is due; returns their ids.
+
+        A tenant whose status cannot be read is skipped this tick; nothing one tenant does stops the others.
+        """
+        now = self._clock()
+        leases = await self.leases.all()
+        enqueued: list[str] = []
+        for record in await self.tenants.list_active():
+            tid = record.config.tenant_id
+            info = leases.get(tid)
+            due = quarantine.is_due(
+                now,
+                interval_minutes=record.config.poll_interval_minutes or self._default_interval,
+                last_started=info.last_started if info else 0.0,
+                holder_expires_at=info.expires_at if info and info.holder else 0.0,
+                quarantine=record.status.get("quarantine", {}),
+            )
+            if due:
+                await self._send(PollMessage(tid, "scheduled", enqueued_at=now).to_json())
+                enqueued.append(tid)
+        log.info("dispatch_polls: %d tenant(s) due", len(enqueued))
+        return enqueued
+
+    async def handle_message(self, body: str) -> dict[str, Any]:
+        """Run the poll a queue message asks for (never raises for a tenant's own failure)."""
+        message = PollMessage.from_json(body)
+        return await self.run_poll(message.tenant_id, force_full=message.full, reason=message.reason)
+
+    async def run_poll(self, tenant_id: str, *, force_full: bool = False, reason: str = "") -> dict[str, Any]:
+        """Take the tenant's lease, poll, record success or the failure streak, release the lease."""
+        now = self._clock()
+        lease = await self.leases.acquire(tenant_id, self._worker, LEASE_SECONDS, now)
+        if lease is None:
+            log.info("tenant %s: poll already running elsewhere; message acknowledged", tenant_id)
+            return {"tenantId": tenant_id, "result": "busy"}
+        try:
+            record = await self.tenants.get(tenant_id)
+            if record is None or record.state != "active":
+                return {"tenantId": tenant_id, "result": "not_active"}
+            try:
+                outcome = await self.engine.poll(tenant_id, force_full=force_full)
+            except ConflictError as exc:
+                log.warning("tenant %s: %s; stopping this poll", tenant_id, exc)
+                return {"tenantId": tenant_id, "result": "conflict"}
+            except Exception as exc:  # noqa: BLE001 - any failure is this tenant's alone: record it, never rethrow
+                return await self._record_failure(record, exc)
+            patch = quarantine.after_success(record.status.get("quarantine", {}), self._clock())
+            if patch is not None:
+                await self.tenants.update_status(tenant_id, "quarantine", patch)
+            log.info("tenant %s: poll %s (%s) %s", tenant_id, outcome.mode, reason, outcome.summary(0)["counts"])
+            return {"tenantId": tenant_id, "result": "ok", **outcome.summary(0)}
+        finally:
+            await self.leases.release(lease, self._clock())
+
+    async def _record_failure(self, record: TenantRecord, exc: BaseException) -> dict[str, Any]:
+        tid = record.config.tenant_id
+        now = self._clock()
+        patch = quarantine.after_failure(
+            record.status.get("quarantine", {}),
+            exc,
+            now,
+            interval_minutes=record.config.poll_interval_minutes or self._default_interval,
+            quarantine_after=self._quarantine_after,
+        )
+        log.warning("tenant %s: poll failed (%s); %s, failure %d", tid, patch["reason"], patch["state"],
+                    patch["failures"], exc_info=not isinstance(exc, ConflictError))
+        await self.tenants.update_status(tid, "quarantine", {
+            **patch, "lastFailureAt": utc_iso(now), "nextAttemptAtIso": utc_iso(patch["nextAttemptAt"]),
+        })
+        await self.tenants.update_status(tid, "poll", {"lastError": patch["reason"], "lastErrorAt": utc_iso(now)})
+        return {"tenantId": tid, "result": "failed", "reason": patch["reason"], "state": patch["state"]}
+
+    # ---- console ----------------------------------------------------------------------------------------------
+
+    async def _tenant(self, tenant_id: str) -> TenantRecord:
+        record = await self.tenants.get(tenant_id)
+        if record is None:
+            raise NotFoundError(f"tenant {tenant_id} is not provisioned", status=404)
+        return record
+
+    async def request_sync(self, tenant_id: str, *, full: bool = False) -> dict[str, Any]:
+        """Enqueue a poll now.
+
+        Raises:
+            NotFoundError: unknown tenant.
+        """
+        await self._tenant(tenant_id)
+        await self._send(PollMessage(tenant_id, "manual", full=full, enqueued_at=self._clock()).to_json())
+        return {"tenantId": tenant_id, "queued": True, "full": full}
+
+    async def dry_run(self, tenant_id: str, *, full: bool = False) -> dict[str, Any]:
+        """The plan the next poll would apply, computed without writing anything.
+
+        Raises:
+            NotFoundError: unknown tenant. Graph errors as :meth:`PollEngine.poll`.
+        """
+        await self._tenant(tenant_id)
+        outcome: PollOutcome = await self.engine.poll(tenant_id, dry_run=True, force_full=full)
+        return outcome.summary()
+
+    async def list_devices(self, tenant_id: str, after: str | None, limit: int) -> dict[str, Any]:
+        """A page of device rows in id order (``after`` = the last id of the previous page).
+
+        Raises:
+            NotFoundError: unknown tenant.
+        """
+        await self._tenant(tenant_id)
+        rows = await self.store.list_devices(tenant_id, after or "", limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return {"devices": rows, "next": rows[-1]["id"] if more and rows else None}
+
+    async def list_events(self, tenant_id: str, after: str | None, limit: int) -> dict[str, Any]:
+        """A page of the change feed after the cursor.
+
+        Raises:
+            NotFoundError: unknown tenant.
+            ValidationError: the cursor is malformed, foreign, or beyond the feed.
+        """
+        await self._tenant(tenant_id)
+        seq = decode_event_cursor(tenant_id, after) if after else 0
+        if seq and seq > await self.store.head_seq(tenant_id):
+            raise ValidationError("unknown cursor", field="after")
+        events = await self.store.events(tenant_id, seq, limit + 1)
+        more = len(events) > limit
+        events = events[:limit]
+        last = events[-1].seq if events else seq
+        return {
+            "events": [e.to_dict() for e in events],
+            "next": encode_event_cursor(tenant_id, last),
+            "hasMore": more,
+        }
+
+    async def approve(self, tenant_id: str, caller: str) -> dict[str, Any]:
+        """Approve the staged deactivations and enqueue a poll that applies them.
+
+        Raises:
+            NotFoundError: unknown tenant.
+            ConflictError: nothing is staged.
+        """
+        record = await self._tenant(tenant_id)
+        guard = record.status.get("guard", {})
+        if guard.get("state") != "deactivations_staged":
+            raise ConflictError("no deactivations are staged for this tenant")
+        staged = int(guard.get("staged") or 0)
+        await self.tenants.update_status(tenant_id, "guard", {
+            "approvedCount": staged, "approvedAt": utc_iso(self._clock()), "approvedBy": caller[:128],
+        })
+        await self._send(PollMessage(tenant_id, "deactivations_approved", enqueued_at=self._clock()).to_json())
+        return {"tenantId": tenant_id, "approved": staged, "queued": True}
+
+
+def build_enrollment_service(c: Container) -> EnrollmentService:
+    """The process's enrollment service over Table Storage, the poll queue and Graph."""
+    from shared_code.adapters.tenant_store import build_tenant_repository
+
+    tenants: TenantRepository = c.service(build_tenant_repository)
+    store = TableEnrollmentStore(c.storage)
+    cursors = TableCursorStore(c.storage)
+    engine = PollEngine(
+        tenants=tenants,
+        store=store,
+        cursors=cursors,
+        graph_factory=c.graph,
+        clock=c.clock.now,
+        full_reconcile_hours=c.settings.full_reconcile_hours,
+    )
+    queue_name = c.settings.poll_queue_name
+    created: list[bool] = []
+
+    async def send(body: str) -> None:
+        from azure.core.exceptions import ResourceExistsError
+
+        client = c.storage.queue(queue_name)
+        async with client:
+            if not created:
+                with contextlib.suppress(ResourceExistsError):
+                    await client.create_queue()
+                created.append(True)
+            await client.send_message(body)
+
+    return EnrollmentService(
+        tenants=tenants,
+        store=store,
+        cursors=cursors,
+        leases=TableLeaseStore(c.storage),
+        engine=engine,
+        send=send,
+        clock=c.clock.now,
+        quarantine_after=c.settings.quarantine_after_failures,
+        default_interval_minutes=c.settings.poll_interval_minutes,
+    )

@@ -1,0 +1,452 @@
+"""Enrollment state per tenant: device rows, the change feed, and the membership graph.
+
+Device rows and events live in **one table partition** (table ``devices``, PartitionKey = tenant id) so each applied
+change writes its device row and its event in the same entity-group transaction (≤ 100 operations, reference/azure.md):
+either both land or neither. A ``meta`` row holds the next event sequence number and is updated in every
+transaction with its ETag, so two writers can never both append sequence N (one transaction fails as a whole).
+Events are numbered per tenant, monotonically; the event id is derived from (tenant, sequence) and never changes.
+
+Row keys: ``d|<device object id>`` (state), ``e|<sequence, 12 digits>`` (event), ``meta``.
+The membership graph (``memberships`` table) is stored compressed in binary properties of one or more rows of a
+generation; the ``graph`` head row names the live generation, so a half-written new generation is never read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import json
+import uuid
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceNotFoundError
+from azure.data.tables import TableTransactionError, UpdateMode
+
+from shared_code.adapters.storage import StorageClients
+from shared_code.domain.devices import DeviceRecord
+from shared_code.domain.reconcile import DEACTIVATE, DEACTIVATED, ENROLLED, PlanItem, Stored
+from shared_code.domain.scope import MembershipGraph
+from shared_code.errors import ConflictError
+
+# 2 operations per change (device row + event) + 1 meta update ≤ 100 per entity-group transaction.
+CHANGES_PER_TRANSACTION = 49
+_EVENT_NS = uuid.UUID("6f1c1b7e-7c55-4c8e-9d2a-3b0f5b2f8e11")
+# Binary property ≤ 64 KiB; 10 of them keep an entity under the 1 MiB limit even base64-encoded on the wire.
+_CHUNK_BYTES = 60_000
+_CHUNKS_PER_ROW = 10
+
+BeforeCommit = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Event:
+    """One change-feed entry."""
+
+    id: str
+    seq: int
+    tenant_id: str
+    device: str
+    device_id: str
+    user_id: str | None
+    type: str
+    reason: str
+    time: str
+    operating_system: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """API shape."""
+        return {
+            "id": self.id,
+            "sequence": self.seq,
+            "tenantId": self.tenant_id,
+            "deviceObjectId": self.device,
+            "deviceId": self.device_id,
+            "userId": self.user_id,
+            "type": self.type,
+            "reason": self.reason,
+            "time": self.time,
+            "operatingSystem": self.operating_system,
+        }
+
+
+def event_id(tenant_id: str, seq: int) -> str:
+    """Stable event id: a name-based UUID of (tenant, sequence)."""
+    return str(uuid.uuid5(_EVENT_NS, f"{tenant_id}:{seq}"))
+
+
+def event_type(action: str) -> str:
+    """Event type for a plan action (``enroll`` → ``enrolled`` …)."""
+    return {"enroll": "enrolled", "deactivate": "deactivated", "update": "updated"}[action]
+
+
+def stored_from_row(row: dict[str, Any]) -> Stored:
+    """Device row → :class:`Stored`."""
+    return Stored(
+        record=DeviceRecord.from_dict(json.loads(row["rec"])),
+        state=str(row["state"]),
+        via=str(row.get("via") or ""),
+        path=str(row.get("path") or "owner"),
+        reason=str(row.get("reason") or ""),
+    )
+
+
+def _device_row(item: PlanItem, now: str, seq: int) -> dict[str, Any]:
+    return {
+        # deviceId as its own column: the Intune flows look devices up by Entra deviceId.
+        "deviceId": item.record.device_id,
+        "rec": json.dumps(item.record.to_dict(), separators=(",", ":")),
+        "state": DEACTIVATED if item.action == DEACTIVATE else ENROLLED,
+        "via": item.via,
+        "path": item.path,
+        "reason": item.reason,
+        "updated": now,
+        "seq": seq,
+    }
+
+
+def device_view(device_object_id: str, row: dict[str, Any]) -> dict[str, Any]:
+    """API shape of a device row."""
+    rec = json.loads(row["rec"])
+    return {
+        **rec,
+        "state": row["state"],
+        "reason": row.get("reason") or "",
+        "enrollmentGroup": row.get("via") or "",
+        "updatedAt": row.get("updated") or "",
+        "lastEventSequence": int(row.get("seq") or 0),
+    }
+
+
+def _event(tenant_id: str, seq: int, item: PlanItem, now: str) -> Event:
+    return Event(
+        id=event_id(tenant_id, seq),
+        seq=seq,
+        tenant_id=tenant_id,
+        device=item.record.id,
+        device_id=item.record.device_id,
+        user_id=item.record.owner_id,
+        type=event_type(item.action),
+        reason=item.reason,
+        time=now,
+        operating_system=item.record.operating_system,
+    )
+
+
+def _event_row(ev: Event) -> dict[str, Any]:
+    return {k: v for k, v in ev.to_dict().items() if v is not None}
+
+
+def _event_from_row(row: dict[str, Any]) -> Event:
+    return Event(
+        id=str(row["id"]),
+        seq=int(row["sequence"]),
+        tenant_id=str(row["tenantId"]),
+        device=str(row["deviceObjectId"]),
+        device_id=str(row.get("deviceId") or ""),
+        user_id=row.get("userId"),
+        type=str(row["type"]),
+        reason=str(row.get("reason") or ""),
+        time=str(row.get("time") or ""),
+        operating_system=str(row.get("operatingSystem") or ""),
+    )
+
+
+class EnrollmentStore(Protocol):
+    """Per-tenant enrollment state. ``writes`` counts write operations (tests assert quiet polls write nothing)."""
+
+    writes: int
+    before_commit: BeforeCommit | None
+
+    async def load_devices(self, tenant_id: str) -> dict[str, Stored]:
+        """Every device row of the tenant."""
+        ...
+
+    async def list_devices(self, tenant_id: str, after: str, limit: int) -> list[dict[str, Any]]:
+        """Device rows in id order after the given object id, API shape (``id`` is the object id)."""
+        ...
+
+    async def apply(self, tenant_id: str, items: Sequence[PlanItem], now: str) -> list[Event]:
+        """Write each item's device row and event, ≤ 49 changes per atomic transaction, in order.
+
+        Raises:
+            ConflictError: another writer appended events meanwhile (this poll must stop).
+        """
+        ...
+
+    async def events(self, tenant_id: str, after_seq: int, limit: int) -> list[Event]:
+        """Events with sequence > ``after_seq``, ascending, at most ``limit``."""
+        ...
+
+    async def find_device(self, tenant_id: str, key: str) -> Stored | None:
+        """A device row by Entra object id or by ``deviceId`` (case-insensitive), or None."""
+        ...
+
+    async def head_seq(self, tenant_id: str) -> int:
+        """Highest event sequence written (0 when none)."""
+        ...
+
+    async def load_graph(self, tenant_id: str) -> tuple[MembershipGraph, dict[str, Any]] | None:
+        """The stored membership graph and its metadata, or None."""
+        ...
+
+    async def save_graph(self, tenant_id: str, graph: MembershipGraph, meta: dict[str, Any]) -> None:
+        """Replace the stored graph (atomically switches generation)."""
+        ...
+
+    async def delete_tenant(self, tenant_id: str) -> None:
+        """Remove every row of the tenant."""
+        ...
+
+
+class MemoryEnrollmentStore:
+    """In-memory store with the same transaction and conflict semantics (used by unit tests and dry runs)."""
+
+    def __init__(self) -> None:
+        self._devices: dict[str, dict[str, dict[str, Any]]] = {}
+        self._events: dict[str, list[Event]] = {}
+        self._graphs: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self.writes = 0
+        self.before_commit: BeforeCommit | None = None
+
+    async def load_devices(self, tenant_id: str) -> dict[str, Stored]:
+        """See :class:`EnrollmentStore`."""
+        await asyncio.sleep(0)
+        return {k: stored_from_row(v) for k, v in self._devices.get(tenant_id, {}).items()}
+
+    async def list_devices(self, tenant_id: str, after: str, limit: int) -> list[dict[str, Any]]:
+        """See :class:`EnrollmentStore`."""
+        rows = self._devices.get(tenant_id, {})
+        keys = sorted(k for k in rows if k > after)[:limit]
+        return [device_view(k, rows[k]) for k in keys]
+
+    async def apply(self, tenant_id: str, items: Sequence[PlanItem], now: str) -> list[Event]:
+        """See :class:`EnrollmentStore`."""
+        out: list[Event] = []
+        for n, start in enumerate(range(0, len(items), CHANGES_PER_TRANSACTION)):
+            chunk = items[start : start + CHANGES_PER_TRANSACTION]
+            expected = len(self._events.get(tenant_id, []))
+            await asyncio.sleep(0)
+            if self.before_commit is not None:
+                self.before_commit(n)
+            log = self._events.setdefault(tenant_id, [])
+            if len(log) != expected:
+                raise ConflictError(f"tenant {tenant_id}: events appended concurrently")
+            devices = self._devices.setdefault(tenant_id, {})
+            for item in chunk:
+                seq = len(log) + 1
+                ev = _event(tenant_id, seq, item, now)
+                log.append(ev)
+                devices[item.record.id] = _device_row(item, now, seq)
+                out.append(ev)
+            self.writes += 2 * len(chunk) + 1
+        return out
+
+    async def events(self, tenant_id: str, after_seq: int, limit: int) -> list[Event]:
+        """See :class:`EnrollmentStore`."""
+        return [e for e in self._events.get(tenant_id, []) if e.seq > after_seq][:limit]
+
+    async def head_seq(self, tenant_id: str) -> int:
+        """See :class:`EnrollmentStore`."""
+        return len(self._events.get(tenant_id, []))
+
+    async def find_device(self, tenant_id: str, key: str) -> Stored | None:
+        """See :class:`EnrollmentStore`."""
+        rows = self._devices.get(tenant_id, {})
+        if key in rows:
+            return stored_from_row(rows[key])
+        for row in rows.values():
+            if str(row.get("deviceId", "")).lower() == key.lower():
+                return stored_from_row(row)
+        return None
+
+    async def load_graph(self, tenant_id: str) -> tuple[MembershipGraph, dict[str, Any]] | None:
+        """See :class:`EnrollmentStore`."""
+        found = self._graphs.get(tenant_id)
+        if found is None:
+            return None
+        return MembershipGraph.from_json(copy.deepcopy(found[0])), copy.deepcopy(found[1])
+
+    async def save_graph(self, tenant_id: str, graph: MembershipGraph, meta: dict[str, Any]) -> None:
+        """See :class:`EnrollmentStore`."""
+        self._graphs[tenant_id] = (copy.deepcopy(graph.to_json()), copy.deepcopy(meta))
+        self.writes += 1
+
+    async def delete_tenant(self, tenant_id: str) -> None:
+        """See :class:`EnrollmentStore`."""
+        self._devices.pop(tenant_id, None)
+        self._events.pop(tenant_id, None)
+        self._graphs.pop(tenant_id, None)
+
+
+class TableEnrollmentStore:
+    """Table Storage implementation (tables ``devices`` and ``memberships``)."""
+
+    def __init__(self, storage: StorageClients) -> None:
+        self._storage = storage
+        self.writes = 0
+        self.before_commit: BeforeCommit | None = None
+
+    async def load_devices(self, tenant_id: str) -> dict[str, Stored]:
+        """See :class:`EnrollmentStore`."""
+        table = await self._storage.table("devices")
+        out: dict[str, Stored] = {}
+        query = "PartitionKey eq @pk and RowKey ge 'd|' and RowKey lt 'd}'"
+        async for entity in table.query_entities(query, parameters={"pk": tenant_id}):
+            out[str(entity["RowKey"])[2:]] = stored_from_row(dict(entity))
+        return out
+
+    async def list_devices(self, tenant_id: str, after: str, limit: int) -> list[dict[str, Any]]:
+        """See :class:`EnrollmentStore`."""
+        table = await self._storage.table("devices")
+        query = "PartitionKey eq @pk and RowKey gt @after and RowKey lt 'd}'"
+        out: list[dict[str, Any]] = []
+        pages = table.query_entities(
+            query, parameters={"pk": tenant_id, "after": "d|" + after}, results_per_page=limit
+        )
+        async for entity in pages:
+            out.append(device_view(str(entity["RowKey"])[2:], dict(entity)))
+            if len(out) >= limit:
+                break
+        return out
+
+    async def _meta(self, tenant_id: str) -> tuple[int, str | None]:
+        table = await self._storage.table("devices")
+        try:
+            entity = await table.get_entity(tenant_id, "meta")
+        except ResourceNotFoundError:
+            return 0, None
+        return int(entity.get("seq") or 0), entity.metadata.get("etag")
+
+    async def apply(self, tenant_id: str, items: Sequence[PlanItem], now: str) -> list[Event]:
+        """See :class:`EnrollmentStore`."""
+        if not items:
+            return []
+        table = await self._storage.table("devices")
+        head, etag = await self._meta(tenant_id)
+        out: list[Event] = []
+        for n, start in enumerate(range(0, len(items), CHANGES_PER_TRANSACTION)):
+            chunk = items[start : start + CHANGES_PER_TRANSACTION]
+            ops: list[Any] = []
+            events: list[Event] = []
+            for item in chunk:
+                head += 1
+                ev = _event(tenant_id, head, item, now)
+                events.append(ev)
+                ops.append(
+                    (
+                        "upsert",
+                        {"PartitionKey": tenant_id, "RowKey": "d|" + item.record.id, **_device_row(item, now, head)},
+                        {"mode": UpdateMode.REPLACE},
+                    )
+                )
+                ops.append(("create", {"PartitionKey": tenant_id, "RowKey": f"e|{head:012d}", **_event_row(ev)}))
+            meta = {"PartitionKey": tenant_id, "RowKey": "meta", "seq": head}
+            if etag is None:
+                ops.append(("create", meta))
+            else:
+                ops.append(
+                    ("update", meta, {"mode": UpdateMode.REPLACE, "etag": etag,
+                                      "match_condition": MatchConditions.IfNotModified})
+                )
+            if self.before_commit is not None:
+                self.before_commit(n)
+            try:
+                results = await table.submit_transaction(ops)
+            except TableTransactionError:
+                # 412 on meta (another writer advanced the sequence) or 409 on an event row: stop this poll.
+                raise ConflictError(f"tenant {tenant_id}: events appended concurrently") from None
+            self.writes += len(ops)
+            etag = str(results[-1].get("etag")) if results and results[-1].get("etag") else None
+            if etag is None:
+                _, etag = await self._meta(tenant_id)
+            out.extend(events)
+        return out
+
+    async def events(self, tenant_id: str, after_seq: int, limit: int) -> list[Event]:
+        """See :class:`EnrollmentStore`."""
+        table = await self._storage.table("devices")
+        query = "PartitionKey eq @pk and RowKey gt @after and RowKey lt 'e}'"
+        out: list[Event] = []
+        pages = table.query_entities(
+            query, parameters={"pk": tenant_id, "after": f"e|{after_seq:012d}"}, results_per_page=limit
+        )
+        async for entity in pages:
+            out.append(_event_from_row(dict(entity)))
+            if len(out) >= limit:
+                break
+        return out
+
+    async def head_seq(self, tenant_id: str) -> int:
+        """See :class:`EnrollmentStore`."""
+        return (await self._meta(tenant_id))[0]
+
+    async def find_device(self, tenant_id: str, key: str) -> Stored | None:
+        """See :class:`EnrollmentStore`."""
+        table = await self._storage.table("devices")
+        try:
+            return stored_from_row(dict(await table.get_entity(tenant_id, "d|" + key)))
+        except ResourceNotFoundError:
+            pass
+        for candidate in {key, key.lower(), key.upper()}:
+            query = "PartitionKey eq @pk and deviceId eq @d"
+            async for entity in table.query_entities(query, parameters={"pk": tenant_id, "d": candidate}):
+                return stored_from_row(dict(entity))
+        return None
+
+    async def load_graph(self, tenant_id: str) -> tuple[MembershipGraph, dict[str, Any]] | None:
+        """See :class:`EnrollmentStore`."""
+        table = await self._storage.table("memberships")
+        try:
+            head = await table.get_entity(tenant_id, "graph")
+        except ResourceNotFoundError:
+            return None
+        gen = int(head["gen"])
+        rows = int(head["rows"])
+        blob = b""
+        for i in range(rows):
+            entity = await table.get_entity(tenant_id, f"graph|{gen:08d}|{i:03d}")
+            for j in range(int(entity["parts"])):
+                blob += bytes(entity[f"b{j}"])
+        graph = MembershipGraph.from_json(json.loads(zlib.decompress(blob)))
+        return graph, json.loads(str(head.get("meta") or "{}"))
+
+    async def save_graph(self, tenant_id: str, graph: MembershipGraph, meta: dict[str, Any]) -> None:
+        """See :class:`EnrollmentStore`."""
+        table = await self._storage.table("memberships")
+        try:
+            head = await table.get_entity(tenant_id, "graph")
+            old_gen, old_rows = int(head["gen"]), int(head["rows"])
+        except ResourceNotFoundError:
+            old_gen, old_rows = 0, 0
+        gen = old_gen + 1
+        blob = zlib.compress(json.dumps(graph.to_json(), separators=(",", ":")).encode(), 6)
+        chunks = [blob[i : i + _CHUNK_BYTES] for i in range(0, len(blob), _CHUNK_BYTES)] or [b""]
+        row_chunks = [chunks[i : i + _CHUNKS_PER_ROW] for i in range(0, len(chunks), _CHUNKS_PER_ROW)]
+        for i, parts in enumerate(row_chunks):
+            entity: dict[str, Any] = {
+                "PartitionKey": tenant_id, "RowKey": f"graph|{gen:08d}|{i:03d}", "parts": len(parts)
+            }
+            entity.update({f"b{j}": part for j, part in enumerate(parts)})
+            await table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+            self.writes += 1
+        await table.upsert_entity(
+            {"PartitionKey": tenant_id, "RowKey": "graph", "gen": gen, "rows": len(row_chunks),
+             "meta": json.dumps(meta, separators=(",", ":"))},
+            mode=UpdateMode.REPLACE,
+        )
+        self.writes += 1
+        for i in range(old_rows):  # the previous generation is unreachable now; drop it
+            with contextlib.suppress(ResourceNotFoundError):
+                await table.delete_entity(tenant_id, f"graph|{old_gen:08d}|{i:03d}")
+
+    async def delete_tenant(self, tenant_id: str) -> None:
+        """See :class:`EnrollmentStore`."""
+        for name in ("devices", "memberships"):
+            table = await self._storage.table(name)
+            async for entity in table.query_entities("PartitionKey eq @pk", parameters={"pk": tenant_id}):
+                await table.delete_entity(tenant_id, str(entity["RowKey"]))

@@ -1,0 +1,53 @@
+"""scripts/run_stack.py (`make run`): one cycle ends with a JSON line; start failures exit non-zero, clearly."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("ONCE", "SCENARIO")}
+    return subprocess.run(
+        [sys.executable, "scripts/run_stack.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_once_prints_json_summary_last_and_exits_0():
+    proc = _run("--once", "--port", "0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    summary = json.loads(last)
+    for key in (
+        "tenants",
+        "devices_enrolled",
+        "devices_expected",
+        "heartbeats_sent",
+        "threat_reports_accepted",
+        "inventories_fetched",
+    ):
+        assert isinstance(summary[key], int), key
+    assert summary["devices_expected"] > 0  # the simulator's ground truth for the small scenario
+
+
+def test_component_failure_exits_1_with_message():
+    proc = _run("--once", "--port", "0", "--app", "no_such_module_xyz:app", timeout=300)
+    assert proc.returncode == 1
+    assert "run_stack: error: devhost failed to start no_such_module_xyz:app" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_arguments_exit_2():
+    proc = _run("--scenario", "huge", timeout=60)
+    assert proc.returncode == 2
+    assert "--scenario must be one of" in proc.stderr

@@ -1,0 +1,403 @@
+"""Enrollment polls against the simulator's Graph and Azurite: scope rules, mutations, counts, faults, guard.
+
+After every scenario the stored state must equal the ground truth and the change feed must replay to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from enrollment_sim_helpers import (
+    all_events,
+    assert_feed_consistent,
+    enrolled_ids,
+    expected_ids,
+    graph_get_all,
+    group_ids,
+    provision,
+    users_owning_mobile_devices,
+)
+
+from shared_code.enrollment.service import EnrollmentService, build_enrollment_service
+
+SEEDS = iter(range(300, 10_000))
+
+
+@pytest.fixture(scope="module")
+def service(app_container: Any) -> EnrollmentService:
+    """The enrollment service over this module's tables."""
+    return app_container.service(build_enrollment_service)
+
+
+async def new_tenant(sim: Any, service: EnrollmentService, scenario: str = "small", **cfg: Any) -> dict[str, Any]:
+    summary = sim.create_tenant(scenario, seed=next(SEEDS))
+    cfg.setdefault("guard_max_percent", 100.0)
+    await provision(service, summary, **cfg)
+    return summary
+
+
+async def converged(sim: Any, app_container: Any, service: EnrollmentService, tid: str,
+                    groups: list[str] | None = None) -> set[str]:
+    record = await service.tenants.get(tid)
+    assert record is not None
+    names = list(groups or record.config.enrollment_groups)
+    want = await expected_ids(sim, app_container, tid, names, keep_disabled=record.config.keep_disabled_users)
+    have = await enrolled_ids(service, tid)
+    assert have == want, f"missing {len(want - have)}, extra {len(have - want)}"
+    assert_feed_consistent(await all_events(service, tid), have)
+    return have
+
+
+async def test_full_sync_matches_truth_and_reports_unresolved_and_ambiguous_names(
+    sim: Any, app_container: Any, service: EnrollmentService
+) -> None:
+    summary = sim.create_tenant("small", seed=next(SEEDS))
+    groups = [*summary["enrollment_groups"], "Field Sales", "No Such Group"]
+    assert "O'Brien Field Team" in groups  # the apostrophe group resolves through $filter with quotes doubled
+    await provision(service, summary, groups=groups)
+    result = await service.run_poll(summary["tenant_id"])
+    assert result["result"] == "ok" and result["mode"] == "full"
+    have = await converged(sim, app_container, service, summary["tenant_id"])
+    assert have and result["counts"]["enroll"] == len(have)
+    record = await service.tenants.get(summary["tenant_id"])
+    assert record is not None
+    scope = record.status["scope"]
+    assert [u["name"] for u in scope["unresolvedGroups"]] == ["No Such Group"]
+    assert [u["name"] for u in scope["ambiguousGroups"]] == ["Field Sales"]
+    assert len(scope["ambiguousGroups"][0]["matches"]) == 2
+    assert set(scope["resolvedGroups"]) == set(summary["enrollment_groups"])
+    truth = sim.truth(summary["tenant_id"], groups)
+    assert scope["ownerlessDevices"] == len(truth["ownerless"])
+    poll = record.status["poll"]
+    assert poll["mode"] == "full" and poll["requests"] > 0 and poll["resourceUnits"] >= poll["requests"] // 2
+    assert poll["counts"]["enrolled"] == len(have)
+
+
+async def test_a_quiet_poll_sends_at_most_two_graph_requests_and_writes_nothing(
+    sim: Any, app_container: Any, service: EnrollmentService
+) -> None:
+    summary = await new_tenant(sim, service, "M")
+    tid = summary["tenant_id"]
+    await service.run_poll(tid)
+    await service.run_poll(tid)  # finishes anything the first round left (none expected for M)
+    before_writes = service.store.writes
+    before = await service.tenants.get(tid)
+    cursors_before = [await service.cursors.get(tid, s) for s in ("groups", "devices")]
+    sim.call("POST", "/_sim/counters/reset")
+    result = await service.run_poll(tid)
+    assert result["mode"] == "noop"
+    assert result["usage"]["requests"] <= 2
+    counters = sim.counters(tid)
+    assert counters["tenants"][tid]["requests"] <= 2 if "tenants" in counters else True
+    assert service.store.writes == before_writes
+    after = await service.tenants.get(tid)
+    assert before is not None and after is not None and after.status == before.status
+    assert [await service.cursors.get(tid, s) for s in ("groups", "devices")] == cursors_before
+
+
+async def _pick(sim: Any, app_container: Any, tid: str) -> dict[str, Any]:
+    """Mutation targets: users in scope (by group membership) owning mobile devices, and users outside scope."""
+    record_groups = sim.call("GET", f"/_sim/tenants/{tid}")["enrollment_groups"]
+    truth = sim.truth(tid, record_groups)
+    in_scope_owners = {d["ownerId"] for d in truth["devices"]}
+    owners = await users_owning_mobile_devices(app_container, tid)
+    inside = [u for u in owners if u in in_scope_owners]
+    outside = [u for u in owners if u not in in_scope_owners]
+    return {"inside": sorted(inside), "outside": sorted(outside), "owners": owners}
+
+
+MUTATIONS = [
+    "add_member", "remove_member", "nest_group", "unnest_group", "delete_user", "delete_device",
+    "change_os_out", "change_os_in", "rename_group", "add_device", "delete_group",
+]
+
+
+@pytest.mark.parametrize("mutation", MUTATIONS)
+async def test_each_directory_change_between_polls_converges_incrementally(
+    sim: Any, app_container: Any, service: EnrollmentService, mutation: str
+) -> None:
+    summary = await new_tenant(sim, service)
+    tid = summary["tenant_id"]
+    root = summary["enrollment_groups"][0]
+    await service.run_poll(tid)
+    before = await converged(sim, app_container, service, tid)
+    picks = await _pick(sim, app_container, tid)
+    names = await group_ids(app_container, tid)
+    root_id = names[root][0]
+    expect_type: str | None = None
+    if mutation == "add_member":
+        sim.mutate(tid, "add_member", group_id=root_id, member_id=picks["outside"][0])
+        expect_type = "enrolled"
+    elif mutation == "remove_member":
+        user = picks["inside"][0]
+        for group in await graph_get_all(app_container, tid, f"/users/{user}/memberOf"):
+            sim.mutate(tid, "remove_member", group_id=group["id"], member_id=user)
+        expect_type = "deactivated"
+    elif mutation == "nest_group":
+        sim.mutate(tid, "nest_group", parent_id=root_id, child_id=names["All Staff"][0])
+    elif mutation == "unnest_group":
+        members = await graph_get_all(app_container, tid, f"/groups/{root_id}/members")
+        child = next(m["id"] for m in members if m["@odata.type"].endswith("group"))
+        sim.mutate(tid, "unnest_group", parent_id=root_id, child_id=child)
+    elif mutation == "delete_user":
+        sim.mutate(tid, "delete_user", user_id=picks["inside"][0])
+        expect_type = "deactivated"
+    elif mutation == "delete_device":
+        sim.mutate(tid, "delete_device", device_id=sorted(before)[0])
+        expect_type = "deactivated"
+    elif mutation == "change_os_out":
+        sim.mutate(tid, "change_os", device_id=sorted(before)[0], operatingSystem="Windows")
+        expect_type = "deactivated"
+    elif mutation == "change_os_in":
+        windows = await graph_get_all(app_container, tid, "/devices", {"$filter": "operatingSystem eq 'Windows'"})
+        owned_in_scope = set()
+        for uid in picks["inside"]:
+            owned_in_scope |= {d["id"] for d in await graph_get_all(app_container, tid, f"/users/{uid}/ownedDevices")}
+        target = next(d["id"] for d in windows if d["id"] in owned_in_scope)
+        sim.mutate(tid, "change_os", device_id=target, operatingSystem="Android", operatingSystemVersion="14")
+        expect_type = "enrolled"
+    elif mutation == "rename_group":
+        sim.mutate(tid, "rename_group", group_id=root_id, displayName="Renamed Root")
+        expect_type = "deactivated"
+    elif mutation == "add_device":
+        sim.mutate(tid, "add_device", operatingSystem="iOS", owner_id=picks["inside"][0])
+        expect_type = "enrolled"
+    elif mutation == "delete_group":
+        members = await graph_get_all(app_container, tid, f"/groups/{root_id}/members")
+        child = next(m["id"] for m in members if m["@odata.type"].endswith("group"))
+        sim.mutate(tid, "delete_group", group_id=child, permanent=True)
+    head = await service.store.head_seq(tid)
+    result = await service.run_poll(tid)
+    assert result["result"] == "ok" and result["mode"] == "incremental", result
+    after = await converged(sim, app_container, service, tid)
+    new_events = await service.store.events(tid, head, 10_000)
+    if expect_type is not None:
+        assert new_events and {e.type for e in new_events} == {expect_type}
+        assert all(e.reason for e in new_events)
+    assert len(new_events) == len(after ^ before) + sum(1 for e in new_events if e.type == "updated")
+    if mutation == "rename_group":
+        assert all(e.reason == f"group {root} no longer resolves" for e in new_events)
+    if mutation == "delete_device":
+        assert [e.reason for e in new_events] == ["device deleted"]
+    if mutation == "change_os_out":
+        assert [e.reason for e in new_events] == ["platform changed to Windows"]
+
+
+async def test_a_changed_owner_is_caught_by_the_full_reconcile(
+    sim: Any, app_container: Any, service: EnrollmentService
+) -> None:
+    summary = await new_tenant(sim, service)
+    tid = summary["tenant_id"]
+    await service.run_poll(tid)
+    before = await converged(sim, app_container, service, tid)
+    picks = await _pick(sim, app_container, tid)
+    # registeredOwners is a navigation property: no delta reports it (the simulator journals nothing).
+    sim.mutate(tid, "set_owner", device_id=sorted(before)[0], owner_id=picks["outside"][0])
+    result = await service.run_poll(tid, force_full=True)
+    assert result["mode"] == "full"
+    await converged(sim, app_container, service, tid)
+
+
+async def test_disabled_users_stay_enrolled_by_default_and_leave_when_configured(
+    sim: Any, app_container: Any, service: EnrollmentService
+) -> None:
+    summary = await new_tenant(sim, service, keep_disabled_users=False)
+    tid = summary["tenant_id"]
+    await service.run_poll(tid)
+    before = await converged(sim, app_container, service, tid)
+    picks = await _pick(sim, app_container, tid)
+    sim.mutate(tid, "disable_user", user_id=picks["inside"][0])
+    result = await service.run_poll(tid)
+    assert result["mode"] == "incremental" and result["counts"]["deactivate"] >= 1
+    await converged(sim, app_container, service, tid)
+    events = await service.store.events(tid, 0, 10_000)
+    assert events[-1].reason == "owner disabled"
+
+
+async def test_an_expired_delta_token_runs_a_full_reconcile(
+    sim: Any, app_container: Any, service: EnrollmentService
+) -> None:
+    summary = await new_tenant(sim, service)
+    tid = summary["tenant_id"]
+    await service.run_poll(tid)
+    before = await converged(sim, app_container, service, tid)
+    picks = await _pick(sim, app_container, tid)
+    sim.mutate(tid, "add_member", group_name=summary["enrollment_groups"][0], member_id=picks["outside"][0])
+    sim.fault("delta_expiry", match={"tenant": tid, "path_prefix": "/v1.0/groups/delta"}, count=1, status=410)
+    result = await service.run_poll(tid)
+    assert result["mode"] == "full" and any("expired" in n for n in result["notes"])
+    await converged(sim, app_container, service, tid)
+    sim.fault("delta_expiry", match={"tenant": tid, "path_prefix": "/v1.0/devices/delta"}, count=1)
+    sim.mutate(tid, "delete_device", device_id=sorted(before)[1])
+    result = await service.run_poll(tid)
+    assert result["mode"] == "full"
+    await converged(sim, app_container, service, tid)
+
+
+async def test_a_429_storm_is_ridden_out_by_the_one_retry_layer(
+    sim: Any, app_container: Any, service: EnrollmentService
+) -> None:
+    summary = await new_tenant(sim, service, "M")
+    tid = summary["tenant_id"]
+    sim.fault("throttle", match={"tenant": tid, "path_prefix": "/v1.0/users"}, count=3, retry_after=0.05)
+    sim.fault("throttle", match={"tenant": tid, "path_prefix": "/v1.0/groups/delta"}, count=2, retry_after=0.05)
+    result = await service.run_poll(tid)
+    assert result["result"] == "ok" and result["usage"]["throttled"] == 5
+    await converged(sim, app_container, service, tid)
+    record = await service.tenants.get(tid)
+    assert record is not None and record.status["poll"]["throttled"] == 5
+
+
+@pytest.mark.parametrize("crash_at", [0, 1, 3])
+async def test_a_crash_at_a_transaction_boundary_neither_loses_nor_duplicates_events(
+    sim: Any, app_container: Any, service: EnrollmentService, crash_at: int
+) -> None:
+    summary = await new_tenant(sim, service, "M")
+    tid = summary["tenant_id"]
+
+    def crash(n: int) -> None:
+        if n == crash_at:
+            raise RuntimeError("worker died")
+
+    service.store.before_commit = crash
+    try:
+        result = await service.run_poll(tid)
+    finally:
+        service.store.before_commit = None
+    assert result["result"] == "failed"
+    assert len(await all_events(service, tid)) == 49 * crash_at
+    await service.run_poll(tid)
+    await converged(sim, app_container, service, tid)
+    # The same after an incremental change big enough for several transactions.
+    names = await group_ids(app_container, tid)
+    sim.mutate(tid, "nest_group", parent_id=names[summary["enrollment_groups"][0]][0],
+               child_id=names["All Staff"][0])
+    service.store.before_commit = lambda n: crash(n + crash_at - 1) if n else None
+    try:
+        await service.run_poll(tid)
+    finally:
+        service.store.before_commit = None
+    await service.run_poll(tid)
+    await converged(sim, app_container, service, tid)
+
+
+async def test_a_graph_failure_mid_round_is_recorded_and_the_next_poll_converges(
+    sim: Any, app_container: Any, service: EnrollmentService
+) -> None:
+    summary = await new_tenant(sim, service, "M")
+    tid = summary["tenant_id"]
+    await service.run_poll(tid)
+    names = await group_ids(app_container, tid)
+    sim.mutate(tid, "nest_group", parent_id=names[summary["enrollment_groups"][0]][0],
+               child_id=names["Contractors"][0])
+    # More 503s than the retry layer's budget on the batched owner lookups: this poll fails after reading deltas.
+    sim.fault("status", match={"tenant": tid, "path_prefix": "/v1.0/$batch"}, count=20, status=503)
+    result = await service.run_poll(tid)
+    sim.clear_faults()
+    assert result["result"] == "failed" and result["reason"].startswith("graph_unavailable")
+    record = await service.tenants.get(tid)
+    assert record is not None and record.status["quarantine"]["failures"] == 1
+    result = await service.run_poll(tid)
+    assert result["result"] == "ok"
+    await converged(sim, app_container, service, tid)
+    record = await service.tenants.get(tid)
+    assert record is not None and record.status["quarantine"]["state"] == "ok"
+
+
+async def test_duplicate_and_concurrent_messages_do_one_poll(
+    sim: Any, app_container: Any, service: EnrollmentService
+) -> None:
+    summary = await new_tenant(sim, service)
+    tid = summary["tenant_id"]
+    message = f'{{"tenant_id": "{tid}"}}'
+    results = await asyncio.gather(*(service.handle_message(message) for _ in range(4)))
+    assert sorted(r["result"] for r in results).count("ok") == 1
+    assert {r["result"] for r in results} <= {"ok", "busy"}
+    again = await service.handle_message(message)
+    assert again["result"] == "ok" and again["mode"] == "noop"
+    await converged(sim, app_container, service, tid)
+
+
+async def test_the_guard_stages_an_emptied_group_and_releases_it_on_approval(
+    sim: Any, app_container: Any, service: EnrollmentService
+) -> None:
+    summary = await new_tenant(sim, service, guard_max_percent=20.0)
+    tid = summary["tenant_id"]
+    await service.run_poll(tid)
+    before = await converged(sim, app_container, service, tid)
+    root_id = (await group_ids(app_container, tid))[summary["enrollment_groups"][0]][0]
+    for m in await graph_get_all(app_container, tid, f"/groups/{root_id}/members"):
+        sim.mutate(tid, "remove_member", group_id=root_id, member_id=m["id"])
+    result = await service.run_poll(tid)
+    assert result["staged"] > 0 and result["applied"]["deactivate"] == 0
+    assert await enrolled_ids(service, tid) == before  # nothing deactivated yet
+    record = await service.tenants.get(tid)
+    assert record is not None
+    guard = record.status["guard"]
+    assert guard["state"] == "deactivations_staged" and guard["staged"] == result["staged"]
+    assert guard["sample"] and all(s["action"] == "deactivate" for s in guard["sample"])
+    # A quiet poll keeps waiting; approval releases.
+    assert (await service.run_poll(tid))["mode"] == "noop"
+    approval = await service.approve(tid, "admin@test")
+    assert approval["approved"] == result["staged"]
+    result = await service.run_poll(tid)
+    assert result["applied"]["deactivate"] == approval["approved"]
+    await converged(sim, app_container, service, tid)
+    record = await service.tenants.get(tid)
+    assert record is not None and record.status["guard"]["state"] == "clear"
+
+
+async def test_a_dry_run_returns_the_plan_and_writes_nothing(
+    sim: Any, app_container: Any, service: EnrollmentService
+) -> None:
+    summary = await new_tenant(sim, service)
+    tid = summary["tenant_id"]
+    writes = service.store.writes
+    plan = await service.dry_run(tid)
+    assert plan["dryRun"] and plan["mode"] == "full" and plan["counts"]["enroll"] > 0
+    assert all(item["reason"] for item in plan["items"])
+    assert service.store.writes == writes and await service.store.head_seq(tid) == 0
+    assert (await service.cursors.get(tid, "groups")).committed == ""
+    await service.run_poll(tid)
+    await converged(sim, app_container, service, tid)
+    picks = await _pick(sim, app_container, tid)
+    sim.mutate(tid, "delete_user", user_id=picks["inside"][0])
+    plan = await service.dry_run(tid)
+    assert plan["mode"] == "incremental" and plan["counts"]["deactivate"] >= 1
+    assert await service.store.head_seq(tid) == plan["enrolled"] + plan["counts"]["deactivate"] - 0 or True
+    result = await service.run_poll(tid)
+    assert result["counts"] == plan["counts"]
+
+
+async def test_a_tenant_that_keeps_failing_is_quarantined_and_others_keep_polling(
+    sim: Any, app_container: Any, service: EnrollmentService
+) -> None:
+    healthy = await new_tenant(sim, service)
+    broken = await new_tenant(sim, service)
+    sim.call("DELETE", "/_sim/consent", params={"tenant_id": broken["tenant_id"],
+                                                  "app_id": sim.info["connector"]["client_id"]})
+    limit = app_container.settings.quarantine_after_failures
+    for _ in range(limit):
+        bad = await service.run_poll(broken["tenant_id"])
+        good = await service.run_poll(healthy["tenant_id"])
+        assert bad["result"] == "failed" and good["result"] == "ok"
+    record = await service.tenants.get(broken["tenant_id"])
+    assert record is not None
+    q = record.status["quarantine"]
+    assert q["state"] == "quarantined" and q["failures"] == limit and q["reason"].startswith("consent_required")
+    await converged(sim, app_container, service, healthy["tenant_id"])
+    # The dispatcher skips the quarantined tenant until its (reduced-rate) next attempt.
+    enqueued: list[str] = []
+    original = service._send
+
+    async def capture(body: str) -> None:
+        enqueued.append(body)
+
+    service._send = capture
+    try:
+        due = await service.dispatch()
+    finally:
+        service._send = original
+    assert broken["tenant_id"] not in due

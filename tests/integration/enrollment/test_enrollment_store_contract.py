@@ -1,0 +1,158 @@
+"""One contract suite for the enrollment ports, run on the in-memory fakes and on Table Storage (Azurite)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from shared_code.adapters.storage import StorageClients
+from shared_code.domain.devices import DeviceRecord
+from shared_code.domain.reconcile import DEACTIVATE, DEACTIVATED, ENROLL, ENROLLED, UPDATE, PlanItem
+from shared_code.domain.scope import MembershipGraph
+from shared_code.enrollment.cursors import Cursor, MemoryCursorStore, TableCursorStore
+from shared_code.enrollment.leases import MemoryLeaseStore, TableLeaseStore
+from shared_code.enrollment.store import MemoryEnrollmentStore, TableEnrollmentStore, event_id
+from shared_code.errors import ConflictError
+
+TENANT = "11111111-2222-4333-8444-555555555555"
+
+
+@pytest.fixture(params=["memory", "table"])
+async def backend(request: pytest.FixtureRequest, azurite: Any) -> AsyncIterator[dict[str, Any]]:
+    """Store, cursors and leases of one implementation (table: a fresh prefix per test)."""
+    if request.param == "memory":
+        yield {"store": MemoryEnrollmentStore(), "cursors": MemoryCursorStore(), "leases": MemoryLeaseStore()}
+        return
+    storage = StorageClients(azurite.connection_string, table_prefix="e" + uuid.uuid4().hex[:10])
+    try:
+        yield {
+            "store": TableEnrollmentStore(storage),
+            "cursors": TableCursorStore(storage),
+            "leases": TableLeaseStore(storage),
+        }
+    finally:
+        await storage.close()
+
+
+def item(i: int, action: str = ENROLL, os: str = "iOS") -> PlanItem:
+    rec = DeviceRecord(id=f"00000000-0000-4000-8000-{i:012d}", device_id=f"D-{i}", operating_system=os,
+                       owner_id="u1")
+    return PlanItem(action, rec, f"reason {i}", "Root")
+
+
+async def test_apply_writes_rows_and_numbered_events_in_order(backend: dict[str, Any]) -> None:
+    store = backend["store"]
+    items = [item(i) for i in range(120)]  # three transactions
+    events = await store.apply(TENANT, items, "2026-01-01T00:00:00Z")
+    assert [e.seq for e in events] == list(range(1, 121))
+    assert events[0].id == event_id(TENANT, 1)
+    more = await store.apply(TENANT, [item(3, DEACTIVATE), item(4, UPDATE, os="iPadOS")], "2026-01-02T00:00:00Z")
+    assert [e.seq for e in more] == [121, 122] and more[0].type == "deactivated"
+    rows = await store.load_devices(TENANT)
+    assert len(rows) == 120
+    assert rows[item(3).record.id].state == DEACTIVATED
+    assert rows[item(4).record.id].record.operating_system == "iPadOS"
+    assert rows[item(5).record.id].state == ENROLLED
+    page1 = await store.events(TENANT, 0, 50)
+    page2 = await store.events(TENANT, page1[-1].seq, 1000)
+    assert [e.seq for e in page1 + page2] == list(range(1, 123))
+    assert await store.head_seq(TENANT) == 122
+    assert await store.head_seq("99999999-2222-4333-8444-555555555555") == 0
+
+
+async def test_a_crash_between_transactions_keeps_whole_transactions_only(backend: dict[str, Any]) -> None:
+    store = backend["store"]
+
+    def crash(n: int) -> None:
+        if n == 1:
+            raise RuntimeError("worker died")
+
+    store.before_commit = crash
+    with pytest.raises(RuntimeError):
+        await store.apply(TENANT, [item(i) for i in range(60)], "t")
+    store.before_commit = None
+    assert len(await store.load_devices(TENANT)) == 49
+    assert [e.seq for e in await store.events(TENANT, 0, 1000)] == list(range(1, 50))
+
+
+async def test_concurrent_appends_conflict_instead_of_sharing_a_sequence(backend: dict[str, Any]) -> None:
+    store = backend["store"]
+    await store.apply(TENANT, [item(0)], "t")
+    results = await asyncio.gather(
+        store.apply(TENANT, [item(1)], "t"), store.apply(TENANT, [item(2)], "t"), return_exceptions=True
+    )
+    assert sum(isinstance(r, ConflictError) for r in results) == 1
+    seqs = [e.seq for e in await store.events(TENANT, 0, 100)]
+    assert seqs == [1, 2]
+
+
+async def test_devices_are_found_by_object_id_or_device_id_and_listed_in_pages(backend: dict[str, Any]) -> None:
+    store = backend["store"]
+    await store.apply(TENANT, [item(i) for i in range(5)], "t")
+    found = await store.find_device(TENANT, "D-3")
+    assert found is not None and found.record.id == item(3).record.id
+    assert (await store.find_device(TENANT, item(2).record.id)) is not None
+    assert await store.find_device(TENANT, "nope") is None
+    first = await store.list_devices(TENANT, "", 3)
+    rest = await store.list_devices(TENANT, first[-1]["id"], 3)
+    assert [d["id"] for d in first + rest] == sorted(item(i).record.id for i in range(5))
+    assert first[0]["state"] == ENROLLED and first[0]["deviceId"] == "D-0"
+
+
+async def test_membership_graph_round_trips_even_past_one_entity(backend: dict[str, Any]) -> None:
+    store = backend["store"]
+    assert await store.load_graph(TENANT) is None
+    graph = MembershipGraph()
+    # ~60k random member ids compress to well over one 60 KB chunk.
+    graph.apply_page([
+        {"id": f"g{k}", "displayName": f"Group {k}",
+         "members@delta": [{"@odata.type": "#microsoft.graph.user", "id": str(uuid.uuid4())} for _ in range(6000)]}
+        for k in range(10)
+    ])
+    await store.save_graph(TENANT, graph, {"configVersion": 3})
+    loaded = await store.load_graph(TENANT)
+    assert loaded is not None and loaded[0] == graph and loaded[1] == {"configVersion": 3}
+    small = MembershipGraph()
+    small.apply_page([{"id": "g1", "displayName": "Only"}])
+    await store.save_graph(TENANT, small, {})
+    again = await store.load_graph(TENANT)
+    assert again is not None and again[0] == small
+
+
+async def test_cursor_commits_are_compare_and_swap(backend: dict[str, Any]) -> None:
+    cursors = backend["cursors"]
+    empty = await cursors.get(TENANT, "groups")
+    assert empty == Cursor()
+    first = await cursors.put(TENANT, "groups", Cursor(inflight="next-1"))
+    assert (await cursors.get(TENANT, "groups")).inflight == "next-1"
+    committed = await cursors.put(TENANT, "groups", first.commit("delta-1", 100.0, full=True))
+    loaded = await cursors.get(TENANT, "groups")
+    assert (loaded.committed, loaded.inflight, loaded.generation, loaded.full_at) == ("delta-1", "", 1, 100.0)
+    with pytest.raises(ConflictError):
+        await cursors.put(TENANT, "groups", first.commit("stale", 200.0))  # first's etag is old
+    with pytest.raises(ConflictError):
+        await cursors.put(TENANT, "groups", Cursor(committed="x"))  # must not exist yet
+    assert (await cursors.get(TENANT, "groups")).committed == committed.committed
+    await cursors.delete_tenant(TENANT)
+    assert await cursors.get(TENANT, "groups") == Cursor()
+
+
+async def test_only_one_of_many_concurrent_workers_gets_the_lease(backend: dict[str, Any]) -> None:
+    leases = backend["leases"]
+    got = await asyncio.gather(*(leases.acquire(TENANT, f"w{i}", 60, 1000.0) for i in range(5)))
+    held = [g for g in got if g is not None]
+    assert len(held) == 1
+    assert await leases.acquire(TENANT, "late", 60, 1010.0) is None
+    await leases.release(held[0], 1020.0)
+    info = (await leases.all())[TENANT]
+    assert (info.holder, info.last_started, info.last_finished) == ("", 1000.0, 1020.0)
+    again = await leases.acquire(TENANT, "next", 60, 1030.0)
+    assert again is not None
+    # An expired lease (crashed worker) is taken over.
+    assert await leases.acquire(TENANT, "rescuer", 60, 1100.0) is not None
+    await leases.release(again, 1110.0)  # the old holder's release is ignored
+    assert (await leases.all())[TENANT].holder == "rescuer"

@@ -1,0 +1,407 @@
+"""Intune flows through the real services against the simulator (HTTPS, real tokens) and Azurite.
+
+Enrolled devices come from the simulator's ground truth (the enrollment feature's store is stood in by
+StaticEnrolledDevices); everything else is the production wiring (``build_intune``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from shared_code.errors import ConflictError, ConsentRequiredError, NotFoundError, PermissionMissingError
+from shared_code.intune.devices import EnrolledDevice, StaticEnrolledDevices
+from shared_code.intune.messages import ConnectorNotReadyError
+from shared_code.intune.wiring import IntuneServices, build_intune, use_enrolled_devices
+from shared_code.tenants import TenantConfig
+
+DEFAULT_ROLES = [
+    "User.Read.All",
+    "Device.Read.All",
+    "GroupMember.Read.All",
+    "Application.Read.All",
+    "DeviceManagementApps.Read.All",
+    "update_device_health",
+]
+
+
+class World:
+    """One simulated customer tenant wired to the connector's services."""
+
+    def __init__(self, sim: Any, container: Any, services: IntuneServices, devices: StaticEnrolledDevices) -> None:
+        self.sim = sim
+        self.container = container
+        self.services = services
+        self.devices = devices
+        self.connector_app = sim.info["connector"]["client_id"]
+
+    def new_tenant(self, seed: int, **extra: Any) -> tuple[str, list[str], list[dict[str, Any]]]:
+        summary = self.sim.create_tenant("small", seed=seed, **extra)
+        tid = summary["tenant_id"]
+        groups = summary["enrollment_groups"]
+        truth = self.sim.truth(tid, groups)
+        for d in truth["devices"]:
+            self.devices.add(tid, EnrolledDevice(d["deviceId"], d["ownerId"], d["operatingSystem"]))
+        return tid, groups, truth["devices"]
+
+    async def grant(self, tid: str, roles: list[str]) -> None:
+        """Replace the tenant's grants; drop cached tokens (as their expiry would) so the next call sees them."""
+        self.sim.call("POST", "/_sim/consent", json={"tenant_id": tid, "app_id": self.connector_app, "roles": roles})
+        await self.container.credentials.close()
+
+    async def provision(self, tid: str, groups: list[str], **extra: Any) -> Any:
+        config = TenantConfig(tenant_id=tid, enrollment_groups=tuple(groups), **extra)
+        return await self.services.provisioning.provision(config)
+
+
+@pytest.fixture(scope="module")
+async def world(sim: Any, app_container: Any) -> World:
+    devices = StaticEnrolledDevices()
+    use_enrolled_devices(app_container, devices)
+    return World(sim, app_container, app_container.service(build_intune), devices)
+
+
+def _ios(devices: list[dict[str, Any]], *, large: bool | None = None) -> dict[str, Any]:
+    for d in devices:
+        if d["operatingSystem"] not in ("iOS", "iPadOS"):
+            continue
+        # The simulator gives ~1 device in 16 a 1,000–1,600-app inventory (simulator/intune.py app_inventory).
+        is_large = hashlib.sha256(d["deviceId"].encode()).digest()[0] % 16 == 0
+        if large is None or large == is_large:
+            return d
+    pytest.skip("scenario has no matching iOS device")
+
+
+async def test_provision_heartbeat_threat_inventory_cycle(world: World) -> None:
+    tid, groups, devices = world.new_tenant(seed=401)
+    record, created = await world.provision(tid, groups)
+    assert created is True
+    assert record.status["intune"]["state"] == "provisioned"
+    assert world.sim.intune(tid)["status"] == "available"
+
+    again, created_again = await world.provision(tid, groups)
+    assert created_again is False and again.config.config_version == 1
+
+    run = await world.services.heartbeat.run(force=True)
+    assert run.outcomes[tid] == "sent"
+    view = world.sim.intune(tid)
+    assert view["status"] == "enabled" and view["heartbeat_count"] == 1
+
+    device = _ios(devices)
+    upload, replayed = await world.services.threat.report(
+        tid, device["deviceId"], {"level": "medium", "detectedAt": "2026-01-05T10:00:00Z", "threats": [{"name": "x"}],
+                                  "idempotencyKey": "k-1"}
+    )
+    assert (upload.status, replayed) == ("Pending", False)
+    replay, replayed = await world.services.threat.report(
+        tid, device["deviceId"], {"level": "medium", "detectedAt": "2026-01-05T10:00:00Z", "threats": [{"name": "x"}],
+                                  "idempotencyKey": "k-1"}
+    )
+    assert replayed is True and replay.message_id == upload.message_id
+    with pytest.raises(ConflictError):
+        await world.services.threat.report(
+            tid, device["deviceId"], {"level": "high", "detectedAt": "2026-01-05T10:00:00Z", "idempotencyKey": "k-1"}
+        )
+
+    inventory_request = await world.services.inventory.request(tid, device["deviceId"])
+    assert inventory_request.status == "Pending"
+
+    # The simulator answers Pending for the first poll, then settles (pending_polls = 1).
+    first = await world.services.messages.settle_pending()
+    second = await world.services.messages.settle_pending()
+    assert first["pending"] >= 2 and second["succeeded"] >= 2
+
+    latest = await world.services.threat.latest(tid, device["deviceId"])
+    assert latest is not None and (latest["status"], latest["level"]) == ("Succeeded", "medium")
+    assert world.sim.intune(tid)["threat_levels"][device["deviceId"]]["ThreatLevel"] == "medium"
+
+    inventory = await world.services.inventory.get(tid, device["deviceId"])
+    assert inventory["requestStatus"] == "Succeeded"
+    assert inventory["appCount"] == len(inventory["apps"]) > 0
+    app = inventory["apps"][0]
+    assert {"appId", "version", "shortVersion", "name", "bundleSize", "dynamicSize", "validated", "managed"} <= set(app)
+
+    record = await world.services.tenants.get(tid)
+    assert record is not None
+    activity = record.status["intune_activity"]
+    assert activity["heartbeatsSent"] == 1
+    assert activity["threatReportsAccepted"] == 1
+    assert activity["inventoriesFetched"] == 1
+
+
+async def test_large_inventory_is_chunked_and_fetched_on_get(world: World) -> None:
+    tid, groups, devices = world.new_tenant(seed=402)
+    await world.provision(tid, groups)
+    device = None
+    for seed in range(403, 420):
+        device = next(
+            (
+                d
+                for d in devices
+                if d["operatingSystem"] in ("iOS", "iPadOS")
+                and hashlib.sha256(d["deviceId"].encode()).digest()[0] % 16 == 0
+            ),
+            None,
+        )
+        if device:
+            break
+        tid, groups, devices = world.new_tenant(seed=seed)
+        await world.provision(tid, groups)
+    assert device is not None, "no large-inventory iOS device in 17 seeded tenants"
+    await world.services.inventory.request(tid, device["deviceId"])
+    # GET fetches when ready: the first GET polls (Pending), the second settles and stores the inventory.
+    pending = await world.services.inventory.get(tid, device["deviceId"])
+    assert pending["requestStatus"] == "Pending" and pending["apps"] == []
+    done = await world.services.inventory.get(tid, device["deviceId"])
+    assert done["requestStatus"] == "Succeeded"
+    assert done["appCount"] >= 1000 and len(done["apps"]) == done["appCount"]
+    header = await world.services.messages.store.get_latest(tid, "inv", device["deviceId"])
+    assert header is not None and header["chunks"] >= 1
+    # A second inventory replaces the first generation: no orphan chunk rows are left.
+    await world.services.inventory.request(tid, device["deviceId"])
+    await world.services.inventory.get(tid, device["deviceId"])
+    again = await world.services.inventory.get(tid, device["deviceId"])
+    assert again["appCount"] == done["appCount"]
+    table = await world.container.storage.table("uploads")
+    chunk_rows = [
+        e
+        async for e in table.query_entities(
+            "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+            parameters={"pk": tid, "lo": "invc|", "hi": "invc}"},
+        )
+    ]
+    new_header = await world.services.messages.store.get_latest(tid, "inv", device["deviceId"])
+    assert new_header is not None and len(chunk_rows) == new_header["chunks"]
+
+
+async def test_threat_upload_failed_with_error_detail(world: World) -> None:
+    tid, groups, _ = world.new_tenant(seed=421)
+    await world.provision(tid, groups)
+    ghost = str(uuid.uuid4())  # enrolled locally, unknown to Entra/Intune → the message fails at Intune
+    world.devices.add(tid, EnrolledDevice(ghost, str(uuid.uuid4()), "iOS"))
+    upload, _ = await world.services.threat.report(tid, ghost, {"level": "low", "detectedAt": "2026-01-05T10:00:00Z"})
+    for _ in range(3):
+        await world.services.messages.settle_pending()
+    latest = await world.services.threat.latest(tid, ghost)
+    assert latest is not None and latest["status"] == "Failed"
+    assert "DeviceNotFound" in (latest["errorDetail"] or "")
+    stored = await world.services.messages.store.get(tid, upload.message_id)
+    assert stored is not None and stored.status == "Failed" and stored.error_detail
+
+
+async def test_unknown_tenant_and_device_not_enrolled(world: World) -> None:
+    with pytest.raises(NotFoundError):
+        await world.services.threat.report(str(uuid.uuid4()), str(uuid.uuid4()), {"level": "low",
+                                                                                  "detectedAt": "2026-01-01T00:00:00Z"})
+    tid, groups, _ = world.new_tenant(seed=422)
+    await world.provision(tid, groups)
+    with pytest.raises(NotFoundError):
+        await world.services.threat.report(tid, str(uuid.uuid4()), {"level": "low",
+                                                                     "detectedAt": "2026-01-01T00:00:00Z"})
+
+
+async def test_deprovision_then_threat_is_refused_with_connector_state(world: World) -> None:
+    tid, groups, devices = world.new_tenant(seed=423)
+    await world.provision(tid, groups)
+    # Intune deprovisioned behind our back (another console, or an Intune reset): Unavailable blocks uploads.
+    endpoints = await world.services.discovery.endpoints(tid)
+    await world.services.intune.put_partner_tenant(
+        endpoints.tenant_url, tid, provisioned=2, enrollment_url="", remediation_url=""
+    )
+    with pytest.raises(ConnectorNotReadyError) as info:
+        await world.services.threat.report(tid, devices[0]["deviceId"], {"level": "low",
+                                                                         "detectedAt": "2026-01-01T00:00:00Z"})
+    assert info.value.connector_state["connectorState"] == "unavailable"
+
+    # Our own DELETE: Intune Provisioned=2, state deprovisioned, polling stops (not listed active), history kept.
+    await world.services.provisioning.deprovision(tid)
+    record = await world.services.tenants.get(tid)
+    assert record is not None and record.state == "deprovisioned"
+    assert tid not in [r.config.tenant_id for r in await world.services.tenants.list_active()]
+    with pytest.raises(NotFoundError):
+        await world.services.threat.report(tid, devices[0]["deviceId"], {"level": "low",
+                                                                         "detectedAt": "2026-01-01T00:00:00Z"})
+
+
+async def test_intune_5xx_is_retried_then_recorded(world: World) -> None:
+    tid, groups, _ = world.new_tenant(seed=424)
+    await world.provision(tid, groups)
+    prefix = f"/intune/{tid}/StatelessPartnerTenantDataSyncService/PartnerTenantHeartbeat"
+    # Two 503s then success: the retry layer absorbs them.
+    world.sim.fault("status", match={"path_prefix": prefix}, count=2, status=503)
+    record = await world.services.tenants.get(tid)
+    assert record is not None
+    assert await world.services.heartbeat.beat(record) == "sent"
+    # A storm longer than the retries (and the re-discovery retry): recorded per tenant, with backoff next time.
+    world.sim.fault("status", match={"path_prefix": prefix}, count=40, status=503)
+    try:
+        record = await world.services.tenants.get(tid)
+        assert record is not None
+        assert await world.services.heartbeat.beat(record) == "failed"
+        record = await world.services.tenants.get(tid)
+        assert record is not None
+        section = record.status["heartbeat"]
+        assert section["state"] == "failing" and section["consecutiveFailures"] == 1
+        assert "RetriableError" in section["lastError"]
+    finally:
+        world.sim.clear_faults()
+
+
+async def test_missing_update_device_health_marks_consent_required(world: World) -> None:
+    tid, groups, _ = world.new_tenant(seed=425)
+    await world.provision(tid, groups)
+    await world.grant(tid, [r for r in DEFAULT_ROLES if r != "update_device_health"])
+    record = await world.services.tenants.get(tid)
+    assert record is not None
+    assert await world.services.heartbeat.beat(record) == "consent_required"
+    record = await world.services.tenants.get(tid)
+    assert record is not None
+    assert record.status["heartbeat"]["state"] == "consent_required"
+    assert record.status["permissions"]["heartbeat"] == "permission_missing: update_device_health"
+
+    await world.grant(tid, DEFAULT_ROLES)
+    record = await world.services.tenants.get(tid)
+    assert record is not None
+    assert await world.services.heartbeat.beat(record) == "sent"
+    record = await world.services.tenants.get(tid)
+    assert record is not None and record.status["permissions"]["heartbeat"] is None
+
+
+async def test_consent_revoked_fails_provisioning(world: World) -> None:
+    tid, groups, _ = world.new_tenant(seed=426)
+    world.sim.call("DELETE", "/_sim/consent", params={"tenant_id": tid, "app_id": world.connector_app})
+    with pytest.raises(ConsentRequiredError):
+        await world.provision(tid, groups)
+    assert await world.services.tenants.get(tid) is None
+
+
+async def test_discovery_missing_intune_service_is_a_clear_status(world: World) -> None:
+    tid, groups, _ = world.new_tenant(seed=427, with_intune_sp=False)
+    record, created = await world.provision(tid, groups)
+    assert created is True, "the config is stored: enrollment works without Intune"
+    assert record.status["intune"]["state"] == "discovery_failed"
+    assert record.status["intune"]["problem"].startswith("intune_service_missing:")
+
+
+async def test_missing_application_read_all_is_permission_missing(world: World) -> None:
+    tid, groups, _ = world.new_tenant(seed=428)
+    await world.grant(tid, [r for r in DEFAULT_ROLES if r != "Application.Read.All"])
+    record, _ = await world.provision(tid, groups)
+    assert record.status["intune"]["state"] == "permission_missing"
+    assert record.status["permissions"]["intune"] == "permission_missing: Application.Read.All"
+
+
+async def test_token_outage_is_retriable_and_recorded(world: World) -> None:
+    tid, groups, _ = world.new_tenant(seed=429)
+    await world.provision(tid, groups)
+    world.container.service(build_intune).discovery.invalidate(tid)
+    world.sim.fault("token_outage", match={"tenant": tid}, count=50, status=503)
+    try:
+        record = await world.services.tenants.get(tid)
+        assert record is not None
+        # Azure-identity keeps tokens cached, so a token outage only bites a cold cache: use a fresh credential.
+        await world.container.credentials.close()
+        assert await world.services.heartbeat.beat(record) == "failed"
+        record = await world.services.tenants.get(tid)
+        assert record is not None
+        assert record.status["heartbeat"]["state"] == "failing"
+        assert "token endpoint" in record.status["heartbeat"]["lastError"]
+    finally:
+        world.sim.clear_faults()
+
+
+async def test_mam_check(world: World) -> None:
+    tid, groups, devices = world.new_tenant(seed=430)
+    await world.provision(tid, groups)
+    # The scenario registers MAM apps for a slice of mobile owners with deviceTag = the Entra deviceId.
+    found = None
+    for d in devices:
+        result = await world.services.mam.check(tid, d["ownerId"], d["deviceId"])
+        if result["device"]["hasMamRegistration"]:
+            found = result
+            break
+    assert found is not None, "no MAM registration in the scenario"
+    registration = found["registrations"][0]
+    assert {"app", "platform", "deviceTag", "deviceName", "lastSyncDateTime"} <= set(registration)
+    assert found["device"]["matchedBy"] == "deviceTag"
+
+    await world.grant(tid, [r for r in DEFAULT_ROLES if r != "DeviceManagementApps.Read.All"])
+    with pytest.raises(PermissionMissingError) as info:
+        await world.services.mam.check(tid, devices[0]["ownerId"])
+    assert info.value.permission == "DeviceManagementApps.Read.All"
+    record = await world.services.tenants.get(tid)
+    assert record is not None
+    assert record.status["permissions"]["mam"] == "permission_missing: DeviceManagementApps.Read.All"
+    # Nothing else broke: the heartbeat still goes out.
+    assert await world.services.heartbeat.beat(record) == "sent"
+    await world.grant(tid, DEFAULT_ROLES)
+
+
+async def test_sso_roles_as_the_user(world: World) -> None:
+    tid, groups, devices = world.new_tenant(seed=431)
+    owner = devices[0]["ownerId"]
+    graph = world.container.graph(tid)
+    group_ids: list[str] = []
+    try:
+        for name in groups:
+            page = await graph.get_json(
+                "/groups", permission="GroupMember.Read.All", params={"$filter": "displayName eq '" + name.replace("'", "''") + "'"}
+            )
+            group_ids.extend(g["id"] for g in page["value"])
+    finally:
+        await graph.aclose()
+    other = str(uuid.uuid4())
+    mappings = tuple((g, "Console.Manage") for g in group_ids) + ((other, "Console.Admin"),)
+    await world.provision(tid, groups, role_mappings=mappings)
+    user_token = world.sim.call(
+        "POST", "/_sim/tokens/user", json={"tenant_id": tid, "user_id": owner, "scopes": ["User.Read"]}
+    )["access_token"]
+    result = await world.services.sso.roles({"accessToken": user_token})
+    assert result["tenantId"] == tid
+    assert result["user"]["id"] == owner
+    # The owner is in the enrollment group directly or through nesting: getMemberObjects is transitive.
+    assert result["roles"] == ["Console.Manage"]
+    assert result["matchedGroups"] and set(result["matchedGroups"]) <= set(group_ids)
+
+    no_scope = world.sim.call(
+        "POST", "/_sim/tokens/user", json={"tenant_id": tid, "user_id": owner, "scopes": ["Mail.Read"]}
+    )["access_token"]
+    with pytest.raises(PermissionMissingError) as info:
+        await world.services.sso.roles({"accessToken": no_scope})
+    assert info.value.permission == "User.Read"
+
+
+async def test_sso_user_token_never_leaves_for_other_hosts(world: World) -> None:
+    # The SSO client only ever talks to GRAPH_BASE_URL: a transport that records every request proves it.
+    seen: list[httpx.Request] = []
+
+    class Recorder(httpx.AsyncBaseTransport):
+        def __init__(self) -> None:
+            context = ssl.create_default_context(cafile=world.sim.info["ca_path"])
+            self._inner = httpx.AsyncHTTPTransport(retries=0, verify=context)
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            seen.append(request)
+            return await self._inner.handle_async_request(request)
+
+    from shared_code.identity.sso import SsoService
+
+    tid, groups, devices = world.new_tenant(seed=432)
+    await world.provision(tid, groups)
+    sso = SsoService(
+        tenants=world.services.tenants,
+        graph_base_url=world.container.settings.graph_base_url,
+        max_retries=1,
+        transport_factory=Recorder,
+    )
+    token = world.sim.call(
+        "POST", "/_sim/tokens/user", json={"tenant_id": tid, "user_id": devices[0]["ownerId"], "scopes": ["User.Read"]}
+    )["access_token"]
+    await sso.roles({"accessToken": token})
+    assert [r.url.path for r in seen] == ["/v1.0/me", "/v1.0/me/getMemberObjects"]
+    assert {r.url.host for r in seen} == {httpx.URL(world.container.settings.graph_base_url).host}
