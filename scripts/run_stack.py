@@ -149,6 +149,23 @@ def _next_cursor(payload: Any) -> str | None:
     return None
 
 
+def _device_id(device: dict[str, Any]) -> str | None:
+    """The id the connector's device routes take (openapi Device: ``deviceId``, else ``id``)."""
+    for key in ("deviceId", "id"):
+        if isinstance(device.get(key), str) and device[key]:
+            return str(device[key])
+    return None
+
+
+def _field(r: httpx.Response, name: str) -> Any:
+    """A top-level field of a JSON object response (None if absent or not JSON)."""
+    try:
+        data = r.json()
+    except ValueError:
+        return None
+    return data.get(name) if isinstance(data, dict) else None
+
+
 def _enrolled_from_status(tenant: dict[str, Any] | None) -> int | None:
     """``status.counts.enrolled`` of ``GET /api/tenants/{id}`` (openapi Tenant), when the connector reports it."""
     status = (tenant or {}).get("status")
@@ -350,28 +367,43 @@ class Stack:
                 continue  # after the threat/inventory requests below
             fired[name] = await self.fire(name)
 
-        threat_ok = inventories = 0
         t = self.tenants[0]
         tid = t["tenant_id"]
-        device_id = await self._a_device(t)
-        if device_id:
-            r = await self.call("PUT", f"/api/tenants/{tid}/devices/{device_id}/threat", json=threat_body())
-            threat_ok += r.status_code < 300
-            progress(f"threat report for device {device_id}: HTTP {r.status_code}")
-            r = await self.call("POST", f"/api/tenants/{tid}/devices/{device_id}/inventory", json=INVENTORY_BODY)
+        devices = await self._some_devices(t)
+        threat_dev = _device_id(devices[0]) if devices else None
+        # App Sync (inventory) exists for iOS/iPadOS only (reference/intune.md; the simulator enforces it).
+        inv_dev = next((_device_id(d) for d in devices if d.get("operatingSystem") in ("iOS", "iPadOS")), None)
+        threat_ok = inventories = 0
+        inventory_requested = False
+        extra: dict[str, Any] = {}
+        if threat_dev:
+            r = await self.call("PUT", f"/api/tenants/{tid}/devices/{threat_dev}/threat", json=threat_body())
+            threat_ok = int(r.status_code < 300)
+            progress(f"threat report for device {threat_dev}: HTTP {r.status_code}")
+        else:
+            progress("no device to report a threat for (nothing enrolled yet)")
+        if inv_dev:
+            r = await self.call("POST", f"/api/tenants/{tid}/devices/{inv_dev}/inventory", json=INVENTORY_BODY)
             inventory_requested = r.status_code < 300
-            progress(f"inventory request for device {device_id}: HTTP {r.status_code}")
+            progress(f"inventory request for iOS/iPadOS device {inv_dev}: HTTP {r.status_code}")
+        if threat_ok or inventory_requested:
             await self.drain()
             await self._settle_intune(tid)
-        else:
-            inventory_requested = False
-            progress("no device to report a threat for (nothing enrolled yet)")
         if "poll_upload_results" in timers:
             fired["poll_upload_results"] = await self.fire("poll_upload_results")
-        if device_id and inventory_requested:
-            r = await self.call("GET", f"/api/tenants/{tid}/devices/{device_id}/inventory")
-            inventories += r.status_code == 200
-            progress(f"inventory fetch for device {device_id}: HTTP {r.status_code}")
+        if threat_ok:
+            r = await self.call("GET", f"/api/tenants/{tid}/devices/{threat_dev}/threat")
+            extra["threat_status"] = _field(r, "status")
+        if inventory_requested:
+            r = await self.call("GET", f"/api/tenants/{tid}/devices/{inv_dev}/inventory")
+            status = _field(r, "requestStatus")
+            # Fetched = Intune answered the App Sync request (openapi UploadStatus: Succeeded is final and good).
+            inventories = int(r.status_code == 200 and status == "Succeeded")
+            extra["inventory_status"] = status
+            extra["inventory_apps"] = _field(r, "appCount")
+            if status != "Succeeded":
+                extra["inventory_error"] = _field(r, "requestError")
+            progress(f"inventory fetch for device {inv_dev}: HTTP {r.status_code}, requestStatus {status}")
 
         snapshot = await self.intune_snapshot(tid)
         counters = self.host.counters()
@@ -388,21 +420,18 @@ class Stack:
             "invocations": sum(c["invocations"] for c in counters.values()),
             "function_failures": {n: c["failures"] for n, c in counters.items() if c["failures"]},
             "poisoned": {n: c["poisoned"] for n, c in counters.items() if c["poisoned"]},
+            **extra,
             "cycle_s": round(time.monotonic() - t0, 2),
             **self.timings,
         }
 
-    async def _a_device(self, t: dict[str, Any]) -> str | None:
-        """An enrolled device's id; without a devices route, a device the simulator says should be enrolled."""
+    async def _some_devices(self, t: dict[str, Any]) -> list[dict[str, Any]]:
+        """Enrolled devices; without a devices route, the devices the simulator says should be enrolled."""
         devs = await self.devices(t["tenant_id"])
         if devs is None and self.sim is not None:
             r = await self.sim.get(f"/_sim/tenants/{t['tenant_id']}/truth")
             devs = r.json().get("devices", []) if r.status_code == 200 else []
-        for d in devs or []:
-            for k in ("deviceId", "id"):
-                if isinstance(d.get(k), str):
-                    return str(d[k])
-        return None
+        return [d for d in devs or [] if _device_id(d)]
 
     async def _settle_intune(self, tid: str) -> None:
         """Let the simulated Intune finish processing uploads (simulated clock) before results are polled."""

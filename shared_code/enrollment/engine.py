@@ -569,3 +569,7 @@ class PollEngine:
         if out.shape is not None:
             patch["shape"] = out.shape
         await self.tenants.update_status(ctx.tenant_id, "poll", patch)
+        # The console's summary (status.counts in the tenant document).
+        await self.tenants.update_status(ctx.tenant_id, "counts", {
+            "enrolled": out.enrolled, "stagedDeactivations": out.staged, "updatedAt": patch["finishedAt"],
+        })

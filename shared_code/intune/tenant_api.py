@@ -46,10 +46,21 @@ def validate_tenant_id(value: str) -> str:
         raise ValidationError("tenantId must be a GUID", field="tenantId") from None
 
 
-def _int(body: dict[str, Any], name: str, low: int, high: int, default: int) -> int:
-    value = body.get(name, default)
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ValidationError(f"{name} must be an integer between {low} and {high}", field=name)
+def _as_int(value: Any) -> int | None:
+    """An integer, or None. JSON Schema counts 33.0 as an integer (zero fraction), so we accept it too."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _int(body: dict[str, Any], name: str, low: int, high: int, default: int, *, field: str | None = None) -> int:
+    value = _as_int(body.get(name, default))
+    if value is None or not low <= value <= high:
+        raise ValidationError(f"{name} must be an integer between {low} and {high}", field=field or name)
     return value
 
 
@@ -107,9 +118,7 @@ def parse_tenant_body(tenant_id: str, body: dict[str, Any]) -> TenantConfig:
     for name in guard:
         if name not in ("maxDeactivations", "maxPercent"):
             raise ValidationError(f"unknown field '{name}'", field=f"guard.{name}")
-    max_count = guard.get("maxDeactivations", 500)
-    if not isinstance(max_count, int) or isinstance(max_count, bool) or not 0 <= max_count <= 1_000_000:
-        raise ValidationError("maxDeactivations must be an integer 0..1000000", field="guard.maxDeactivations")
+    max_count = _int(guard, "maxDeactivations", 0, 1_000_000, 500, field="guard.maxDeactivations")
     max_percent = guard.get("maxPercent", 20.0)
     if not isinstance(max_percent, int | float) or isinstance(max_percent, bool) or not 0 <= max_percent <= 100:
         raise ValidationError("maxPercent must be a number 0..100", field="guard.maxPercent")

@@ -292,3 +292,18 @@ def test_expired_and_wrong_audience_tokens_get_401(sim: SimHandle) -> None:
     assert r.status_code == 401
     r = sim.http.get(f"{sim.base_url}/v1.0/users")
     assert r.status_code == 401 and r.json()["error"]["message"] == "Access token is empty."
+
+
+def test_token_outage_seen_by_the_sdk(sim: SimHandle) -> None:
+    """azure-identity retries a 503 token response; a lasting outage surfaces as ClientAuthenticationError."""
+    tid = sim.tenant_ids[0]
+    sim.admin("POST", "/_sim/faults", {"kind": "token_outage", "match": {"tenant": tid}, "retry_after": 0.05})
+    assert secret_credential(sim, tid).get_token(GRAPH).token  # one 503, then the SDK's retry succeeds
+    sim.admin("POST", "/_sim/faults", {"kind": "token_outage", "match": {"tenant": tid}, "retry_after": 0.05,
+                                       "unlimited": True})
+    try:
+        with pytest.raises(ClientAuthenticationError) as err:
+            secret_credential(sim, tid).get_token(GRAPH)
+        assert "503" in str(err.value)
+    finally:
+        sim.admin("DELETE", "/_sim/faults")

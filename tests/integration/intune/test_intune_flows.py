@@ -349,14 +349,15 @@ async def test_sso_roles_as_the_user(world: World) -> None:
     group_ids: list[str] = []
     try:
         for name in groups:
+            odata_name = name.replace("'", "''")
             page = await graph.get_json(
-                "/groups", permission="GroupMember.Read.All", params={"$filter": "displayName eq '" + name.replace("'", "''") + "'"}
+                "/groups", permission="GroupMember.Read.All", params={"$filter": f"displayName eq '{odata_name}'"}
             )
             group_ids.extend(g["id"] for g in page["value"])
     finally:
         await graph.aclose()
     other = str(uuid.uuid4())
-    mappings = tuple((g, "Console.Manage") for g in group_ids) + ((other, "Console.Admin"),)
+    mappings = (*((g, "Console.Manage") for g in group_ids), (other, "Console.Admin"))
     await world.provision(tid, groups, role_mappings=mappings)
     user_token = world.sim.call(
         "POST", "/_sim/tokens/user", json={"tenant_id": tid, "user_id": owner, "scopes": ["User.Read"]}
@@ -405,3 +406,83 @@ async def test_sso_user_token_never_leaves_for_other_hosts(world: World) -> None
     await sso.roles({"accessToken": token})
     assert [r.url.path for r in seen] == ["/v1.0/me", "/v1.0/me/getMemberObjects"]
     assert {r.url.host for r in seen} == {httpx.URL(world.container.settings.graph_base_url).host}
+
+
+async def test_discovery_is_cached_and_rediscovered_on_404_and_unreachable(world: World) -> None:
+    from shared_code.intune.discovery import IntuneEndpoints
+
+    tid, groups, _ = world.new_tenant(seed=433)
+    await world.provision(tid, groups)
+    discovery = world.services.discovery
+    before = discovery.discoveries
+    await discovery.endpoints(tid)
+    await discovery.endpoints(tid)
+    assert discovery.discoveries == before, "cached for INTUNE_DISCOVERY_TTL_SECONDS"
+
+    good = await discovery.endpoints(tid)
+    base = world.sim.info["base_url"]
+    # A moved service: the cached URL answers 404 → one re-discovery, then the call succeeds.
+    discovery._cache[tid] = IntuneEndpoints(f"{base}/intune/{tid}/Moved", good.device_url, good.discovered_at)
+    record = await world.services.tenants.get(tid)
+    assert record is not None
+    assert await world.services.heartbeat.beat(record) == "sent"
+    assert discovery.discoveries == before + 1
+    # A host that no longer resolves/accepts connections: re-discovered the same way (after the transport retries).
+    discovery._cache[tid] = IntuneEndpoints("https://127.0.0.1:9/x", good.device_url, good.discovered_at)
+    assert await world.services.heartbeat.beat(record) == "sent"
+    assert discovery.discoveries == before + 2
+
+
+async def test_intune_timeouts_are_retried(world: World) -> None:
+    from shared_code.adapters.intune import IntuneClient
+
+    tid, groups, _ = world.new_tenant(seed=434)
+    await world.provision(tid, groups)
+    settings = world.container.settings
+    client = IntuneClient(
+        credentials=world.container.credentials,
+        resource=settings.intune_resource,
+        tenant_api_version=settings.intune_tenant_api_version,
+        device_api_version=settings.intune_device_api_version,
+        max_retries=2,
+        timeout_seconds=0.5,
+    )
+    endpoints = await world.services.discovery.endpoints(tid)
+    prefix = f"/intune/{tid}/StatelessPartnerTenantDataSyncService/PartnerTenantHeartbeat"
+    world.sim.fault("latency", match={"path_prefix": prefix}, count=1, latency_ms=2000)
+    try:
+        before = world.sim.intune(tid)["heartbeat_count"]
+        await client.heartbeat(endpoints.tenant_url, tid)
+        assert client.meter.retries == 1 and client.meter.requests == 2
+        assert world.sim.intune(tid)["heartbeat_count"] == before + 1
+    finally:
+        world.sim.clear_faults()
+        await client.aclose()
+
+
+async def test_heartbeat_concurrency_is_bounded(world: World) -> None:
+    from shared_code.adapters.memory_tenant_store import MemoryTenantRepository
+    from shared_code.intune.discovery import DiscoveryService
+    from shared_code.intune.heartbeat import HeartbeatService
+    from shared_code.intune.provisioning import ProvisioningService
+    from shared_code.intune.status import ActivityCounters
+
+    tenants = MemoryTenantRepository()
+    settings = world.container.settings
+    discovery = DiscoveryService(settings=settings, graph_for=world.container.graph, tenants=tenants,
+                                 now=world.container.clock.now)
+    provisioning = ProvisioningService(tenants=tenants, discovery=discovery, intune=world.services.intune,
+                                       graph_for=world.container.graph, now=world.container.clock.now)
+    service = HeartbeatService(tenants=tenants, discovery=discovery, intune=world.services.intune,
+                               provisioning=provisioning, counters=ActivityCounters(tenants), concurrency=3,
+                               now=world.container.clock.now)
+    ids = []
+    for seed in range(440, 447):
+        tid, groups, _ = world.new_tenant(seed=seed)
+        await provisioning.provision(TenantConfig(tenant_id=tid, enrollment_groups=tuple(groups)))
+        ids.append(tid)
+    run = await service.run()
+    assert run.sent == len(ids) == 7
+    assert 1 <= service.peak_in_flight <= 3
+    again = await service.run()
+    assert (again.sent, again.skipped) == (0, 7), "not due again within the heartbeat interval"

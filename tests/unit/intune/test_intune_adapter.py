@@ -63,7 +63,8 @@ def test_2xx_passes() -> None:
 
 
 def _record(**heartbeat: Any) -> TenantRecord:
-    return TenantRecord(config=TenantConfig("t", ("g",), heartbeat_interval_minutes=15), status={"heartbeat": heartbeat})
+    config = TenantConfig("t", ("g",), heartbeat_interval_minutes=15)
+    return TenantRecord(config=config, status={"heartbeat": heartbeat})
 
 
 def test_heartbeat_due_rules() -> None:

@@ -102,3 +102,12 @@ def test_bad_threat_bodies_name_the_field(body: dict[str, Any], field: str) -> N
     with pytest.raises(ValidationError) as info:
         validate_threat_body(body)
     assert info.value.field == field
+
+
+def test_integral_floats_count_as_integers() -> None:
+    # JSON Schema's "integer" includes 33.0; the OpenAPI document promises what JSON Schema means.
+    config = parse_tenant_body(TID, {"enrollmentGroups": ["A"], "pollIntervalMinutes": 33.0,
+                                     "guard": {"maxDeactivations": 7.0}})
+    assert (config.poll_interval_minutes, config.guard_max_deactivations) == (33, 7)
+    with pytest.raises(ValidationError):
+        parse_tenant_body(TID, {"enrollmentGroups": ["A"], "pollIntervalMinutes": 33.5})
