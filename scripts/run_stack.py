@@ -50,6 +50,10 @@ def threat_body() -> dict[str, Any]:
 
 
 INVENTORY_BODY: dict[str, Any] = {}
+# Paging of GET /api/tenants/{id}/devices: openapi.yaml names the query parameter `cursor` and the list `items`, the
+# implementation (shared_code/enrollment/service.py) reads `after` and answers `devices`; both lists are accepted.
+DEVICES_CURSOR_PARAM = "after"
+DEVICES_PAGE_SIZE = 1000  # openapi `limit` maximum
 # Timers fired by --once, in this order; any other timer of the app is fired afterwards.
 ONCE_TIMERS = ("dispatch_polls", "send_heartbeats", "poll_upload_results")
 # Live demo schedules (NCRONTAB, UTC) used when the environment does not set them: fast enough to watch.
@@ -297,9 +301,10 @@ class Stack:
     async def devices(self, tid: str, limit_pages: int = 1000) -> list[dict[str, Any]] | None:
         """Enrolled devices from ``GET /api/tenants/{id}/devices`` (all pages); None if the route is absent."""
         out: list[dict[str, Any]] = []
+        seen: set[str] = set()
         cursor: str | None = None
         for _ in range(limit_pages):
-            params = {"cursor": cursor} if cursor else None
+            params = {"limit": str(DEVICES_PAGE_SIZE), **({DEVICES_CURSOR_PARAM: cursor} if cursor else {})}
             r = await self.call("GET", f"/api/tenants/{tid}/devices", params=params)
             if r.status_code != 200:
                 return out or None
@@ -307,7 +312,11 @@ class Stack:
                 payload = r.json()
             except ValueError:
                 return None
-            out.extend(_items(payload))
+            page = [d for d in _items(payload) if str(d.get("id")) not in seen]
+            if not page:
+                break  # a cursor that does not advance must not loop forever
+            seen.update(str(d.get("id")) for d in page)
+            out.extend(page)
             cursor = _next_cursor(payload)
             if cursor is None:
                 break

@@ -15,6 +15,17 @@ platform (``$batch``, 20 per request), reconcile against the stored rows, write,
 Crash safety: rows + events are written in per-partition transactions before the graph and the cursors; a poll that
 dies anywhere replays the same deltas next time against the (partly) updated rows, and reconcile only emits what
 is still missing, so no event is lost or duplicated.
+
+Rules worth knowing (documented for operators):
+* A device is enrolled when its platform is in the tenant's platforms and it has a registered owner, and either
+  the owner is (transitively) in an enrollment group or the device itself is a direct member of a group in an
+  enrollment tree. Ownerless devices are reported in status ``scope`` (count + sample), never enrolled.
+* Disabled users: kept enrolled by default (``keep_disabled_users``); when the tenant opts out, their devices are
+  deactivated with reason ``owner disabled`` (one extra ``/users?$filter=accountEnabled eq false`` read per poll).
+* Group names resolve like Graph's ``$filter=displayName eq …`` (case-insensitive); a name matching no group or
+  several is reported (``scope.unresolvedGroups`` / ``ambiguousGroups``) and contributes nothing.
+* What no delta reports — a device's registered owner changing (a navigation property) — is fixed by the scheduled
+  full reconcile (``FULL_RECONCILE_HOURS``, default 24 h), which also renews a devices token older than 3 days.
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -71,6 +82,8 @@ log = logging.getLogger("connector.enrollment")
 DEVICE_CATCHUP_PAGES = 40
 # A first devices round this short (in pages after the first) is finished inside the full reconcile.
 FINISH_NOW_PAGES = 5
+# Directory delta tokens live 7 days (graph.md §4); the daily full reconcile renews an older devices token.
+DEVICE_TOKEN_REFRESH_SECONDS = 3 * 24 * 3600
 PLAN_SAMPLE = 50
 OWNERLESS_SAMPLE = 20
 
@@ -322,13 +335,19 @@ class PollEngine:
         """Device changes since the committed link; or progress on a first round spread over polls."""
         cur = ctx.devices_cursor
         changes: list[dict[str, Any]] = []
-        if cur.committed:
-            link = ""
-            async for page in ctx.reader.devices_delta(cur.committed):
-                changes.extend(page.get("value", ()))
-                link = str(page.get("@odata.deltaLink") or link)
-            return changes, cur.commit(link, ctx.now)
-        return changes, await self._devices_catchup(ctx, cur)
+        try:
+            if cur.committed:
+                link = ""
+                async for page in ctx.reader.devices_delta(cur.committed):
+                    changes.extend(page.get("value", ()))
+                    link = str(page.get("@odata.deltaLink") or link)
+                return changes, cur.commit(link, ctx.now)
+            return changes, await self._devices_catchup(ctx, cur)
+        except CursorExpiredError:
+            # The devices token itself is dead: forget it so the full reconcile starts a new devices round
+            # (an expired *groups* token leaves the devices cursor alone).
+            ctx.devices_cursor = Cursor(generation=cur.generation, etag=cur.etag)
+            raise
 
     async def _devices_catchup(self, ctx: _Ctx, cur: Cursor) -> Cursor:
         """Advance (or start) the first ``devices/delta`` round by at most ``device_catchup_pages`` pages."""
@@ -357,6 +376,8 @@ class PollEngine:
         if users is None or devices is None:
             users = await ctx.reader.count("users")
             devices = await ctx.reader.count("devices")
+        if not ctx.dry_run:
+            await self._refresh_devices_token(ctx)
         devices_cursor = ctx.devices_cursor
         if not devices_cursor.committed and not devices_cursor.inflight and not ctx.dry_run:
             # Start the devices round before reading anything: changes made while we read are in its deltaLink.
@@ -414,13 +435,32 @@ class PollEngine:
         extra = {"ownerless": inventory.ownerless}
         await self._finish(ctx, plan, stored, graph, resolution, scope, cursors, extra)
 
+    async def _refresh_devices_token(self, ctx: _Ctx) -> None:
+        """Keep the devices deltaLink inside its 7-day life: a quiet tenant never commits a new one otherwise.
+
+        Runs before the full read, so whatever the skipped changes were, the full read covers them and the new
+        link covers everything after. An already dead token is dropped (a new round starts).
+        """
+        cur = ctx.devices_cursor
+        if not cur.committed or ctx.now - cur.committed_at < DEVICE_TOKEN_REFRESH_SECONDS:
+            return
+        link = ""
+        try:
+            async for page in ctx.reader.devices_delta(cur.committed):
+                link = str(page.get("@odata.deltaLink") or link)
+        except CursorExpiredError:
+            log.warning("tenant %s: devices delta token expired; starting a new devices round", ctx.tenant_id)
+            ctx.devices_cursor = Cursor(generation=cur.generation, etag=cur.etag)
+            return
+        ctx.devices_cursor = await self.cursors.put(ctx.tenant_id, DEVICES, cur.commit(link, ctx.now))
+
     async def _start_devices_round(self, ctx: _Ctx, expected_devices: int | None) -> Cursor:
         """Start a new devices round and persist where it stands (in-flight or committed).
 
         The round is finished now when it looks short (≤ ``FINISH_NOW_PAGES`` more pages, judged from the first
         page's size and the tenant's device count); otherwise later polls continue it from the in-flight link.
         """
-        cur = ctx.devices_cursor
+        cur = replace(ctx.devices_cursor, committed="", inflight="", generation=ctx.devices_cursor.generation + 1)
         new = cur
         pages = 0
         limit = 1
@@ -429,8 +469,7 @@ class PollEngine:
             if page.get("@odata.deltaLink"):
                 new = cur.commit(str(page["@odata.deltaLink"]), ctx.now)
                 break
-            new = Cursor(inflight=str(page.get("@odata.nextLink") or ""), generation=cur.generation + 1,
-                         etag=cur.etag)
+            new = replace(cur, inflight=str(page.get("@odata.nextLink") or ""))
             if pages == 1:
                 size = max(1, len(page.get("value", ())))
                 remaining = math.ceil(max(0, (expected_devices or 10**9) - size) / size)

@@ -5,6 +5,7 @@ Built once per container with :func:`build_enrollment_service` (``container().se
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -31,6 +32,7 @@ log = logging.getLogger("connector.enrollment")
 # worker's lease frees itself after this).
 LEASE_SECONDS = 15 * 60
 MAX_PAGE = 1000
+DISPATCH_CONCURRENCY = 32
 _CURSOR_PREFIX = "ev1."
 
 
@@ -142,22 +144,24 @@ class EnrollmentService:
         """
         now = self._clock()
         leases = await self.leases.all()
-        enqueued: list[str] = []
+        due: list[str] = []
         for record in await self.tenants.list_active():
             tid = record.config.tenant_id
             info = leases.get(tid)
-            due = quarantine.is_due(
+            if quarantine.is_due(
                 now,
                 interval_minutes=record.config.poll_interval_minutes or self._default_interval,
                 last_started=info.last_started if info else 0.0,
                 holder_expires_at=info.expires_at if info and info.holder else 0.0,
                 quarantine=record.status.get("quarantine", {}),
-            )
-            if due:
-                await self._send(PollMessage(tid, "scheduled", enqueued_at=now).to_json())
-                enqueued.append(tid)
-        log.info("dispatch_polls: %d tenant(s) due", len(enqueued))
-        return enqueued
+            ):
+                due.append(tid)
+        # Bounded concurrency: a fleet of thousands of tenants is enqueued in seconds, not minutes.
+        for start in range(0, len(due), DISPATCH_CONCURRENCY):
+            chunk = due[start : start + DISPATCH_CONCURRENCY]
+            await asyncio.gather(*(self._send(PollMessage(t, "scheduled", enqueued_at=now).to_json()) for t in chunk))
+        log.info("dispatch_polls: %d tenant(s) due", len(due))
+        return due
 
     async def handle_message(self, body: str) -> dict[str, Any]:
         """Run the poll a queue message asks for (never raises for a tenant's own failure)."""
@@ -185,6 +189,7 @@ class EnrollmentService:
             patch = quarantine.after_success(record.status.get("quarantine", {}), self._clock())
             if patch is not None:
                 await self.tenants.update_status(tenant_id, "quarantine", patch)
+                await self.tenants.update_status(tenant_id, "poll", {"lastError": None})
             log.info("tenant %s: poll %s (%s) %s", tenant_id, outcome.mode, reason, outcome.summary(0)["counts"])
             return {"tenantId": tenant_id, "result": "ok", **outcome.summary(0)}
         finally:

@@ -131,7 +131,13 @@ def _owner_of(obj: dict[str, Any]) -> str | None:
 
 
 async def devices_expand_owners(reader: DirectoryReader, scope: Scope, platforms: Iterable[str]) -> Inventory:
-    """Run ``devices_expand_owners`` (see module docstring); memory holds only in-scope records and id sets."""
+    """Run ``devices_expand_owners``; memory holds only in-scope records and id sets.
+
+    Endpoint: ``GET /devices?$select=…&$expand=registeredOwners`` (Device.Read.All).
+
+    Raises:
+        PermissionMissingError, RetriableError, FatalError: from the reader.
+    """
     plat = normalize_platforms(platforms)
     inv = Inventory(seen=set(), ownerless=[])
     assert inv.seen is not None and inv.ownerless is not None
@@ -151,7 +157,14 @@ async def devices_expand_owners(reader: DirectoryReader, scope: Scope, platforms
 
 
 async def users_expand_owned(reader: DirectoryReader, scope: Scope, platforms: Iterable[str]) -> Inventory:
-    """Run ``users_expand_owned`` (see module docstring)."""
+    """Run ``users_expand_owned``.
+
+    Endpoints: ``GET /devices?$select=…&$top=999`` (Device.Read.All), ``GET /users?$select=id,accountEnabled
+    &$expand=ownedDevices`` (User.Read.All), ``POST /$batch`` of ``/users/{id}/ownedDevices`` for capped users.
+
+    Raises:
+        PermissionMissingError, RetriableError, FatalError: from the reader.
+    """
     plat = normalize_platforms(platforms)
     inv = Inventory(seen=set(), ownerless=[], disabled=set())
     assert inv.seen is not None and inv.ownerless is not None and inv.disabled is not None
@@ -205,7 +218,14 @@ async def users_expand_owned(reader: DirectoryReader, scope: Scope, platforms: I
 
 
 async def per_user_batch(reader: DirectoryReader, scope: Scope, platforms: Iterable[str]) -> Inventory:
-    """Run ``per_user_batch`` (see module docstring)."""
+    """Run ``per_user_batch``.
+
+    Endpoints: ``POST /$batch`` of ``/users/{id}/ownedDevices`` (User.Read.All) and of
+    ``/devices/{id}?$expand=registeredOwners`` for direct device members (Device.Read.All).
+
+    Raises:
+        PermissionMissingError, RetriableError, FatalError: from the reader.
+    """
     inv = Inventory()
     for uid, devices in (await reader.owned_devices(sorted(scope.users))).items():
         for dev in devices or ():

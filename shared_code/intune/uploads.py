@@ -8,6 +8,7 @@ Rows (PartitionKey = tenant id, so one tenant's rows live together):
 * ``threat|<deviceId>``: the device's latest threat report and its upload result.
 * ``inv|<deviceId>``: the device's latest inventory request/result header (generation, chunk count, app count).
 * ``invc|<deviceId>|<generation>|<NNNN>``: inventory chunk rows.
+* partition ``~pending``, rows ``<tenant>|<messageId>``: the messages still Pending (the results timer's index).
 
 Size: App Sync inventories run to 1,600 apps (~0.5 MB of JSON) and beyond. A Table string property holds 64 KiB and
 an entity 1 MiB, so apps are packed into chunk rows of at most ``CHUNK_CHARS`` characters, each spread over
@@ -17,6 +18,7 @@ is switched, then the old generation's chunks are deleted: readers never see a h
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import uuid
@@ -37,6 +39,8 @@ NOT_SENT = "NotSent"
 # Intune refused the message (connector Not Set Up / Unavailable): never processed there, so a replay resends it.
 REJECTED = "Rejected"
 FINAL_STATUSES = frozenset({"Succeeded", "Failed"})
+# Index partition of pending messages ("~" sorts after every GUID partition and cannot collide with one).
+PENDING_PARTITION = "~pending"
 
 
 @dataclass
@@ -108,12 +112,18 @@ class UploadStore:
 
     # ---- messages ----------------------------------------------------------------------------------------------
     async def save(self, message: UploadMessage) -> None:
-        """Insert or replace a message row."""
+        """Insert or replace a message row, and keep the pending index in step with its status."""
         now = utc_now_iso()
         message.created_at = message.created_at or now
         message.updated_at = now
         table = await self._table()
         await table.upsert_entity(self._entity(message), mode=UpdateMode.REPLACE)
+        index_key = f"{message.tenant_id}|{message.message_id}"
+        if message.status == PENDING:
+            await table.upsert_entity({"PartitionKey": PENDING_PARTITION, "RowKey": index_key}, mode=UpdateMode.REPLACE)
+        else:
+            with contextlib.suppress(ResourceNotFoundError):
+                await table.delete_entity(PENDING_PARTITION, index_key)
 
     async def get(self, tenant_id: str, message_id: str) -> UploadMessage | None:
         """One message, or None."""
@@ -125,11 +135,21 @@ class UploadStore:
         return self._message(dict(entity))
 
     async def pending(self, limit: int = 500) -> list[UploadMessage]:
-        """Messages sent and not yet settled, across tenants (the results timer's work list)."""
+        """Messages sent and not yet settled, across tenants (the results timer's work list).
+
+        Read through the small ``~pending`` index partition, so the cost follows the number of pending messages,
+        not the table's history.
+        """
         table = await self._table()
         found: list[UploadMessage] = []
-        async for entity in table.query_entities("status eq @s", parameters={"s": PENDING}):
-            found.append(self._message(dict(entity)))
+        async for entry in table.query_entities("PartitionKey eq @pk", parameters={"pk": PENDING_PARTITION}):
+            tenant_id, message_id = str(entry["RowKey"]).split("|", 1)
+            message = await self.get(tenant_id, message_id)
+            if message is None or message.status != PENDING:
+                with contextlib.suppress(ResourceNotFoundError):
+                    await table.delete_entity(PENDING_PARTITION, str(entry["RowKey"]))
+                continue
+            found.append(message)
             if len(found) >= limit:
                 break
         return found

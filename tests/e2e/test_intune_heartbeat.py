@@ -10,6 +10,7 @@ Time is moved on both sides by the same amount — the simulator's clock (``/_si
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,6 +26,15 @@ class MovableClock:
 
     def now(self) -> float:
         return time.time() + self.offset
+
+
+@pytest.fixture(scope="module")
+def module_env(connector_env: dict[str, str]) -> dict[str, str]:
+    """The lead's module_env with fewer transport retries: the failure paths here are about what happens *after*
+    the retries give up, and each retry waits a jittered backoff (counts are asserted, never seconds)."""
+    suffix = uuid.uuid4().hex[:10]
+    return connector_env | {"TABLE_PREFIX": f"t{suffix}", "POLL_QUEUE_NAME": f"polls-{suffix}",
+                            "GRAPH_MAX_RETRIES": "1"}
 
 
 @pytest.fixture(scope="module")

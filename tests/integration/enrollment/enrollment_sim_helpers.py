@@ -42,9 +42,9 @@ async def graph_get_all(container: Any, tenant_id: str, path: str, params: dict[
 
 
 async def expected_ids(sim: Any, container: Any, tenant_id: str, groups: list[str],
-                       keep_disabled: bool = True) -> set[str]:
+                       keep_disabled: bool = True, platforms: tuple[str, ...] = PLATFORMS) -> set[str]:
     """Device ids that should be enrolled now: simulator truth plus owned direct device members."""
-    truth = sim.truth(tenant_id, groups, ",".join(PLATFORMS))
+    truth = sim.truth(tenant_id, groups, ",".join(platforms))
     ids = {d["id"] for d in truth["devices"] if keep_disabled or d.get("ownerEnabled", True)}
     for gid in truth["resolved_groups"].values():
         members = await graph_get_all(container, tenant_id, f"/groups/{gid}/transitiveMembers")
@@ -53,7 +53,7 @@ async def expected_ids(sim: Any, container: Any, tenant_id: str, groups: list[st
                 continue
             dev = await graph_get_all_one(container, tenant_id, f"/devices/{m['id']}",
                                           {"$expand": "registeredOwners"})
-            if dev.get("operatingSystem") in PLATFORMS and dev.get("registeredOwners"):
+            if dev.get("operatingSystem") in platforms and dev.get("registeredOwners"):
                 ids.add(m["id"])
     return ids
 

@@ -20,6 +20,7 @@ from enrollment_sim_helpers import (
     users_owning_mobile_devices,
 )
 
+from shared_code.enrollment.engine import PollEngine
 from shared_code.enrollment.service import EnrollmentService, build_enrollment_service
 
 SEEDS = iter(range(300, 10_000))
@@ -43,7 +44,8 @@ async def converged(sim: Any, app_container: Any, service: EnrollmentService, ti
     record = await service.tenants.get(tid)
     assert record is not None
     names = list(groups or record.config.enrollment_groups)
-    want = await expected_ids(sim, app_container, tid, names, keep_disabled=record.config.keep_disabled_users)
+    want = await expected_ids(sim, app_container, tid, names, keep_disabled=record.config.keep_disabled_users,
+                              platforms=tuple(record.config.platforms))
     have = await enrolled_ids(service, tid)
     assert have == want, f"missing {len(want - have)}, extra {len(have - want)}"
     assert_feed_consistent(await all_events(service, tid), have)
@@ -228,11 +230,20 @@ async def test_an_expired_delta_token_runs_a_full_reconcile(
     result = await service.run_poll(tid)
     assert result["mode"] == "full" and any("expired" in n for n in result["notes"])
     await converged(sim, app_container, service, tid)
+    # Eight days on (connector clock; the simulator's clock stays put for the rest of the session): the scheduled
+    # full reconcile renews the old devices token, finds it dead (400 syncStateNotFound) and starts a new round.
+    stale = await service.cursors.get(tid, "devices")
+    week = 8 * 24 * 3600
     sim.fault("delta_expiry", match={"tenant": tid, "path_prefix": "/v1.0/devices/delta"}, count=1)
+    later = PollEngine(tenants=service.tenants, store=service.store, cursors=service.cursors,
+                       graph_factory=app_container.graph, clock=lambda: app_container.clock.now() + week)
     sim.mutate(tid, "delete_device", device_id=sorted(before)[1])
-    result = await service.run_poll(tid)
-    assert result["mode"] == "full"
+    outcome = await later.poll(tid)
+    assert outcome.mode == "full" and outcome.notes == ["full reconcile: scheduled (every 24 h)"]
     await converged(sim, app_container, service, tid)
+    fresh = await service.cursors.get(tid, "devices")
+    assert fresh.committed and fresh.committed != stale.committed and fresh.generation == stale.generation + 1
+    assert (await later.poll(tid)).mode == "noop"
 
 
 async def test_a_429_storm_is_ridden_out_by_the_one_retry_layer(
@@ -292,7 +303,7 @@ async def test_a_graph_failure_mid_round_is_recorded_and_the_next_poll_converges
     sim.mutate(tid, "nest_group", parent_id=names[summary["enrollment_groups"][0]][0],
                child_id=names["Contractors"][0])
     # More 503s than the retry layer's budget on the batched owner lookups: this poll fails after reading deltas.
-    sim.fault("status", match={"tenant": tid, "path_prefix": "/v1.0/$batch"}, count=20, status=503)
+    sim.fault("status", match={"tenant": tid, "path_prefix": "/v1.0/$batch"}, count=20, status=503, retry_after=0.01)
     result = await service.run_poll(tid)
     sim.clear_faults()
     assert result["result"] == "failed" and result["reason"].startswith("graph_unavailable")
@@ -324,11 +335,13 @@ async def test_the_guard_stages_an_emptied_group_and_releases_it_on_approval(
 ) -> None:
     summary = sim.create_tenant("small", seed=next(SEEDS))
     tid = summary["tenant_id"]
-    await provision(service, summary, groups=summary["enrollment_groups"][:1])  # default guard: 500 / 20 %
+    # Enroll through the root with the most devices only, so emptying it deactivates everything.
+    root = max(summary["enrollment_groups"], key=lambda g: len(sim.truth(tid, [g])["devices"]))
+    await provision(service, summary, groups=[root])  # default guard: 500 / 20 %
     await service.run_poll(tid)
     before = await converged(sim, app_container, service, tid)
-    assert len(before) >= 10
-    root_id = (await group_ids(app_container, tid))[summary["enrollment_groups"][0]][0]
+    assert len(before) >= 5
+    root_id = (await group_ids(app_container, tid))[root][0]
     for m in await graph_get_all(app_container, tid, f"/groups/{root_id}/members"):
         sim.mutate(tid, "remove_member", group_id=root_id, member_id=m["id"])
     result = await service.run_poll(tid)
@@ -403,3 +416,128 @@ async def test_a_tenant_that_keeps_failing_is_quarantined_and_others_keep_pollin
     finally:
         service._send = original
     assert broken["tenant_id"] not in due
+
+
+async def test_a_config_change_or_the_schedule_forces_a_full_reconcile(
+    sim: Any, app_container: Any, service: EnrollmentService
+) -> None:
+    summary = await new_tenant(sim, service)
+    tid = summary["tenant_id"]
+    await service.run_poll(tid)
+    assert (await service.run_poll(tid))["mode"] == "noop"
+    await provision(service, summary, groups=[*summary["enrollment_groups"], "Device Pilot"], guard_max_percent=100.0)
+    result = await service.run_poll(tid)
+    assert result["mode"] == "full" and "full reconcile: configuration changed" in result["notes"]
+    await converged(sim, app_container, service, tid)
+    later = PollEngine(tenants=service.tenants, store=service.store, cursors=service.cursors,
+                       graph_factory=app_container.graph, clock=lambda: app_container.clock.now() + 25 * 3600,
+                       full_reconcile_hours=24)
+    outcome = await later.poll(tid)
+    assert outcome.mode == "full" and outcome.notes == ["full reconcile: scheduled (every 24 h)"]
+    assert outcome.plan.items == ()  # nothing drifted
+
+
+async def test_a_long_first_devices_round_is_spread_over_polls_without_missing_changes(
+    sim: Any, app_container: Any, service: EnrollmentService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared_code.enrollment import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "FINISH_NOW_PAGES", 0)
+    summary = await new_tenant(sim, service, "M")  # 700 devices: 4 devices/delta pages in the simulator
+    tid = summary["tenant_id"]
+    slow = engine_module.PollEngine(tenants=service.tenants, store=service.store, cursors=service.cursors,
+                                    graph_factory=app_container.graph, device_catchup_pages=1)
+    full = await slow.poll(tid)
+    assert full.mode == "full"
+    cursor = await service.cursors.get(tid, "devices")
+    assert cursor.inflight and not cursor.committed
+    victim = sorted(await enrolled_ids(service, tid))[0]
+    sim.mutate(tid, "delete_device", device_id=victim)  # while the round is still in flight
+    links = []
+    for _ in range(3):
+        outcome = await slow.poll(tid)
+        assert outcome.mode == "noop" and outcome.usage["requests"] == 2  # groups delta + one devices page
+        links.append(await service.cursors.get(tid, "devices"))
+    assert links[-1].committed and not links[-1].inflight
+    assert len({c.inflight for c in links[:-1]}) == 2  # the in-flight link advanced page by page
+    outcome = await slow.poll(tid)
+    assert outcome.mode == "incremental" and outcome.plan.counts()["deactivate"] == 1
+    assert outcome.plan.items[0].reason == "device deleted"
+    await converged(sim, app_container, service, tid)
+
+
+class _CrashOnCommit:
+    """Cursor store wrapper whose next commit dies (the worker crashed after writing rows and events)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.armed = True
+
+    async def get(self, tenant_id: str, stream: str) -> Any:
+        return await self.inner.get(tenant_id, stream)
+
+    async def put(self, tenant_id: str, stream: str, cursor: Any) -> Any:
+        if self.armed and stream == "groups":
+            self.armed = False
+            raise RuntimeError("worker died before committing the cursor")
+        return await self.inner.put(tenant_id, stream, cursor)
+
+    async def delete_tenant(self, tenant_id: str) -> None:
+        await self.inner.delete_tenant(tenant_id)
+
+
+async def test_a_crash_before_the_cursor_commit_replays_without_duplicate_events(
+    sim: Any, app_container: Any, service: EnrollmentService
+) -> None:
+    summary = await new_tenant(sim, service, "M")
+    tid = summary["tenant_id"]
+    await service.run_poll(tid)
+    names = await group_ids(app_container, tid)
+    sim.mutate(tid, "nest_group", parent_id=names[summary["enrollment_groups"][0]][0],
+               child_id=names["All Staff"][0])
+    head = await service.store.head_seq(tid)
+    crashing = _CrashOnCommit(service.engine.cursors)
+    service.engine.cursors = crashing
+    try:
+        failed = await service.run_poll(tid)
+        assert failed["result"] == "failed" and not crashing.armed
+        written = await service.store.head_seq(tid)
+        assert written > head  # rows, events and the graph landed; the cursor did not
+        replay = await service.run_poll(tid)  # the same deltas again, against the updated rows
+    finally:
+        service.engine.cursors = crashing.inner
+    assert replay["result"] == "ok" and replay["mode"] == "incremental"
+    assert await service.store.head_seq(tid) == written  # nothing re-emitted
+    await converged(sim, app_container, service, tid)
+
+
+async def test_the_platform_filter_is_configurable(sim: Any, app_container: Any, service: EnrollmentService) -> None:
+    summary = await new_tenant(sim, service, platforms=("Android",))
+    tid = summary["tenant_id"]
+    await service.run_poll(tid)
+    enrolled = await converged(sim, app_container, service, tid)
+    rows = await service.store.load_devices(tid)
+    assert enrolled and {rows[d].record.operating_system for d in enrolled} == {"Android"}
+
+
+async def test_a_config_change_releases_a_staged_mass_deactivation(
+    sim: Any, app_container: Any, service: EnrollmentService
+) -> None:
+    summary = sim.create_tenant("small", seed=next(SEEDS))
+    tid = summary["tenant_id"]
+    root = max(summary["enrollment_groups"], key=lambda g: len(sim.truth(tid, [g])["devices"]))
+    await provision(service, summary, groups=[root])
+    await service.run_poll(tid)
+    before = await converged(sim, app_container, service, tid)
+    sim.mutate(tid, "rename_group", group_name=root, displayName=root + " (2026)")
+    staged = await service.run_poll(tid)
+    assert staged["staged"] == len(before) and await enrolled_ids(service, tid) == before
+    # The admin points the tenant at the new name instead of approving: nothing needs deactivating any more.
+    await provision(service, summary, groups=[root + " (2026)"])
+    result = await service.run_poll(tid)
+    assert result["mode"] == "full" and result["counts"]["deactivate"] == 0 and result["staged"] == 0
+    record = await service.tenants.get(tid)
+    assert record is not None
+    assert record.status["guard"]["state"] == "clear"
+    assert record.status["guard"]["released"] == "plan no longer exceeds the threshold"
+    await converged(sim, app_container, service, tid)

@@ -60,6 +60,15 @@ class World:
 
 
 @pytest.fixture(scope="module")
+def module_env(connector_env: dict[str, str]) -> dict[str, str]:
+    """The lead's module_env with fewer transport retries: the failure paths here are about what happens *after*
+    the retries give up, and each retry waits a jittered backoff (counts are asserted, never seconds)."""
+    suffix = uuid.uuid4().hex[:10]
+    return connector_env | {"TABLE_PREFIX": f"t{suffix}", "POLL_QUEUE_NAME": f"polls-{suffix}",
+                            "GRAPH_MAX_RETRIES": "2"}
+
+
+@pytest.fixture(scope="module")
 async def world(sim: Any, app_container: Any) -> World:
     devices = StaticEnrolledDevices()
     use_enrolled_devices(app_container, devices)
@@ -453,7 +462,7 @@ async def test_intune_timeouts_are_retried(world: World) -> None:
     try:
         before = world.sim.intune(tid)["heartbeat_count"]
         await client.heartbeat(endpoints.tenant_url, tid)
-        assert client.meter.retries == 1 and client.meter.requests == 2
+        assert client.meter.retries == 1 and client.meter.requests == 2  # max_retries=2 client of its own
         assert world.sim.intune(tid)["heartbeat_count"] == before + 1
     finally:
         world.sim.clear_faults()
@@ -486,3 +495,23 @@ async def test_heartbeat_concurrency_is_bounded(world: World) -> None:
     assert 1 <= service.peak_in_flight <= 3
     again = await service.run()
     assert (again.sent, again.skipped) == (0, 7), "not due again within the heartbeat interval"
+
+
+async def test_threat_upload_5xx_then_replay_resends_the_same_message(world: World) -> None:
+    from shared_code.errors import RetriableError
+
+    tid, groups, devices = world.new_tenant(seed=450)
+    await world.provision(tid, groups)
+    device_id = devices[0]["deviceId"]
+    prefix = f"/intune/{tid}/StatelessPartnerDeviceDataSyncService/DataUploadMessages"
+    report = {"level": "high", "detectedAt": "2026-03-01T00:00:00Z", "idempotencyKey": "outage-1"}
+    world.sim.fault("status", match={"path_prefix": prefix, "method": "PUT"}, count=100, status=503)
+    try:
+        with pytest.raises(RetriableError):
+            await world.services.threat.report(tid, device_id, report)
+    finally:
+        world.sim.clear_faults()
+    assert world.sim.intune(tid)["messages"] == {}
+    upload, replayed = await world.services.threat.report(tid, device_id, report)
+    assert (upload.status, replayed) == ("Pending", True)
+    assert list(world.sim.intune(tid)["messages"]) == [upload.message_id]
