@@ -8,15 +8,38 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from functions.http_support import READ, ApiError, RequestContext, handle, json_response
-from shared_code.identity.sso import UserTokenRejectedError
+from functions.http_support import (
+    GUID_RE,
+    READ,
+    ApiError,
+    Guid,
+    Obj,
+    Prop,
+    RequestContext,
+    Str,
+    handle,
+    invalid,
+    json_response,
+)
+from shared_code.identity.sso import MAX_TOKEN_CHARS, UserTokenRejectedError, token_tenant
 from shared_code.intune.wiring import build_intune
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
+# openapi.yaml's SsoInput: unknown fields refused, tenantId a canonical GUID (as everywhere in the API).
+SSO_BODY = Obj(
+    {
+        "accessToken": Prop(Str(max_length=MAX_TOKEN_CHARS, strip=False), required=True),
+        "tenantId": Prop(Guid()),
+    }
+)
+
 
 async def _roles(ctx: RequestContext) -> func.HttpResponse:
-    body = ctx.json_body()
+    body = ctx.body(SSO_BODY)
+    # The tenant comes from the token: it must be a GUID too before it is used as a storage key.
+    if not GUID_RE.match(token_tenant(body["accessToken"])):
+        raise invalid("accessToken", "accessToken's tenant (tid) is not a GUID")
     try:
         result = await ctx.services.service(build_intune).sso.roles(body)
     except UserTokenRejectedError:

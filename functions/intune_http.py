@@ -7,7 +7,6 @@ report and its result); ``POST|GET /api/tenants/{tenantId}/devices/{deviceId}/in
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable
 
 import azure.functions as func
@@ -15,19 +14,12 @@ import azure.functions as func
 from functions.http_support import MANAGE, READ, ApiError, RequestContext, handle, json_response
 from shared_code.errors import NotFoundError, ValidationError
 from shared_code.intune.messages import ConnectorNotReadyError
-from shared_code.intune.tenant_api import validate_tenant_id
+from shared_code.intune.threat import LEVELS, MAX_KEY_CHARS
 from shared_code.intune.wiring import build_intune
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
 Action = Callable[[RequestContext], Awaitable[func.HttpResponse]]
-
-
-def _guid(value: str, field: str) -> str:
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise ValidationError(f"{field} must be a GUID", field=field) from None
 
 
 def _connector_errors(action: Action) -> Action:
@@ -43,18 +35,25 @@ def _connector_errors(action: Action) -> Action:
 
 
 async def _put_threat(ctx: RequestContext) -> func.HttpResponse:
-    tenant_id = validate_tenant_id(ctx.route("tenantId"))
-    device_id = _guid(ctx.route("deviceId"), "deviceId")
+    tenant_id = ctx.guid("tenantId")
+    device_id = ctx.guid("deviceId")
     body = ctx.json_body()
+    level = body.get("level")
+    # The console contract is strict: levels are lower case exactly as openapi.yaml lists them (no case folding).
+    if isinstance(level, str) and level not in LEVELS:
+        raise ValidationError(f"level must be one of {', '.join(LEVELS)} (lower case)", field="level")
     header_key = ctx.req.headers.get("Idempotency-Key")
+    if header_key is not None and not 1 <= len(header_key) <= MAX_KEY_CHARS:
+        raise ApiError(400, "invalid-parameter", f"Idempotency-Key must be 1..{MAX_KEY_CHARS} characters",
+                       field="Idempotency-Key")
     threat = ctx.services.service(build_intune).threat
     upload, replayed = await threat.report(tenant_id, device_id, body, idempotency_key=header_key)
     return json_response({**upload.public(), "replayed": replayed}, status=202)
 
 
 async def _get_threat(ctx: RequestContext) -> func.HttpResponse:
-    tenant_id = validate_tenant_id(ctx.route("tenantId"))
-    device_id = _guid(ctx.route("deviceId"), "deviceId")
+    tenant_id = ctx.guid("tenantId")
+    device_id = ctx.guid("deviceId")
     latest = await ctx.services.service(build_intune).threat.latest(tenant_id, device_id)
     if latest is None:
         raise NotFoundError(f"no threat level reported for device {device_id}", status=404)
@@ -62,23 +61,22 @@ async def _get_threat(ctx: RequestContext) -> func.HttpResponse:
 
 
 async def _post_inventory(ctx: RequestContext) -> func.HttpResponse:
-    tenant_id = validate_tenant_id(ctx.route("tenantId"))
-    device_id = _guid(ctx.route("deviceId"), "deviceId")
+    tenant_id = ctx.guid("tenantId")
+    device_id = ctx.guid("deviceId")
     upload = await ctx.services.service(build_intune).inventory.request(tenant_id, device_id)
     return json_response(upload.public(), status=202)
 
 
 async def _get_inventory(ctx: RequestContext) -> func.HttpResponse:
-    tenant_id = validate_tenant_id(ctx.route("tenantId"))
-    device_id = _guid(ctx.route("deviceId"), "deviceId")
+    tenant_id = ctx.guid("tenantId")
+    device_id = ctx.guid("deviceId")
     return json_response(await ctx.services.service(build_intune).inventory.get(tenant_id, device_id))
 
 
 async def _get_mam(ctx: RequestContext) -> func.HttpResponse:
-    tenant_id = validate_tenant_id(ctx.route("tenantId"))
-    user_id = _guid(ctx.route("userId"), "userId")
-    device = ctx.req.params.get("deviceId")
-    device_id = _guid(device, "deviceId") if device else None
+    tenant_id = ctx.guid("tenantId")
+    user_id = ctx.guid("userId")
+    device_id = ctx.query_guid("deviceId")
     result = await ctx.services.service(build_intune).mam.check(tenant_id, user_id, device_id)
     return json_response(result)
 

@@ -11,14 +11,14 @@ import azure.functions as func
 
 from functions.http_support import MANAGE, READ, RequestContext, handle, json_response
 from shared_code.errors import NotFoundError
-from shared_code.intune.tenant_api import parse_tenant_body, tenant_document, validate_tenant_id
+from shared_code.intune.tenant_api import parse_tenant_body, tenant_document
 from shared_code.intune.wiring import build_intune
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
 
 async def _put(ctx: RequestContext) -> func.HttpResponse:
-    tenant_id = validate_tenant_id(ctx.route("tenantId"))
+    tenant_id = ctx.guid("tenantId")
     config = parse_tenant_body(tenant_id, ctx.json_body())
     services = ctx.services.service(build_intune)
     record, created = await services.provisioning.provision(config)
@@ -26,7 +26,7 @@ async def _put(ctx: RequestContext) -> func.HttpResponse:
 
 
 async def _get(ctx: RequestContext) -> func.HttpResponse:
-    tenant_id = validate_tenant_id(ctx.route("tenantId"))
+    tenant_id = ctx.guid("tenantId")
     record = await ctx.services.service(build_intune).tenants.get(tenant_id)
     if record is None:
         raise NotFoundError(f"tenant {tenant_id} is not provisioned", status=404)
@@ -34,7 +34,7 @@ async def _get(ctx: RequestContext) -> func.HttpResponse:
 
 
 async def _delete(ctx: RequestContext) -> func.HttpResponse:
-    tenant_id = validate_tenant_id(ctx.route("tenantId"))
+    tenant_id = ctx.guid("tenantId")
     await ctx.services.service(build_intune).provisioning.deprovision(tenant_id)
     return func.HttpResponse(status_code=204)
 

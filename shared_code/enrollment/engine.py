@@ -259,10 +259,7 @@ class PollEngine:
         need_disabled = not ctx.cfg.keep_disabled_users
         changed = any(group_pages) or bool(device_changes)
         if not changed and not approval_pending and not need_disabled:
-            out.mode = "noop"
-            if not ctx.devices_cursor.committed and devices_cursor != ctx.devices_cursor and not ctx.dry_run:
-                # Only while the first devices round catches up: progress of the in-flight link.
-                await self.cursors.put(ctx.tenant_id, DEVICES, devices_cursor)
+            await self._noop(ctx, devices_cursor)
             return
         out.mode = "incremental"
         loaded = await self.store.load_graph(ctx.tenant_id)
@@ -295,7 +292,16 @@ class PollEngine:
             if row.state == ENROLLED:
                 rec = row.record
                 current[did] = merge_device_update(rec, updated[did]) if did in updated else rec
-        entering = sorted(set(scope_new.users) - set(scope_old.users))
+        disabled = await ctx.reader.disabled_users() if need_disabled else set()
+        entering_set = set(scope_new.users) - set(scope_old.users)
+        if need_disabled:
+            # Owners re-enabled since their devices were deactivated count as entering: fetch their devices again.
+            entering_set |= {
+                row.record.owner_id for row in stored.values()
+                if row.state != ENROLLED and row.reason == "owner disabled" and row.record.owner_id
+                and row.record.owner_id in scope_new.users and row.record.owner_id not in disabled
+            }
+        entering = sorted(entering_set)
         if entering:
             for uid, devices in (await ctx.reader.owned_devices(entering)).items():
                 for dev in devices or ():
@@ -315,7 +321,6 @@ class PollEngine:
                 else:
                     owners = found.get("registeredOwners") or []
                     current[did] = device_from_graph(found, str(owners[0]["id"]) if owners else None)
-        disabled = await ctx.reader.disabled_users() if need_disabled else set()
         desired = self._desired(current, deleted, scope_new, plat, disabled)
         facts = Facts(
             deleted=frozenset(deleted),
@@ -325,11 +330,21 @@ class PollEngine:
             unresolved=frozenset(u["name"] for u in res_new.unresolved),
         )
         plan = reconcile(desired, stored, facts)
+        if not changed and not plan.items and not approval_pending:
+            await self._noop(ctx, devices_cursor)  # only the disabled-users check ran, and found nothing
+            return
         out.unresolved = res_new.unresolved
         out.desired = len(desired)
         cursors = {GROUPS: ctx.groups_cursor.commit(groups_link, ctx.now), DEVICES: devices_cursor}
         await self._finish(ctx, plan, stored, graph_new if graph_changed else None, res_new, scope_new, cursors,
                            {"ownerless": None})
+
+    async def _noop(self, ctx: _Ctx, devices_cursor: Cursor) -> None:
+        """Nothing changed: write nothing (the deltaLinks we hold stay valid and replay nothing)."""
+        ctx.outcome.mode = "noop"
+        if not ctx.devices_cursor.committed and devices_cursor != ctx.devices_cursor and not ctx.dry_run:
+            # Only while the first devices round catches up: progress of the in-flight link.
+            await self.cursors.put(ctx.tenant_id, DEVICES, devices_cursor)
 
     async def _device_deltas(self, ctx: _Ctx) -> tuple[list[dict[str, Any]], Cursor]:
         """Device changes since the committed link; or progress on a first round spread over polls."""

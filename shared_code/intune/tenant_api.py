@@ -7,7 +7,6 @@ names the offending field as a JSON-pointer-like path (``guard.maxPercent``, ``r
 from __future__ import annotations
 
 import re
-import uuid
 from typing import Any
 
 from shared_code.errors import ValidationError
@@ -17,6 +16,7 @@ PLATFORMS = ("iOS", "iPadOS", "Android", "Windows", "macOS")
 MAX_GROUPS = 50
 MAX_GROUP_NAME = 256
 MAX_URL = 2048
+_GUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _ROLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
 _OWN_SECTIONS = frozenset({"intune", "heartbeat", "permissions", "intune_activity"})
 _FIELDS = frozenset(
@@ -35,15 +35,18 @@ _FIELDS = frozenset(
 
 
 def validate_tenant_id(value: str) -> str:
-    """A tenant id must be a GUID (it becomes a Table PartitionKey and a URL key at Intune).
+    """A tenant id must be a canonical GUID (it becomes a Table PartitionKey and a URL key at Intune).
+
+    Only the 8-4-4-4-12 form is accepted: ``uuid.UUID`` would also take braces, a ``urn:uuid:`` prefix or no dashes
+    and rewrite the id, so a caller could address one tenant under several spellings. The HTTP routes use
+    ``RequestContext.guid`` (same rule, 400 ``invalid-parameter``); this is for callers outside a request.
 
     Raises:
         ValidationError: field ``tenantId``.
     """
-    try:
-        return str(uuid.UUID(value))
-    except (ValueError, AttributeError, TypeError):
-        raise ValidationError("tenantId must be a GUID", field="tenantId") from None
+    if not isinstance(value, str) or not _GUID_RE.fullmatch(value):
+        raise ValidationError("tenantId must be a GUID (8-4-4-4-12 hexadecimal digits)", field="tenantId")
+    return value.lower()
 
 
 def _as_int(value: Any) -> int | None:
@@ -138,10 +141,10 @@ def parse_tenant_body(tenant_id: str, body: dict[str, Any]) -> TenantConfig:
         for name in item:
             if name not in ("groupId", "role"):
                 raise ValidationError(f"unknown field '{name}'", field=f"{where}.{name}")
-        try:
-            group_id = str(uuid.UUID(str(item.get("groupId", ""))))
-        except ValueError:
-            raise ValidationError("groupId must be an Entra group object id (GUID)", field=f"{where}.groupId") from None
+        group_id = str(item.get("groupId", ""))
+        if not _GUID_RE.fullmatch(group_id):
+            raise ValidationError("groupId must be an Entra group object id (GUID)", field=f"{where}.groupId")
+        group_id = group_id.lower()
         role = item.get("role")
         if not isinstance(role, str) or not _ROLE_RE.match(role):
             raise ValidationError("role must be a console role name like Console.Read", field=f"{where}.role")

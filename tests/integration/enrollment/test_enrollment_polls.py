@@ -215,6 +215,12 @@ async def test_disabled_users_stay_enrolled_by_default_and_leave_when_configured
     await converged(sim, app_container, service, tid)
     events = await service.store.events(tid, 0, 10_000)
     assert events[-1].reason == "owner disabled"
+    writes = service.store.writes
+    assert (await service.run_poll(tid))["mode"] == "noop" and service.store.writes == writes
+    sim.mutate(tid, "enable_user", user_id=picks["inside"][0])
+    result = await service.run_poll(tid)
+    assert result["counts"]["enroll"] >= 1
+    await converged(sim, app_container, service, tid)
 
 
 async def test_an_expired_delta_token_runs_a_full_reconcile(
