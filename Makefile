@@ -23,7 +23,7 @@ venv: $(STAMP) $(NODE_STAMP)
 
 ## make run [ONCE=1] [SCENARIO=small|M|L|XL]: simulator + Azurite + devhost with a demo tenant, live progress.
 run: venv
-	$(PY) scripts/run_stack.py $(if $(ONCE),--once,) --scenario $(or $(SCENARIO),small)
+	$(PY) scripts/run_stack.py $(if $(filter-out 0 false no,$(ONCE)),--once,) --scenario $(or $(SCENARIO),small)
 
 ## make test: lint, types, the whole pytest suite (starts Azurite and the simulator itself), infra checks.
 test: venv lint typecheck

@@ -49,6 +49,7 @@ class FunctionSpec:
     wants_context: bool
     retry: dict[str, Any] | None = None
     bindings: list[dict[str, Any]] = field(default_factory=list)
+    trigger_annotation: str = ""  # "str" / "bytes" when the handler asks for the body itself (queue triggers)
 
 
 def load_app(spec: str) -> func.FunctionApp:
@@ -129,6 +130,7 @@ def collect_functions(app: func.FunctionApp) -> list[FunctionSpec]:
         if required_extra:
             raise DevHostError(f"function '{name}': parameters {required_extra} are not bound to any binding")
         retry = fn.get_settings_dict("retry_policy")
+        annotation = _annotation_name(params[arg].annotation)
         specs.append(
             FunctionSpec(
                 name=name,
@@ -140,9 +142,19 @@ def collect_functions(app: func.FunctionApp) -> list[FunctionSpec]:
                 wants_context="context" in params,
                 retry=dict(retry) if retry else None,
                 bindings=bindings,
+                trigger_annotation=annotation,
             )
         )
     return specs
+
+
+def _annotation_name(annotation: Any) -> str:
+    """``str``/``bytes`` annotations (real or postponed strings) → their name; anything else → ``""``."""
+    if annotation in (str, bytes):
+        return str(annotation.__name__)
+    if isinstance(annotation, str) and annotation.strip() in ("str", "bytes"):
+        return annotation.strip()
+    return ""
 
 
 def method_list(trigger: Mapping[str, Any]) -> list[str] | None:

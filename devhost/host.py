@@ -24,13 +24,16 @@ from typing import Any
 
 import azure.functions as func
 from aiohttp import web
+from azure.core.exceptions import ResourceNotFoundError
 from azure.functions.timer import TimerRequest
+from azure.storage.queue.aio import QueueClient
 
 from devhost.config import (
     DevHostError,
     HostConfig,
     connection_string_for,
     load_host_json,
+    parse_timespan,
     resolve_setting_expr,
 )
 from devhost.functions import HTTP_TRIGGER, QUEUE_TRIGGER, TIMER_TRIGGER, FunctionSpec, collect_functions, method_list
@@ -411,7 +414,13 @@ class DevHost:
         return True, result
 
     async def _invoke_queue(self, spec: FunctionSpec, message: Any) -> bool:
-        ok, _ = await self._invoke(spec, message, f"New queue message detected on '{message.id}'.")
+        # The Python worker hands a queue trigger over as str or bytes when the parameter is annotated so.
+        value: Any = message
+        if spec.trigger_annotation == "bytes":
+            value = message.get_body()
+        elif spec.trigger_annotation == "str":
+            value = message.get_body().decode("utf-8", errors="replace")
+        ok, _ = await self._invoke(spec, value, f"New queue message detected (id {message.id}).")
         return ok
 
     def _count_poison(self, name: str, reason: str) -> None:
@@ -439,9 +448,8 @@ class DevHost:
             await site.start()
         except OSError as exc:
             raise DevHostError(f"cannot listen on {self.bind_host}:{self.port}: {exc.strerror or exc}") from exc
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self._site_port = sockets[0].getsockname()[1] if sockets else self.port
+        addresses = self._runner.addresses
+        self._site_port = int(addresses[0][1]) if addresses else self.port
 
     def _make_http_handler(self, spec: FunctionSpec) -> Any:
         async def handler(request: web.Request) -> web.StreamResponse:
@@ -486,8 +494,6 @@ class DevHost:
     @staticmethod
     def _retry_delay(retry: Mapping[str, Any], attempt: int) -> float:
         # functions-bindings-error-pages#retry-strategies: fixed_delay / exponential_backoff.
-        from devhost.config import parse_timespan
-
         if retry.get("strategy") == "exponential_backoff":
             lo = parse_timespan(retry.get("minimum_interval") or "00:00:01", what="retry minimum_interval")
             hi = parse_timespan(retry.get("maximum_interval") or "00:15:00", what="retry maximum_interval")
@@ -564,9 +570,6 @@ class DevHost:
 
     async def queue_counts(self) -> dict[str, int]:
         """Approximate message count of every trigger queue and its poison queue."""
-        from azure.core.exceptions import ResourceNotFoundError
-        from azure.storage.queue.aio import QueueClient
-
         out: dict[str, int] = {}
         for queue, conn in self._queue_specs.values():
             for name in (queue, f"{queue}-poison"):

@@ -192,7 +192,7 @@ class Stack:
         self.api: httpx.AsyncClient | None = None
         self.tenants: list[dict[str, Any]] = []
         self.token = ""
-        self.timings: dict[str, float] = {}
+        self.notes: dict[str, Any] = {}
 
     # ---------------------------------------------------------------- start
     async def start(self) -> None:
@@ -205,7 +205,7 @@ class Stack:
             self.azurite = await asyncio.to_thread(start_azurite, self.workdir / "azurite")
         except AzuriteError as exc:
             raise StackError(f"Azurite failed to start: {exc}") from exc
-        self.timings["azurite_start_s"] = round(self.azurite.startup_seconds, 2)
+        self.notes["azurite_start_s"] = round(self.azurite.startup_seconds, 2)
         progress(f"Azurite ready in {self.azurite.startup_seconds:.2f}s (queue port {self.azurite.queue_port})")
 
         t1 = time.monotonic()
@@ -216,7 +216,7 @@ class Stack:
             )
         except Exception as exc:
             raise StackError(f"simulator failed to start: {exc}") from exc
-        self.timings["simulator_start_s"] = round(time.monotonic() - t1, 2)
+        self.notes["simulator_start_s"] = round(time.monotonic() - t1, 2)
         self.sim = httpx.AsyncClient(base_url=self.info["base_url"], verify=self.info["ca_path"], timeout=120)
         self.tenants = list(self.info.get("tenants") or [])
         if not self.tenants:
@@ -225,7 +225,7 @@ class Stack:
                 raise StackError(f"simulator refused to create a {scenario} tenant: {r.status_code} {r.text}")
             self.tenants = [r.json()]
         first = self.tenants[0]
-        progress(f"simulator ready at {self.info['base_url']} in {self.timings['simulator_start_s']}s; "
+        progress(f"simulator ready at {self.info['base_url']} in {self.notes['simulator_start_s']}s; "
                  f"demo tenant {first['tenant_id']} ({scenario}, groups {first['enrollment_groups']})")
 
         env = build_env(self.info, self.azurite.connection_string)
@@ -249,7 +249,7 @@ class Stack:
         if r.status_code != 200:
             raise StackError(f"simulator did not mint a console token: {r.status_code} {r.text}")
         self.token = r.json()["access_token"]
-        self.timings["stack_start_s"] = round(time.monotonic() - t0, 2)
+        self.notes["stack_start_s"] = round(time.monotonic() - t0, 2)
 
     async def stop(self) -> None:
         from simulator import launch
@@ -323,12 +323,15 @@ class Stack:
         return out
 
     async def devices_enrolled(self, tid: str) -> int:
+        """``status.counts.enrolled`` of the tenant, else the enrolled devices counted from the devices route."""
         n = _enrolled_from_status(await self.tenant_status(tid))
         if n is not None:
+            self.notes["devices_enrolled_source"] = "status.counts"
             return n
         devs = await self.devices(tid)
         if not devs:
             return 0
+        self.notes["devices_enrolled_source"] = "devices route"
         states = [str(d.get("state", "enrolled")).lower() for d in devs]
         return sum(1 for s in states if s in ("enrolled", "active"))
 
@@ -361,7 +364,7 @@ class Stack:
             await self.host.drain_queues(timeout=DRAIN_TIMEOUT[self.args.scenario])
         except TimeoutError as exc:
             progress(f"queues not drained: {exc}")
-            self.timings["drain_timeouts"] = self.timings.get("drain_timeouts", 0) + 1
+            self.notes["drain_timeouts"] = self.notes.get("drain_timeouts", 0) + 1
 
     # ---------------------------------------------------------------- modes
     async def once(self) -> dict[str, Any]:
@@ -431,7 +434,7 @@ class Stack:
             "poisoned": {n: c["poisoned"] for n, c in counters.items() if c["poisoned"]},
             **extra,
             "cycle_s": round(time.monotonic() - t0, 2),
-            **self.timings,
+            **self.notes,
         }
 
     async def _some_devices(self, t: dict[str, Any]) -> list[dict[str, Any]]:

@@ -413,6 +413,7 @@ class World:
         plat = set(platforms)
         unresolved: list[dict[str, Any]] = []
         users: set[str] = set()
+        direct_devices: set[str] = set()
         resolved: dict[str, str] = {}
         for name in enrollment_groups:
             matches = t.groups_named(name)
@@ -425,13 +426,27 @@ class World:
             for mid, kind in t.transitive_members(g.id).items():
                 if kind == "user":
                     users.add(mid)
+                elif kind == "device":
+                    direct_devices.add(mid)
         devices = []
+        seen: set[str] = set()
         for uid in sorted(users):
             for did in t.owned.get(uid, ()):
                 d = t.devices.get(did)
                 if d is not None and d.os in plat:
+                    seen.add(d.id)
                     devices.append({"id": d.id, "deviceId": d.device_id, "ownerId": uid, "operatingSystem": d.os,
                                     "ownerEnabled": t.users.by_id[uid].enabled})
+        # A device that is itself a (nested) member of an enrollment group is in scope through its registered owner;
+        # one without an owner is reported, not enrolled (issue 3 scope rules; Graph allows at most one owner).
+        for did in sorted(direct_devices):
+            d = t.devices.get(did)
+            if d is None or d.id in seen or d.os not in plat or d.owner is None:
+                continue
+            seen.add(d.id)
+            owner = t.users.by_id.get(d.owner)
+            devices.append({"id": d.id, "deviceId": d.device_id, "ownerId": d.owner, "operatingSystem": d.os,
+                            "ownerEnabled": owner.enabled if owner is not None else True})
         ownerless = [d.id for d in t.devices if d.owner is None and d.os in plat]
         return {"devices": devices, "unresolved_groups": unresolved, "ownerless": ownerless,
                 "resolved_groups": resolved, "users_in_scope": len(users)}

@@ -1,14 +1,14 @@
-"""Fixtures for devhost tests: one Azurite per session, a DevHost on the sample app per test."""
+"""Fixtures for devhost tests: a DevHost on the sample app per test (Azurite: tests/conftest.py, per session)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
-from devhost import Azurite, DevHost, start_azurite
+from devhost import Azurite, DevHost
 from tests.devhost import devhost_sample_app as sample
 
 QUIET_SCHEDULE = "0 0 0 1 1 *"  # once a year: timers exist but do not tick during a test
@@ -25,16 +25,6 @@ HOST_JSON: dict[str, Any] = {
         },
     },
 }
-
-
-@pytest.fixture(scope="session")
-def azurite() -> Iterator[Azurite]:
-    az = start_azurite()
-    print(f"\nAzurite ready in {az.startup_seconds:.2f}s on queue port {az.queue_port}")
-    try:
-        yield az
-    finally:
-        az.stop()
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -179,3 +180,45 @@ def test_cli_unknown_app_module_clear_error(tmp_path):
     assert proc.returncode == 2
     assert "devhost: error: cannot import app module 'no_such_module_xyz'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_serves_app_and_stops_on_sigterm(tmp_path):
+    """`python -m devhost` end to end: private Azurite, HTTP served, clean exit on SIGTERM, nothing left behind."""
+    import signal
+    import urllib.request
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TICK_SCHEDULE": "0 0 0 1 1 *",
+        "SLOW_SCHEDULE": "0 0 0 1 1 *",
+        "WORK_QUEUE": "cli-work",
+    }
+    env.pop("AzureWebJobsStorage", None)
+    log = open(tmp_path / "devhost.log", "w")  # noqa: SIM115 - a file, not a pipe nobody drains
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devhost", "--app", "tests.devhost.devhost_sample_app:app", "--port", "0", "--azurite"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
+    log.close()
+    try:
+        assert proc.stdout is not None
+        base = None
+        for line in proc.stdout:
+            if line.startswith("devhost: listening on "):
+                base = line.split()[-1]
+                break
+        assert base, (tmp_path / "devhost.log").read_text()
+        with urllib.request.urlopen(f"{base}/api/items/cli?x=1", timeout=30) as r:
+            assert r.status == 200
+            assert json.loads(r.read())["route_params"] == {"item_id": "cli"}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -148,3 +148,22 @@ async def test_visibility_timeout_delays_retry_and_drain_waits_for_it(make_host,
     await host.drain_queues(timeout=30)  # counts invisible messages, so it waits for the retry
     assert [r["dequeue_count"] for r in sample.RECORD["work"]] == [1, 2]
     assert host.stats["work"].poisoned == 1
+
+
+async def test_str_annotated_queue_trigger_gets_the_text(azurite, queue_name):
+    import azure.functions as func
+
+    from devhost import DevHost
+
+    app = func.FunctionApp()
+    got: list[object] = []
+
+    @app.queue_trigger(arg_name="body", queue_name="%Q%", connection="AzureWebJobsStorage")
+    async def as_text(body: str) -> None:
+        got.append(body)
+
+    async with DevHost(app, {"Q": queue_name, "AzureWebJobsStorage": azurite.connection_string}, port=0) as host:
+        with _sender(azurite.connection_string, queue_name) as q:
+            q.send_message("plain text ✓")
+        await host.drain_queues(timeout=30)
+    assert got == ["plain text ✓"]

@@ -11,8 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("ONCE", "SCENARIO")}
+def _run(*args: str, timeout: int = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**{k: v for k, v in os.environ.items() if k not in ("ONCE", "SCENARIO")}, **(env or {})}
     return subprocess.run(
         [sys.executable, "scripts/run_stack.py", *args],
         cwd=ROOT,
@@ -40,11 +40,12 @@ def test_once_prints_json_summary_last_and_exits_0():
     assert summary["devices_expected"] > 0  # the simulator's ground truth for the small scenario
 
 
-def test_component_failure_exits_1_with_message():
-    proc = _run("--once", "--port", "0", "--app", "no_such_module_xyz:app", timeout=300)
+def test_component_failure_exits_1_with_message(tmp_path):
+    proc = _run("--once", "--port", "0", env={"AZURITE_BIN": str(tmp_path / "no-azurite")}, timeout=120)
     assert proc.returncode == 1
-    assert "run_stack: error: devhost failed to start no_such_module_xyz:app" in proc.stderr
+    assert "run_stack: error: Azurite failed to start: azurite executable not found" in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert not proc.stdout.strip().startswith("{")  # no summary when the stack did not start
 
 
 def test_bad_arguments_exit_2():

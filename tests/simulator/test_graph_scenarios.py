@@ -72,13 +72,18 @@ def test_ground_truth_matches_a_manual_walk() -> None:
     t = w.add_tenant("M", 9)
     gt = w.ground_truth(t.tenant_id, t.enrollment_groups)
     assert gt["unresolved_groups"] == []
-    users = set()
+    users: set[str] = set()
+    direct: set[str] = set()
     for name in t.enrollment_groups:
         (g,) = t.groups_named(name)
-        users |= {m for m, k in t.transitive_members(g.id).items() if k == "user"}
-    expected = {d.id for d in t.devices if d.owner in users and d.os in ("iOS", "iPadOS", "Android")}
+        members = t.transitive_members(g.id)
+        users |= {m for m, k in members.items() if k == "user"}
+        direct |= {m for m, k in members.items() if k == "device"}
+    mobile = ("iOS", "iPadOS", "Android")
+    # In scope: devices owned by an in-scope user, and owned devices that are themselves group members.
+    expected = {d.id for d in t.devices if d.os in mobile and (d.owner in users or (d.id in direct and d.owner))}
     assert {d["id"] for d in gt["devices"]} == expected and expected
-    assert all(d["ownerId"] in users for d in gt["devices"])
+    assert all(d["ownerId"] in users or d["id"] in direct for d in gt["devices"])
     gt2 = w.ground_truth(t.tenant_id, ["Field Sales", "Nope", "o'brien field team"], platforms={"Windows"})
     reasons = {u["name"]: u["reason"] for u in gt2["unresolved_groups"]}
     assert reasons == {"Field Sales": "ambiguous", "Nope": "not_found"}  # duplicates are ambiguous
