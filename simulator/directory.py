@@ -436,7 +436,7 @@ class World:
                 if d is not None and d.os in plat:
                     seen.add(d.id)
                     devices.append({"id": d.id, "deviceId": d.device_id, "ownerId": uid, "operatingSystem": d.os,
-                                    "ownerEnabled": t.users.by_id[uid].enabled})
+                                    "ownerEnabled": t.users.by_id[uid].enabled, "via": "owner"})
         # A device that is itself a (nested) member of an enrollment group is in scope through its registered owner;
         # one without an owner is reported, not enrolled (issue 3 scope rules; Graph allows at most one owner).
         for did in sorted(direct_devices):
@@ -446,7 +446,7 @@ class World:
             seen.add(d.id)
             owner = t.users.by_id.get(d.owner)
             devices.append({"id": d.id, "deviceId": d.device_id, "ownerId": d.owner, "operatingSystem": d.os,
-                            "ownerEnabled": owner.enabled if owner is not None else True})
+                            "ownerEnabled": owner.enabled if owner is not None else True, "via": "direct_member"})
         ownerless = [d.id for d in t.devices if d.owner is None and d.os in plat]
         return {"devices": devices, "unresolved_groups": unresolved, "ownerless": ownerless,
                 "resolved_groups": resolved, "users_in_scope": len(users)}

@@ -221,7 +221,9 @@ class GraphClient:
                 entry["headers"] = dict(item.headers)
             requests.append(entry)
         body = {"requests": requests}
-        response = await self._send("POST", f"{self._v1}/$batch", json_body=body, documented_ru=1)
+        # The envelope itself is not priced: each inner request is charged (and throttled) individually
+        # (reference/graph.md §3), and their x-ms-resource-unit headers are added below.
+        response = await self._send("POST", f"{self._v1}/$batch", json_body=body, documented_ru=0)
         raise_for_graph(response, permission=permission)
         parsed = orjson.loads(response.content)
         results: dict[str, dict[str, Any]] = {}

@@ -207,6 +207,9 @@ class EnrollmentService:
         )
         log.warning("tenant %s: poll failed (%s); %s, failure %d", tid, patch["reason"], patch["state"],
                     patch["failures"], exc_info=not isinstance(exc, ConflictError))
+        if patch["state"] == "quarantined" and patch["failures"] == self._quarantine_after:
+            # Logged once, on entry; the prefix is the alert contract (infra/modules/alerts.bicep).
+            log.error("connector.tenant.quarantined tenant=%s reason=%s", tid, patch["reason"])
         await self.tenants.update_status(tid, "quarantine", {
             **patch, "lastFailureAt": utc_iso(now), "nextAttemptAtIso": utc_iso(patch["nextAttemptAt"]),
         })

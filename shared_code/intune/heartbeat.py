@@ -199,5 +199,6 @@ class HeartbeatService:
             "lastError": error[:500],
         }
         await self._tenants.update_status(record.config.tenant_id, HEARTBEAT, patch)
-        log.warning("heartbeat failed for tenant %s (%s): %s", record.config.tenant_id, state, error[:200])
+        # The message prefix is the alert contract (infra/modules/alerts.bicep, docs/deploy.md "Alerts").
+        log.warning("connector.heartbeat.failed tenant=%s state=%s: %s", record.config.tenant_id, state, error[:200])
         return "consent_required" if state == "consent_required" else "failed"

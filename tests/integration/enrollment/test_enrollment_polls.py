@@ -102,7 +102,8 @@ async def _pick(sim: Any, app_container: Any, tid: str) -> dict[str, Any]:
     """Mutation targets: users in scope (by group membership) owning mobile devices, and users outside scope."""
     record_groups = sim.call("GET", f"/_sim/tenants/{tid}")["enrollment_groups"]
     truth = sim.truth(tid, record_groups)
-    in_scope_owners = {d["ownerId"] for d in truth["devices"]}
+    # Owners whose devices are in scope because the *user* is in a group (not via a device that is a member).
+    in_scope_owners = {d["ownerId"] for d in truth["devices"] if d.get("via") != "direct_member"}
     owners = await users_owning_mobile_devices(app_container, tid)
     inside = [u for u in owners if u in in_scope_owners]
     outside = [u for u in owners if u not in in_scope_owners]
