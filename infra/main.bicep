@@ -40,6 +40,13 @@ param connectorClientId string
 @description('Name of the Key Vault secret holding the app registration\'s credential (CONNECTOR_SECRET_NAME).')
 param connectorSecretName string = 'connector-client-secret'
 
+@allowed([
+  'secret'
+  'certificate'
+])
+@description('What connectorSecretName holds: a client secret, or a Key Vault certificate (PEM or PKCS#12) used for certificate assertions (CONNECTOR_CREDENTIAL_TYPE).')
+param connectorCredentialType string = 'secret'
+
 @secure()
 @description('Optional: the client secret, stored once in Key Vault. Leave empty and set it out of band (recommended, docs/deploy.md).')
 param connectorClientSecret string = ''
@@ -255,6 +262,7 @@ var appSettings = union({
   CONNECTOR_CLIENT_ID: connectorClientId
   KEY_VAULT_URL: keyVault.outputs.uri
   CONNECTOR_SECRET_NAME: connectorSecretName
+  CONNECTOR_CREDENTIAL_TYPE: connectorCredentialType
   AZURE_AUTHORITY_HOST: authorityHost
   GRAPH_BASE_URL: graphBaseUrl
   INTUNE_RESOURCE: intuneResource

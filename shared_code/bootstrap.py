@@ -85,6 +85,7 @@ class Container:
                 client_id=self.settings.client_id,
                 authority_host=self.settings.authority_host,
                 secret_source=self.secret_source,
+                credential_type=self.settings.credential_type,
             )
         return self._credentials
 

@@ -19,6 +19,7 @@ SETTING_NAMES: tuple[str, ...] = (
     "CONNECTOR_CLIENT_SECRET",
     "KEY_VAULT_URL",
     "CONNECTOR_SECRET_NAME",
+    "CONNECTOR_CREDENTIAL_TYPE",
     "AZURE_AUTHORITY_HOST",
     "GRAPH_BASE_URL",
     "INTUNE_RESOURCE",
@@ -48,6 +49,8 @@ SETTING_DEFAULTS: dict[str, str] = {
     "GRAPH_BASE_URL": "https://graph.microsoft.com",
     "INTUNE_RESOURCE": "https://api.manage.microsoft.com/",
     "CONNECTOR_SECRET_NAME": "connector-client-secret",
+    # "secret", or "certificate": CONNECTOR_SECRET_NAME then names a Key Vault certificate (PEM or PKCS#12).
+    "CONNECTOR_CREDENTIAL_TYPE": "secret",
     # Intune partner service names and api-versions are not public (reference/intune.md §2): Fleet's values.
     "INTUNE_TENANT_SYNC_PROVIDER": "PartnerTenantDataSyncService",
     "INTUNE_DEVICE_SYNC_PROVIDER": "PartnerDeviceDataSyncService",
@@ -96,6 +99,7 @@ class Settings:
     client_secret: str = field(default="", repr=False)
     key_vault_url: str = ""
     secret_name: str = SETTING_DEFAULTS["CONNECTOR_SECRET_NAME"]
+    credential_type: str = SETTING_DEFAULTS["CONNECTOR_CREDENTIAL_TYPE"]
     authority_host: str = SETTING_DEFAULTS["AZURE_AUTHORITY_HOST"]
     graph_base_url: str = SETTING_DEFAULTS["GRAPH_BASE_URL"]
     intune_resource: str = SETTING_DEFAULTS["INTUNE_RESOURCE"]
@@ -139,8 +143,16 @@ class Settings:
         if not secret and not vault:
             msg = "one of CONNECTOR_CLIENT_SECRET or KEY_VAULT_URL (+ CONNECTOR_SECRET_NAME) is required"
             raise SettingsError(msg)
+        credential_type = _str(env, "CONNECTOR_CREDENTIAL_TYPE")
+        if credential_type not in ("secret", "certificate"):
+            msg = f"setting CONNECTOR_CREDENTIAL_TYPE must be 'secret' or 'certificate', got {credential_type!r}"
+            raise SettingsError(msg)
+        if credential_type == "certificate" and not vault:
+            msg = "setting CONNECTOR_CREDENTIAL_TYPE=certificate needs KEY_VAULT_URL (the certificate lives there)"
+            raise SettingsError(msg)
         return cls(
             storage_connection=storage,
+            credential_type=credential_type,
             client_id=client_id,
             client_secret=secret,
             key_vault_url=vault,

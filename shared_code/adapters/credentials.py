@@ -6,12 +6,15 @@ the secret source says the secret changed (rotation) or a token request is rejec
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 from typing import Any, Protocol
 
+from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError, ClientAuthenticationError
-from azure.identity.aio import ClientSecretCredential
+from azure.identity.aio import CertificateCredential, ClientSecretCredential
 
 from shared_code.errors import ConsentRequiredError, RetriableError
 
@@ -32,6 +35,27 @@ def tls_options() -> dict[str, Any]:
     """
     bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE")
     return {"connection_verify": bundle} if bundle else {}
+
+
+def certificate_bytes(material: str) -> bytes:
+    """The connector certificate (with its private key) as bytes azure-identity accepts.
+
+    A Key Vault certificate's private key is read as the secret of the same name: PEM text when the certificate's
+    content type is ``application/x-pem-file``, else base64 of a PKCS#12 file (Key Vault "Certificate composition",
+    learn.microsoft.com/azure/key-vault/certificates/about-certificates).
+
+    Raises:
+        ConsentRequiredError: the material is neither PEM nor base64 (it cannot sign an assertion; an operator
+            must fix the vault entry).
+    """
+    text = material.strip()
+    if text.startswith("-----BEGIN"):
+        return text.encode()
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        msg = "the connector certificate in Key Vault is neither PEM nor base64 PKCS#12"
+        raise ConsentRequiredError(msg) from None
 
 
 class SecretSource(Protocol):
@@ -63,29 +87,39 @@ class StaticSecret:
 class TenantCredentials:
     """Hands out access tokens for (customer tenant, resource scope)."""
 
-    def __init__(self, *, client_id: str, authority_host: str, secret_source: SecretSource) -> None:
+    def __init__(
+        self, *, client_id: str, authority_host: str, secret_source: SecretSource, credential_type: str = "secret"
+    ) -> None:
+        if credential_type not in ("secret", "certificate"):
+            msg = f"credential type must be 'secret' or 'certificate', got {credential_type!r}"
+            raise ValueError(msg)
         self._client_id = client_id
         self._authority = authority_host
         self._secrets = secret_source
-        self._credentials: dict[str, tuple[str, ClientSecretCredential]] = {}
+        self._certificate = credential_type == "certificate"
+        self._credentials: dict[str, tuple[str, AsyncTokenCredential]] = {}
 
-    async def _credential(self, tenant_id: str) -> ClientSecretCredential:
-        secret = await self._secrets.get_secret()
+    async def _credential(self, tenant_id: str) -> AsyncTokenCredential:
+        material = await self._secrets.get_secret()
         cached = self._credentials.get(tenant_id)
-        if cached is not None and cached[0] == secret:
+        if cached is not None and cached[0] == material:
             return cached[1]
         if cached is not None:
             await cached[1].close()
-        credential = ClientSecretCredential(
-            tenant_id,
-            self._client_id,
-            secret,
-            authority=self._authority,
+        options: dict[str, Any] = {
+            "authority": self._authority,
             # Instance discovery asks login.microsoftonline.com about the authority; the authority is a setting.
-            disable_instance_discovery=True,
+            "disable_instance_discovery": True,
             **tls_options(),
-        )
-        self._credentials[tenant_id] = (secret, credential)
+        }
+        credential: AsyncTokenCredential
+        if self._certificate:
+            credential = CertificateCredential(
+                tenant_id, self._client_id, certificate_data=certificate_bytes(material), **options
+            )
+        else:
+            credential = ClientSecretCredential(tenant_id, self._client_id, material, **options)
+        self._credentials[tenant_id] = (material, credential)
         return credential
 
     async def get_token(self, tenant_id: str, scope: str) -> str:
@@ -120,7 +154,7 @@ class TenantCredentials:
             return token.token
         raise ConsentRequiredError(f"client secret rejected for tenant {tenant_id}")
 
-    def credential_for(self, tenant_id: str) -> ClientSecretCredential | None:
+    def credential_for(self, tenant_id: str) -> AsyncTokenCredential | None:
         """The cached azure-identity credential for a tenant (for SDK clients that take a credential)."""
         cached = self._credentials.get(tenant_id)
         return cached[1] if cached else None
