@@ -154,6 +154,16 @@ class TenantCredentials:
             return token.token
         raise ConsentRequiredError(f"client secret rejected for tenant {tenant_id}")
 
+    async def forget(self, tenant_id: str) -> None:
+        """Drop the tenant's credential and its cached tokens, so the next get_token asks Entra again.
+
+        For a token the resource rejects (401) although it has not expired: signing keys rolled, consent changed,
+        or Intune's "intermittently rejects freshly-issued access tokens" (reference/intune.md §2).
+        """
+        cached = self._credentials.pop(tenant_id, None)
+        if cached is not None:
+            await cached[1].close()
+
     def credential_for(self, tenant_id: str) -> AsyncTokenCredential | None:
         """The cached azure-identity credential for a tenant (for SDK clients that take a credential)."""
         cached = self._credentials.get(tenant_id)

@@ -245,6 +245,25 @@ class GraphClient:
         json_body: Any = None,
         documented_ru: int = 1,
     ) -> httpx.Response:
+        response = await self._send_once(method, url, headers=headers, json_body=json_body, documented_ru=documented_ru)
+        if response.status_code == 401:
+            # Graph rejected a token azure-identity still considers valid (keys rolled, consent changed): get a
+            # fresh one and try once more; a second 401 is mapped by raise_for_graph.
+            await self._credentials.forget(self.tenant_id)
+            response = await self._send_once(
+                method, url, headers=headers, json_body=json_body, documented_ru=documented_ru
+            )
+        return response
+
+    async def _send_once(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None,
+        json_body: Any,
+        documented_ru: int,
+    ) -> httpx.Response:
         token = await self._credentials.get_token(self.tenant_id, GRAPH_SCOPE)
         request_headers = {
             "Authorization": f"Bearer {token}",

@@ -104,6 +104,10 @@ class RetryTransport(httpx.AsyncBaseTransport):
             attempt += 1
             try:
                 response = await self._inner.handle_async_request(request)
+                # Read the body here, inside the retry loop: a body cut off mid-stream (reset, truncated chunked
+                # encoding) is a transport fault like any other and must be retried, not surface after this layer.
+                # Our responses are JSON documents, so buffering them costs nothing extra.
+                await response.aread()
             except (httpx.TransportError, httpx.TimeoutException):
                 if meter is not None:
                     meter.requests += 1
@@ -118,7 +122,6 @@ class RetryTransport(httpx.AsyncBaseTransport):
             if response.status_code not in RETRY_STATUSES or attempt > self._max_retries:
                 return response
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            await response.aread()
             await response.aclose()
             if meter is not None:
                 meter.retries += 1

@@ -95,6 +95,20 @@ def utc_iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+_USAGE_ATTRIBUTE = "_connector_poll_usage"
+
+
+def attach_usage(error: BaseException, usage: dict[str, int]) -> None:
+    """Record on a poll's exception what the poll had cost when it failed."""
+    setattr(error, _USAGE_ATTRIBUTE, usage)
+
+
+def usage_of(error: BaseException) -> dict[str, int]:
+    """What the failed poll cost (empty when it failed before any Graph call)."""
+    usage: dict[str, int] = getattr(error, _USAGE_ATTRIBUTE, {})
+    return usage
+
+
 @dataclass
 class PollOutcome:
     """What one poll did (or, for a dry run, would do)."""
@@ -227,6 +241,11 @@ class PollEngine:
             if outcome.mode != "noop" and not dry_run:
                 await self._write_poll_status(ctx)
             return outcome
+        except Exception as exc:
+            # Keep what the failed poll cost (a 429 storm is exactly when the console wants the figures); the
+            # exception keeps its type, which is what decides backoff and the status reason.
+            attach_usage(exc, meter.snapshot())
+            raise
         finally:
             await graph.aclose()
 
@@ -612,6 +631,8 @@ class PollEngine:
             "requests": out.usage.get("requests", 0),
             "resourceUnits": out.usage.get("resourceUnits", 0),
             "throttled": out.usage.get("throttled", 0),
+            "retries": out.usage.get("retries", 0),
+            "result": "ok",
             "counts": {**out.applied, "staged": out.staged, "enrolled": out.enrolled, "desired": out.desired},
             "configVersion": ctx.cfg.config_version,
             "lastError": None,

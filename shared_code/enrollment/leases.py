@@ -34,6 +34,8 @@ class Lease:
     owner: str
     etag: str
     started_at: float
+    # When the poll before this one started (0 if never): lets a redelivered message see it is already served.
+    previous_started: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -87,10 +89,11 @@ class MemoryLeaseStore:
         if (current[0] if current else None) != (found[0] if found else None):
             return None
         row = dict(found[1]) if found else {}
+        previous = float(row.get("last_started") or 0.0)
         row.update({"holder": owner, "expires_at": now + ttl, "last_started": now})
         version = (found[0] if found else 0) + 1
         self._rows[tenant_id] = (version, row)
-        return Lease(tenant_id, owner, str(version), now)
+        return Lease(tenant_id, owner, str(version), now, previous)
 
     async def release(self, lease: Lease, now: float) -> None:
         """See :class:`LeaseStore`."""
@@ -98,7 +101,7 @@ class MemoryLeaseStore:
         if found is None or str(found[0]) != lease.etag:
             return
         row = dict(found[1])
-        row.update({"holder": "", "expires_at": 0.0, "last_finished": now})
+        row.update({"holder": "", "expires_at": 0.0, "last_started": lease.started_at, "last_finished": now})
         self._rows[lease.tenant_id] = (found[0] + 1, row)
 
     async def all(self) -> dict[str, LeaseInfo]:
@@ -134,7 +137,8 @@ class TableLeaseStore:
                 )
         except (ResourceExistsError, ResourceModifiedError):
             return None
-        return Lease(tenant_id, owner, str(meta["etag"]), now)
+        previous = float(found.get("last_started") or 0.0) if found is not None else 0.0
+        return Lease(tenant_id, owner, str(meta["etag"]), now, previous)
 
     async def release(self, lease: Lease, now: float) -> None:
         """See :class:`LeaseStore`."""

@@ -14,13 +14,13 @@ import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from shared_code.bootstrap import Container
 from shared_code.enrollment import quarantine
 from shared_code.enrollment.cursors import CursorStore, TableCursorStore
-from shared_code.enrollment.engine import PollEngine, PollOutcome, utc_iso
+from shared_code.enrollment.engine import PollEngine, PollOutcome, usage_of, utc_iso
 from shared_code.enrollment.leases import LeaseStore, TableLeaseStore
 from shared_code.enrollment.store import EnrollmentStore, TableEnrollmentStore
 from shared_code.errors import ConflictError, NotFoundError, ValidationError
@@ -166,15 +166,29 @@ class EnrollmentService:
     async def handle_message(self, body: str) -> dict[str, Any]:
         """Run the poll a queue message asks for (never raises for a tenant's own failure)."""
         message = PollMessage.from_json(body)
-        return await self.run_poll(message.tenant_id, force_full=message.full, reason=message.reason)
+        return await self.run_poll(
+            message.tenant_id, force_full=message.full, reason=message.reason, enqueued_at=message.enqueued_at
+        )
 
-    async def run_poll(self, tenant_id: str, *, force_full: bool = False, reason: str = "") -> dict[str, Any]:
-        """Take the tenant's lease, poll, record success or the failure streak, release the lease."""
+    async def run_poll(
+        self, tenant_id: str, *, force_full: bool = False, reason: str = "", enqueued_at: float = 0.0
+    ) -> dict[str, Any]:
+        """Take the tenant's lease, poll, record success or the failure streak, release the lease.
+
+        A message is served by any poll that *started* after it was enqueued: queues deliver at least once, so a
+        copy redelivered after its poll finished (a lapsed visibility timeout, a failed delete) is acknowledged
+        without polling again. A forced full reconcile is never skipped this way.
+        """
         now = self._clock()
         lease = await self.leases.acquire(tenant_id, self._worker, LEASE_SECONDS, now)
         if lease is None:
             log.info("tenant %s: poll already running elsewhere; message acknowledged", tenant_id)
             return {"tenantId": tenant_id, "result": "busy"}
+        if enqueued_at and not force_full and lease.previous_started >= enqueued_at:
+            log.info("tenant %s: a poll started after this message was enqueued; acknowledged", tenant_id)
+            # Give the lease back without moving last_started: this message did not poll.
+            await self.leases.release(replace(lease, started_at=lease.previous_started), self._clock())
+            return {"tenantId": tenant_id, "result": "served"}
         try:
             record = await self.tenants.get(tenant_id)
             if record is None or record.state != "active":
@@ -185,7 +199,7 @@ class EnrollmentService:
                 log.warning("tenant %s: %s; stopping this poll", tenant_id, exc)
                 return {"tenantId": tenant_id, "result": "conflict"}
             except Exception as exc:  # noqa: BLE001 - any failure is this tenant's alone: record it, never rethrow
-                return await self._record_failure(record, exc)
+                return await self._record_failure(record, exc, usage_of(exc))
             patch = quarantine.after_success(record.status.get("quarantine", {}), self._clock())
             if patch is not None:
                 await self.tenants.update_status(tenant_id, "quarantine", patch)
@@ -195,7 +209,9 @@ class EnrollmentService:
         finally:
             await self.leases.release(lease, self._clock())
 
-    async def _record_failure(self, record: TenantRecord, exc: BaseException) -> dict[str, Any]:
+    async def _record_failure(
+        self, record: TenantRecord, exc: BaseException, usage: dict[str, int]
+    ) -> dict[str, Any]:
         tid = record.config.tenant_id
         now = self._clock()
         patch = quarantine.after_failure(
@@ -213,7 +229,17 @@ class EnrollmentService:
         await self.tenants.update_status(tid, "quarantine", {
             **patch, "lastFailureAt": utc_iso(now), "nextAttemptAtIso": utc_iso(patch["nextAttemptAt"]),
         })
-        await self.tenants.update_status(tid, "poll", {"lastError": patch["reason"], "lastErrorAt": utc_iso(now)})
+        await self.tenants.update_status(tid, "poll", {
+            "result": "failed",
+            "lastError": patch["reason"],
+            "lastErrorAt": utc_iso(now),
+            # The failed poll's own cost replaces the previous poll's figures (mode/counts stay from the last
+            # successful poll).
+            "requests": usage.get("requests", 0),
+            "resourceUnits": usage.get("resourceUnits", 0),
+            "throttled": usage.get("throttled", 0),
+            "retries": usage.get("retries", 0),
+        })
         return {"tenantId": tid, "result": "failed", "reason": patch["reason"], "state": patch["state"]}
 
     # ---- console ----------------------------------------------------------------------------------------------

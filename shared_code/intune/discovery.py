@@ -51,8 +51,10 @@ class DiscoveryService:
         graph_for: Callable[[str], GraphClient],
         tenants: TenantRepository,
         now: Callable[[], float],
+        forget_token: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._settings = settings
+        self._forget = forget_token
         self._graph_for = graph_for
         self._tenants = tenants
         self._now = now
@@ -62,6 +64,10 @@ class DiscoveryService:
     def _fresh(self, endpoints: IntuneEndpoints | None) -> bool:
         ttl = self._settings.intune_discovery_ttl_seconds
         return endpoints is not None and self._now() - endpoints.discovered_at < ttl
+
+    async def _forget_token(self, tenant_id: str) -> None:
+        if self._forget is not None:
+            await self._forget(tenant_id)
 
     def invalidate(self, tenant_id: str) -> None:
         """Forget a tenant's URLs (next use re-discovers)."""
@@ -151,7 +157,11 @@ class DiscoveryService:
         endpoints = await self.endpoints(tenant_id)
         try:
             return await action(endpoints)
-        except (IntuneUnauthorizedError, IntuneNotFoundError, IntuneUnreachableError):
+        except IntuneUnauthorizedError:
+            # Fleet clears its token cache on 401 before the one retry (reference/intune.md §2).
+            await self._forget_token(tenant_id)
+            self.invalidate(tenant_id)
+        except (IntuneNotFoundError, IntuneUnreachableError):
             self.invalidate(tenant_id)
         endpoints = await self.endpoints(tenant_id, refresh=True)
         try:

@@ -67,7 +67,9 @@ def build_intune(c: Container) -> IntuneServices:
         device_api_version=s.intune_device_api_version,
         max_retries=s.graph_max_retries,
     )
-    discovery = DiscoveryService(settings=s, graph_for=c.graph, tenants=tenants, now=now)
+    discovery = DiscoveryService(
+        settings=s, graph_for=c.graph, tenants=tenants, now=now, forget_token=c.credentials.forget
+    )
     counters = ActivityCounters(tenants)
     provisioning = ProvisioningService(
         tenants=tenants, discovery=discovery, intune=intune, graph_for=c.graph, now=now

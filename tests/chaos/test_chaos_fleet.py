@@ -174,15 +174,7 @@ async def test_a_failure_mid_round_is_recorded_and_the_next_poll_converges(
     [
         ("status", {"status": 502}),
         ("reset", {}),
-        pytest.param(
-            "truncate", {},
-            marks=pytest.mark.xfail(strict=True, reason=(
-                "RetryTransport (shared_code/adapters/http_retry.py) returns the response before its body is read, "
-                "so a body cut off mid-stream raises httpx.RemoteProtocolError in AsyncClient.send *after* the "
-                "retry layer; GraphClient._send maps it to RetriableError and the whole poll fails on a single "
-                "truncated body instead of retrying it like a reset"
-            )),
-        ),
+        ("truncate", {}),
     ],
     ids=["502", "reset", "truncate"],
 )
@@ -205,11 +197,6 @@ async def test_a_single_transient_fault_is_ridden_out_inside_the_poll(
     assert new[victim] in await stack.assert_converged(fleet[0])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a failed poll's usage is not recorded: EnrollmentService._record_failure writes only poll.lastError/"
-    "lastErrorAt, so after a 429 storm the tenant's lastPoll still shows the previous successful poll's "
-    "requests/throttled (0) next to lastError 'graph_unavailable (429)'; the meter of the failed poll is dropped"
-))
 async def test_a_poll_that_fails_in_a_429_storm_records_its_throttle_counts(stack: Stack) -> None:
     fleet = await synced_fleet(stack, 1400, 1)
     victim = fleet[0]["tenant_id"]
@@ -385,12 +372,6 @@ async def test_duplicate_messages_delivered_together_do_one_poll(stack: Stack) -
     assert (await stack.devhost.queue_counts()).get(f"{stack.env['POLL_QUEUE_NAME']}-poison", 0) == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a duplicate poll message delivered after its poll finished polls again: EnrollmentService.run_poll ignores "
-    "PollMessage.enqueued_at, so once the lease is released the same message (at-least-once redelivery, e.g. "
-    "after a failed delete or a lapsed visibility lease) runs a second, quiet poll (2 Graph requests, no writes, "
-    "no events)"
-))
 async def test_a_duplicate_delivered_after_its_poll_finished_does_not_poll_again(stack: Stack) -> None:
     fleet = await synced_fleet(stack, 1900, 1)
     victim = fleet[0]["tenant_id"]
@@ -458,13 +439,6 @@ async def test_undecodable_and_bogus_messages_never_hurt_the_fleet(stack: Stack)
 
 # Keep this scenario last in the module: it drops the simulator's old signing keys (session-wide; later modules mint
 # fresh tokens, and this module's worker is restarted right after the round under test).
-@pytest.mark.xfail(strict=True, reason=(
-    "a cached access token Graph no longer accepts is never renewed: raise_for_graph maps 401 "
-    "InvalidAuthenticationToken to FatalError and neither GraphClient nor TenantCredentials drops the "
-    "azure-identity cached token, so every poll of every tenant fails with 'graph_rejected (401 ...)' for as long as "
-    "azure-identity deems the cached token valid (up to its ~1 h expiry) instead of fetching a new token and "
-    "retrying once"
-))
 async def test_tokens_graph_rejects_are_renewed_and_the_fleet_converges(stack: Stack) -> None:
     fleet = await synced_fleet(stack, 2200, 2)
     new = change_everyone(stack, fleet)

@@ -89,3 +89,22 @@ def test_backoff_without_retry_after_is_bounded_and_grows() -> None:
     delays = [backoff_delay(attempt, None, rng) for attempt in range(1, 12)]
     assert all(0 <= d <= 30.0 for d in delays)
     assert backoff_delay(1, 100.0) == 30.0
+
+
+class _CutOffStream(httpx.AsyncByteStream):
+    """A body that breaks off mid-stream, as a reset or truncated chunked response does."""
+
+    async def __aiter__(self):  # type: ignore[no-untyped-def]
+        yield b'{"value": ['
+        raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+
+
+async def test_a_body_cut_off_mid_stream_is_retried_inside_the_layer() -> None:
+    async def sleep(seconds: float) -> None:
+        return None
+
+    meter = UsageMeter()
+    inner = _scripted([httpx.Response(200, stream=_CutOffStream()), httpx.Response(200, json={"value": []})])
+    response = await _send(RetryTransport(inner, max_retries=2, meter_for=lambda r: meter, sleep=sleep))
+    assert response.json() == {"value": []}
+    assert (meter.requests, meter.retries) == (2, 1)
