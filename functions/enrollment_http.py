@@ -8,67 +8,44 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from functions.http_support import MANAGE, READ, ApiError, RequestContext, handle, json_response
-from shared_code.enrollment.service import MAX_PAGE, EnrollmentService, build_enrollment_service, is_guid
+from functions.http_support import MANAGE, READ, RequestContext, handle, json_response
+from shared_code.enrollment.service import MAX_PAGE, EnrollmentService, build_enrollment_service
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
-
-
-def _tenant(ctx: RequestContext) -> str:
-    tenant_id = ctx.route("tenantId")
-    if not is_guid(tenant_id):
-        raise ApiError(400, "invalid-tenant-id", "tenantId must be a GUID", field="tenantId")
-    return tenant_id
 
 
 def _service(ctx: RequestContext) -> EnrollmentService:
     return ctx.services.service(build_enrollment_service)
 
 
-def _flag(ctx: RequestContext, name: str) -> bool:
-    raw = ctx.req.params.get(name)
-    if raw is None or raw == "":
-        return False
-    if raw.lower() in ("true", "1"):
-        return True
-    if raw.lower() in ("false", "0"):
-        return False
-    raise ApiError(400, "invalid-parameter", f"{name} must be true or false", field=name)
-
-
 def _limit(ctx: RequestContext) -> int:
-    raw = ctx.req.params.get("limit")
-    if raw is None or raw == "":
-        return MAX_PAGE
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
-        raise ApiError(400, "invalid-parameter", f"limit must be an integer 1..{MAX_PAGE}", field="limit")
-    return int(raw)
+    return ctx.query_int("limit", default=MAX_PAGE, minimum=1, maximum=MAX_PAGE)
 
 
 async def _sync(ctx: RequestContext) -> func.HttpResponse:
-    tenant_id = _tenant(ctx)
-    dry_run, full = _flag(ctx, "dryRun"), _flag(ctx, "full")
+    tenant_id = ctx.guid("tenantId")
+    dry_run, full = ctx.query_bool("dryRun"), ctx.query_bool("full")
     if dry_run:
         return json_response(await _service(ctx).dry_run(tenant_id, full=full))
     return json_response(await _service(ctx).request_sync(tenant_id, full=full), status=202)
 
 
 async def _devices(ctx: RequestContext) -> func.HttpResponse:
-    tenant_id = _tenant(ctx)
-    after = ctx.req.params.get("after") or None
-    if after is not None and not is_guid(after):
-        raise ApiError(400, "invalid-parameter", "after must be a device object id (GUID)", field="after")
+    tenant_id = ctx.guid("tenantId")
+    # An empty ``after`` is the first page, as consoles send it when they start paging.
+    after = ctx.query_guid("after") if ctx.req.params.get("after") else None
     return json_response(await _service(ctx).list_devices(tenant_id, after, _limit(ctx)))
 
 
 async def _events(ctx: RequestContext) -> func.HttpResponse:
-    tenant_id = _tenant(ctx)
+    tenant_id = ctx.guid("tenantId")
     limit = _limit(ctx)
-    return json_response(await _service(ctx).list_events(tenant_id, ctx.req.params.get("after") or None, limit))
+    after = ctx.query_str("after", max_length=64)
+    return json_response(await _service(ctx).list_events(tenant_id, after or None, limit))
 
 
 async def _approve(ctx: RequestContext) -> func.HttpResponse:
-    tenant_id = _tenant(ctx)
+    tenant_id = ctx.guid("tenantId")
     caller = str(ctx.caller.get("oid") or ctx.caller.get("azp") or ctx.caller.get("sub") or "console")
     return json_response(await _service(ctx).approve(tenant_id, caller), status=202)
 
