@@ -52,6 +52,18 @@ class ConsentRequiredError(FatalError):
         self.aadsts = aadsts
 
 
+class CredentialRejectedError(RetriableError):
+    """Entra rejected the connector's own credential (AADSTS7000215 bad secret, 7000222 expired secret).
+
+    Every tenant fails the same way until an operator fixes the secret or certificate in Key Vault, so this is not
+    a customer's consent problem: it is retriable (the secret source is re-read) and should not push tenants
+    into quarantine.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=401)
+
+
 class CursorExpiredError(FatalError):
     """A delta token is expired or invalid (410 Gone, syncStateNotFound, resyncRequired): run a full resync."""
 

@@ -16,7 +16,7 @@ from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError, ClientAuthenticationError
 from azure.identity.aio import CertificateCredential, ClientSecretCredential
 
-from shared_code.errors import ConsentRequiredError, RetriableError
+from shared_code.errors import ConsentRequiredError, CredentialRejectedError, RetriableError
 
 _AADSTS = re.compile(r"AADSTS(\d+)")
 # AADSTS codes that mean "this tenant has not (or no longer) consented / the app is not there": the customer must
@@ -98,6 +98,7 @@ class TenantCredentials:
         self._secrets = secret_source
         self._certificate = credential_type == "certificate"
         self._credentials: dict[str, tuple[str, AsyncTokenCredential]] = {}
+        self._retired: list[AsyncTokenCredential] = []
 
     async def _credential(self, tenant_id: str) -> AsyncTokenCredential:
         material = await self._secrets.get_secret()
@@ -143,7 +144,12 @@ class TenantCredentials:
                 status = getattr(getattr(exc, "response", None), "status_code", None)
                 if code is None and (status is None or status >= 500 or status == 429):
                     raise RetriableError(f"token endpoint unavailable (HTTP {status})", status=status) from None
-                if code is None or code in _CONSENT_CODES or code in _BAD_SECRET_CODES:
+                if code in _BAD_SECRET_CODES:
+                    # Our own credential is wrong (every tenant is affected): not the customer's consent.
+                    raise CredentialRejectedError(
+                        f"the connector's credential was rejected (AADSTS{code}); check the Key Vault secret"
+                    ) from None
+                if code is None or code in _CONSENT_CODES:
                     # Keep only the AADSTS code: the message can echo request details.
                     raise ConsentRequiredError(
                         f"token request for tenant {tenant_id} rejected (AADSTS{code or '?'})", aadsts=code
@@ -152,7 +158,7 @@ class TenantCredentials:
             except (AzureError, OSError) as exc:
                 raise RetriableError(f"token endpoint unreachable: {type(exc).__name__}") from None
             return token.token
-        raise ConsentRequiredError(f"client secret rejected for tenant {tenant_id}")
+        raise CredentialRejectedError("the connector's credential was rejected twice")
 
     async def forget(self, tenant_id: str) -> None:
         """Drop the tenant's credential and its cached tokens, so the next get_token asks Entra again.
@@ -162,7 +168,9 @@ class TenantCredentials:
         """
         cached = self._credentials.pop(tenant_id, None)
         if cached is not None:
-            await cached[1].close()
+            # Not closed here: another coroutine of the same tenant may be mid-request with it, and a closed
+            # azure-identity credential raises ValueError. Retired credentials are closed with the others.
+            self._retired.append(cached[1])
 
     def credential_for(self, tenant_id: str) -> AsyncTokenCredential | None:
         """The cached azure-identity credential for a tenant (for SDK clients that take a credential)."""
@@ -173,4 +181,7 @@ class TenantCredentials:
         """Close every credential's transport."""
         for _, credential in self._credentials.values():
             await credential.close()
+        for credential in self._retired:
+            await credential.close()
         self._credentials.clear()
+        self._retired.clear()

@@ -70,7 +70,10 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 def backoff_delay(attempt: int, retry_after: float | None, rng: random.Random | None = None) -> float:
-    """Delay before retry ``attempt`` (1-based): Retry-After if given, else full-jitter exponential backoff."""
+    """Delay before retry ``attempt`` (1-based): Retry-After if given, else full-jitter exponential backoff.
+
+    The transport never calls this with a Retry-After above ``MAX_DELAY_SECONDS`` (it stops retrying instead).
+    """
     if retry_after is not None:
         return min(retry_after, MAX_DELAY_SECONDS)
     ceiling = min(MAX_DELAY_SECONDS, BASE_DELAY_SECONDS * (2 ** (attempt - 1)))
@@ -122,6 +125,11 @@ class RetryTransport(httpx.AsyncBaseTransport):
             if response.status_code not in RETRY_STATUSES or attempt > self._max_retries:
                 return response
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            if retry_after is not None and retry_after > MAX_DELAY_SECONDS:
+                # The service asks for a longer pause than a worker should sleep through. Retrying early would be
+                # charged and throttled again (reference/graph.md §2), so hand the response back: the caller
+                # raises RetriableError(retry_after=…) and the tenant's own backoff takes over.
+                return response
             await response.aclose()
             if meter is not None:
                 meter.retries += 1

@@ -33,6 +33,13 @@ class StorageClients:
         self._tables: dict[str, TableClient] = {}
         self._service: TableServiceClient | None = None
         self._created: set[str] = set()
+        self._identity: Any = None
+
+    def _credential(self) -> Any:
+        # One managed-identity credential per process: each instance would fetch its own IMDS tokens.
+        if self._identity is None:
+            self._identity = _managed_identity()
+        return self._identity
 
     def table_name(self, logical: str) -> str:
         """Physical table name for a logical one (prefix + name; Tables names are alphanumeric)."""
@@ -43,7 +50,7 @@ class StorageClients:
             if self._connection.startswith("accountName="):
                 account = self._connection.split("=", 1)[1]
                 self._service = TableServiceClient(
-                    endpoint=f"https://{account}.table.core.windows.net", credential=_managed_identity()
+                    endpoint=f"https://{account}.table.core.windows.net", credential=self._credential()
                 )
             else:
                 self._service = TableServiceClient.from_connection_string(self._connection)
@@ -69,7 +76,7 @@ class StorageClients:
             return QueueClient(
                 f"https://{account}.queue.core.windows.net",
                 name,
-                credential=_managed_identity(),
+                credential=self._credential(),
                 message_encode_policy=TextBase64EncodePolicy(),
             )
         return QueueClient.from_connection_string(
@@ -82,5 +89,8 @@ class StorageClients:
             await client.close()
         if self._service is not None:
             await self._service.close()
+        if self._identity is not None:
+            await self._identity.close()
+            self._identity = None
         self._tables.clear()
         self._service = None

@@ -108,3 +108,14 @@ async def test_a_body_cut_off_mid_stream_is_retried_inside_the_layer() -> None:
     response = await _send(RetryTransport(inner, max_retries=2, meter_for=lambda r: meter, sleep=sleep))
     assert response.json() == {"value": []}
     assert (meter.requests, meter.retries) == (2, 1)
+
+
+async def test_a_retry_after_longer_than_a_worker_should_sleep_is_handed_back_not_retried_early() -> None:
+    async def sleep(seconds: float) -> None:
+        raise AssertionError("must not sleep through a two-minute Retry-After")
+
+    meter = UsageMeter()
+    inner = _scripted([httpx.Response(429, headers={"Retry-After": "120"})])
+    response = await _send(RetryTransport(inner, max_retries=5, meter_for=lambda r: meter, sleep=sleep))
+    assert response.status_code == 429 and response.headers["Retry-After"] == "120"
+    assert (meter.requests, meter.retries) == (1, 0)
