@@ -115,11 +115,15 @@ _OWN_CALLS: tuple[ApiCall, ...] = (
         feature="intune", seed_api="GET /servicePrincipals/{servicePrincipalId}/endpoints",
     ),
     ApiCall(
-        name="graph.managed_app_registrations",
-        api="graph", method="GET", path="/deviceAppManagement/managedAppRegistrations",
+        name="graph.user_managed_app_registrations",
+        api="graph", method="GET", path="/users/{id}/managedAppRegistrations",
         permission="DeviceManagementApps.Read.All", type="application",
-        purpose="MAM check: a user's app protection registrations and whether a device has one",
-        feature="mam", seed_api="GET /deviceAppManagement/managedAppRegistrations",
+        purpose=(
+            "MAM check: one user's app protection registrations and whether a device has one. Used instead of the "
+            "seed's tenant-wide list, whose userId $filter is undocumented: the user navigation reads only that "
+            "user's registrations (same permission)"
+        ),
+        feature="mam", seed_api=None,
     ),
     ApiCall(
         name="graph.me",

@@ -63,6 +63,16 @@ class TenantRepository(Protocol):
         """Merge ``patch`` into status[section] (ETag-guarded, retried on conflict)."""
         ...
 
+    async def increment(self, tenant_id: str, section: str, field: str, by: int = 1) -> int:
+        """Add ``by`` to the integer status[section][field] (absent or non-integer counts as 0) and return the new
+        value; the read and the write are one compare-and-swap, retried on conflict, so concurrent increments all
+        land.
+
+        Raises:
+            ConflictError: the row kept changing for the implementation's retry budget.
+        """
+        ...
+
     async def list_active(self) -> list[TenantRecord]:
         """Every tenant whose state is ``active``."""
         ...

@@ -107,7 +107,7 @@ class GraphClient:
             max_retries=max_retries,
             meter_for=lambda request: self.meter,
         )
-        self._http = _graph_http_client(retry)
+        self._http = graph_http_client(retry)
         self._sdk: GraphServiceClient | None = None
 
     @property
@@ -288,7 +288,7 @@ class GraphClient:
         await self._http.aclose()
 
 
-def _graph_http_client(transport: httpx.AsyncBaseTransport) -> httpx.AsyncClient:
+def graph_http_client(transport: httpx.AsyncBaseTransport) -> httpx.AsyncClient:
     """httpx client with msgraph-core's middleware chain minus kiota's RetryHandler (we retry in the transport)."""
     from kiota_http.kiota_client_factory import KiotaClientFactory
     from kiota_http.middleware import RetryHandler

@@ -217,7 +217,23 @@ class IntuneClient:
         enrollment_url: str,
         remediation_url: str,
     ) -> dict[str, Any]:
-        """``PUT PartnerTenants(guid'{tenant}')`` with Provisioned 1 (provision) or 2 (deprovision)."""
+        """Provision (``provisioned=1``) or deprovision (``2``) the partner tenant at Intune.
+
+        Endpoint: ``PUT {tenant_url}/PartnerTenants(guid'{tenant}')?api-version={INTUNE_TENANT_API_VERSION}``
+        (StatelessPartnerTenantDataSyncService), body ``{Provisioned, PartnerEnrollmentUrl, PartnerRemediationUrl}``.
+        Permission: ``update_device_health`` (Intune application role; call ``intune.partner_tenants``).
+
+        Returns:
+            Intune's response entity (``Key``, ``Provisioned``, ``HttpStatusCode``, ``ErrorDetail`` …).
+
+        Raises:
+            ConsentRequiredError, RetriableError: no token for the tenant (see TenantCredentials.get_token).
+            IntuneUnauthorizedError: 401 (stale URL or token; callers re-discover once).
+            PermissionMissingError: 403, ``update_device_health`` not granted.
+            IntuneNotFoundError: 404 (the service URL moved).
+            IntuneUnreachableError: DNS/connection failure after the retries.
+            RetriableError: 429/5xx after the retries. FatalError: other 4xx or a non-JSON answer.
+        """
         url = f"{tenant_url.rstrip('/')}/PartnerTenants(guid'{tenant_id}')?api-version={self._tenant_version}"
         body = {
             "Provisioned": provisioned,
@@ -227,7 +243,20 @@ class IntuneClient:
         return await self._send(tenant_id, "PUT", url, call("intune.partner_tenants"), body)
 
     async def heartbeat(self, tenant_url: str, tenant_id: str, *, timestamp: str | None = None) -> dict[str, Any]:
-        """``PUT PartnerTenantHeartbeat(guid'{tenant}')`` with the current timestamp."""
+        """Tell Intune the connector is healthy for the tenant (else it turns the connector Unresponsive).
+
+        Endpoint: ``PUT {tenant_url}/PartnerTenantHeartbeat(guid'{tenant}')?api-version={INTUNE_TENANT_API_VERSION}``
+        (StatelessPartnerTenantDataSyncService), body ``{"Timestamp": ISO-8601}``.
+        Permission: ``update_device_health`` (call ``intune.partner_tenant_heartbeat``).
+
+        Returns:
+            Intune's response entity (``ResyncTimestamp``, ``HttpStatusCode``, ``MessageErrors`` …).
+
+        Raises:
+            IntuneNotProvisionedError: 400 PartnerTenantNotProvisioned (heartbeat before PartnerTenants).
+            ConsentRequiredError, IntuneUnauthorizedError, PermissionMissingError, IntuneNotFoundError,
+            IntuneUnreachableError, RetriableError, FatalError: as for :meth:`put_partner_tenant`.
+        """
         url = f"{tenant_url.rstrip('/')}/PartnerTenantHeartbeat(guid'{tenant_id}')?api-version={self._tenant_version}"
         body = {"Timestamp": timestamp or iso_now()}
         return await self._send(tenant_id, "PUT", url, call("intune.partner_tenant_heartbeat"), body)
@@ -242,9 +271,19 @@ class IntuneClient:
         api_call: ApiCall,
         upload_time: str | None = None,
     ) -> dict[str, Any]:
-        """``PUT DataUploadMessages(guid'{message}')``; ``Content`` is the entity array as a JSON string.
+        """Send a DataUploadMessage (threat levels, App Sync requests); ``Content`` is the entity array as JSON text.
 
-        Re-sending the same message id with the same body is idempotent at Intune (intune.md §7 note 4).
+        Endpoint: ``PUT {device_url}/DataUploadMessages(guid'{message}')?api-version={INTUNE_DEVICE_API_VERSION}``
+        (StatelessPartnerDeviceDataSyncService), body ``{TenantId, UploadTime, Content}``.
+        Permission: ``update_device_health`` (``api_call`` names the purpose: ``intune.upload_threat_level`` or
+        ``intune.upload_app_inventory_request``). Re-sending the same message id with the same body is idempotent at
+        Intune (intune.md §7 note 4).
+
+        Raises:
+            IntuneConnectorStateError: 403 PartnerConnectorNotEnabled (connector Not Set Up / Unavailable).
+            ConflictError: 409, the message id was already sent with a different body.
+            ConsentRequiredError, IntuneUnauthorizedError, PermissionMissingError, IntuneNotFoundError,
+            IntuneUnreachableError, RetriableError, FatalError: as for :meth:`put_partner_tenant`.
         """
         url = f"{device_url.rstrip('/')}/DataUploadMessages(guid'{message_id}')?api-version={self._device_version}"
         body = {
@@ -255,8 +294,20 @@ class IntuneClient:
         return await self._send(tenant_id, "PUT", url, api_call, body)
 
     async def upload_result(self, device_url: str, tenant_id: str, message_id: str) -> dict[str, Any]:
-        """``GET DataUploadMessages(guid'{message}')``: ``Status`` Pending/Succeeded/Failed, ``ErrorDetail``,
-        ``Results`` (App Sync inventories)."""
+        """The processing result of a DataUploadMessage.
+
+        Endpoint: ``GET {device_url}/DataUploadMessages(guid'{message}')?api-version={INTUNE_DEVICE_API_VERSION}``
+        (StatelessPartnerDeviceDataSyncService). Permission: ``update_device_health`` (call ``intune.upload_result``).
+
+        Returns:
+            ``{Status: Pending|Succeeded|Failed, ErrorDetail, UploadTime, Results}`` (``Results``: App Sync
+            inventories; its shape is the simulator's, the real one is not public).
+
+        Raises:
+            IntuneNotFoundError: 404, Intune does not know the message (or the URL moved).
+            ConsentRequiredError, IntuneUnauthorizedError, PermissionMissingError, IntuneUnreachableError,
+            RetriableError, FatalError: as for :meth:`put_partner_tenant`.
+        """
         url = f"{device_url.rstrip('/')}/DataUploadMessages(guid'{message_id}')?api-version={self._device_version}"
         return await self._send(tenant_id, "GET", url, call("intune.upload_result"))
 

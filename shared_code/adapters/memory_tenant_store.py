@@ -13,9 +13,11 @@ from typing import Any
 
 from shared_code.adapters.tenant_store import (
     MAX_CONFLICT_RETRIES,
+    MAX_INCREMENT_RETRIES,
     config_from_dict,
     config_to_dict,
     conflict_pause,
+    counter_value,
     same_config,
     utc_now_iso,
 )
@@ -127,6 +129,20 @@ class MemoryTenantRepository:
                 return
             await conflict_pause(attempt)
         raise ConflictError(f"tenant {tenant_id}: status[{section}] update kept conflicting")
+
+    async def increment(self, tenant_id: str, section: str, field: str, by: int = 1) -> int:
+        """Add ``by`` to status[section][field], compare-and-swap, retried on conflict; returns the new value."""
+        row = "status|" + section
+        for attempt in range(1, MAX_INCREMENT_RETRIES + 1):
+            current = self._read(tenant_id, row)
+            await asyncio.sleep(0)
+            merged = dict(current[1]) if current else {}
+            value = counter_value(merged.get(field)) + by
+            merged[field] = value
+            if self._swap(tenant_id, row, current[0] if current else None, merged):
+                return value
+            await conflict_pause(attempt)
+        raise ConflictError(f"tenant {tenant_id}: status[{section}].{field} increment kept conflicting")
 
     async def list_active(self) -> list[TenantRecord]:
         """Every tenant whose state is ``active``, by tenant id."""

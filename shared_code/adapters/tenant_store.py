@@ -37,6 +37,13 @@ PROPERTY_CHARS = 30_000
 # Keep an entity well under 1 MiB: 16 × 30,000 chars × 2 bytes ≈ 960 KB, minus headroom for keys and metadata.
 MAX_PROPERTIES_PER_ENTITY = 15
 MAX_CONFLICT_RETRIES = 12
+# Counters are hot rows (every upload of a tenant bumps one): a bigger budget so bursts of increments all land.
+MAX_INCREMENT_RETRIES = 40
+
+
+def counter_value(value: Any) -> int:
+    """A stored counter as an int (absent, null or garbage count as 0)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def utc_now_iso() -> str:
@@ -221,6 +228,42 @@ class TableTenantRepository:
             except ResourceModifiedError:
                 await conflict_pause(attempt)
         msg = f"tenant {tenant_id}: status[{section}] update kept conflicting"
+        raise ConflictError(msg)
+
+    async def increment(self, tenant_id: str, section: str, field: str, by: int = 1) -> int:
+        """Add ``by`` to status[section][field] in one ETag-guarded read-modify-write; returns the new value.
+
+        Raises:
+            ConflictError: still conflicting after ``MAX_INCREMENT_RETRIES`` attempts.
+        """
+        table = await self._table()
+        row = STATUS_PREFIX + section
+        for attempt in range(1, MAX_INCREMENT_RETRIES + 1):
+            try:
+                current = await table.get_entity(tenant_id, row)
+            except ResourceNotFoundError:
+                entity = {"PartitionKey": tenant_id, "RowKey": row, **pack_json({field: by})}
+                try:
+                    await table.create_entity(entity)
+                    return by
+                except ResourceExistsError:
+                    await conflict_pause(attempt)
+                    continue
+            merged = dict(unpack_json(current) or {})
+            value = counter_value(merged.get(field)) + by
+            merged[field] = value
+            entity = {"PartitionKey": tenant_id, "RowKey": row, **pack_json(merged)}
+            try:
+                await table.update_entity(
+                    entity,
+                    mode=UpdateMode.REPLACE,
+                    etag=current.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+                return value
+            except ResourceModifiedError:
+                await conflict_pause(attempt)
+        msg = f"tenant {tenant_id}: status[{section}].{field} increment kept conflicting"
         raise ConflictError(msg)
 
     async def list_active(self) -> list[TenantRecord]:

@@ -1,9 +1,12 @@
 """MAM check: a user's Intune app protection (MAM) registrations, and whether a device has one.
 
-``GET /deviceAppManagement/managedAppRegistrations`` (v1.0, ``DeviceManagementApps.Read.All``;
-api-reference/v1.0/api/intune-mam-managedappregistration-list.md) is the seed's call (Lookout: "check if devices are
-enrolled in Intune MAM"). Whether it honours ``$filter=userId eq …`` is undocumented and Intune lists are known to
-ignore unsupported filters silently (reference/graph.md §2), so we send the filter and always filter client side.
+``GET /users/{id}/managedAppRegistrations`` (v1.0, ``DeviceManagementApps.Read.All``; ``managedAppRegistrations`` is a
+documented navigation property of user in v1.0, api-reference/v1.0/resources/user.md; msgraph-sdk
+``users.by_user_id(id).managed_app_registrations``) reads one user's registrations only. The seed's call,
+``GET /deviceAppManagement/managedAppRegistrations``, lists the whole tenant: whether it honours
+``$filter=userId eq …`` is undocumented and Intune lists are known to ignore unsupported filters silently
+(reference/graph.md §2), so one HTTP request could have paged through every registration of the tenant. The
+user navigation is the same data and permission, bounded by one user.
 
 Device match: a registration carries ``deviceTag`` (the SDK's tag relating apps on one device, "not guaranteed") and
 ``deviceName``; a device has a MAM registration when the tag equals its Entra deviceId or, failing that, the name
@@ -75,8 +78,9 @@ class MamService:
         """The user's registrations, and with ``device_id`` whether that enrolled device has one.
 
         Raises:
-            NotFoundError: unknown tenant, or ``device_id`` given but not enrolled.
+            NotFoundError: unknown tenant, ``device_id`` given but not enrolled, or no such user in the tenant.
             PermissionMissingError: DeviceManagementApps.Read.All not granted (also recorded as the ``mam`` problem).
+            RetriableError, ConsentRequiredError: Graph or token trouble.
         """
         record = await self._tenants.get(tenant_id)
         if record is None or record.state != "active":
@@ -86,18 +90,19 @@ class MamService:
             device = await self._devices.get(tenant_id, device_id)
             if device is None:
                 raise NotFoundError(f"device {device_id} is not enrolled in tenant {tenant_id}", status=404)
-        api_call = call("graph.managed_app_registrations")
+        api_call = call("graph.user_managed_app_registrations")
         graph = self._graph_for(tenant_id)
         registrations: list[dict[str, Any]] = []
         try:
+            # One user's registrations: a few per app and device, so following nextLink stays small.
             async for page in graph.pages(
-                "/deviceAppManagement/managedAppRegistrations",
+                f"/users/{user_id}/managedAppRegistrations",
                 permission=api_call.permission,
-                params={"$filter": f"userId eq '{user_id}'", "$select": _SELECT},
+                params={"$select": _SELECT},
             ):
-                registrations.extend(
-                    r for r in page.get("value", []) if str(r.get("userId", "")).lower() == user_id.lower()
-                )
+                registrations.extend(r for r in page.get("value", []) if isinstance(r, dict))
+        except NotFoundError:
+            raise NotFoundError(f"user {user_id} not found in tenant {tenant_id}", status=404) from None
         except PermissionMissingError as exc:
             await self._tenants.update_status(tenant_id, PERMISSIONS, {"mam": permission_problem(exc.permission)})
             raise

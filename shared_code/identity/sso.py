@@ -11,6 +11,12 @@ The console passes the user's delegated Microsoft Graph token (scope ``User.Read
   does not matter: role mappings are keyed by group id. Nested groups count, which ``/me/memberOf`` (direct only)
   would miss.
 
+Why not :class:`shared_code.adapters.graph.GraphClient`: it authenticates every request with the connector's own
+app token for a customer tenant (``TenantCredentials.get_token``), and on a 401 it drops and renews that token —
+neither makes sense for a token the console user handed us. So SSO sends its two requests itself, but over the very
+same HTTP stack as GraphClient: ``RetryTransport`` (the one retry layer) under msgraph-core's middleware chain
+(``graph_http_client``), and errors mapped by the same ``raise_for_graph``.
+
 The user token is used for these two requests only: it is never stored, logged, or sent anywhere but Graph, and
 error messages never include it. The tenant is the token's ``tid`` claim, read without verification only to pick the
 tenant's role mappings — Graph verifies the token, and nothing is answered unless Graph accepted it.
@@ -26,7 +32,7 @@ import httpx
 import jwt
 import orjson
 
-from shared_code.adapters.graph import raise_for_graph
+from shared_code.adapters.graph import graph_http_client, raise_for_graph
 from shared_code.adapters.http_retry import RetryTransport, UsageMeter
 from shared_code.errors import ConnectorError, NotFoundError, RetriableError, ValidationError
 from shared_code.permissions import call
@@ -96,11 +102,12 @@ class SsoService:
         if record is None or record.state != "active":
             raise NotFoundError(f"tenant {tenant_id} is not provisioned", status=404)
 
+        # Built exactly as GraphClient builds its client (same retry layer, same middleware), per request because the
+        # token is the caller's; see the module docstring for why GraphClient itself cannot be used.
         retry = RetryTransport(
             self._transport_factory(), max_retries=self._max_retries, meter_for=lambda _: self.meter
         )
-        timeout = httpx.Timeout(30.0, connect=10.0)
-        async with httpx.AsyncClient(transport=retry, timeout=timeout, trust_env=True) as http:
+        async with graph_http_client(retry) as http:
             me = await self._send(http, token, "GET", "/me?$select=id,displayName,userPrincipalName", "graph.me")
             member = await self._send(
                 http, token, "POST", "/me/getMemberObjects", "graph.me_get_member_objects",

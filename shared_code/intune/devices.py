@@ -61,11 +61,18 @@ class StaticEnrolledDevices:
 class TableEnrolledDevices:
     """Reads the enrollment feature's device rows (table ``devices``; shared_code/enrollment/store.py layout).
 
-    Rows are ``PartitionKey = tenant``, ``RowKey = d|<object id>``, with ``deviceId`` as its own column (so Intune
-    lookups by Entra deviceId are one filtered query), ``rec`` the device record JSON and ``state``
-    (``enrolled`` / ``deactivated``). The API's ``{deviceId}`` may be either id: object id first (a point read),
-    then Entra deviceId.
+    Rows are ``PartitionKey = tenant``, ``RowKey = d|<object id>``, with ``deviceId`` as its own column, ``rec`` the
+    device record JSON and ``state`` (``enrolled`` / ``deactivated``). The same partition holds the change feed
+    (``e|<sequence>``, whose rows also carry ``deviceId``), a ``meta`` row and more, so the Entra-deviceId lookup is
+    restricted to the device rows' RowKey range ``[d|, d})``: the service then reads only device rows, never the
+    (much longer) event history. It is still a range read of the tenant's device rows, not a point read; a point
+    read would need an index row (``i|<deviceId>`` → object id) written by the store. The API's ``{deviceId}`` may
+    be either id: object id first (a point read), then Entra deviceId.
     """
+
+    # Device rows are exactly the RowKeys starting "d|" ("}" is the character after "|").
+    DEVICE_ROWS_LOW = "d|"
+    DEVICE_ROWS_HIGH = "d}"
 
     ENROLLED = "enrolled"
 
@@ -81,13 +88,18 @@ class TableEnrolledDevices:
         try:
             row = dict(await table.get_entity(tenant_id, f"d|{device_id}"))
         except ResourceNotFoundError:
-            async for entity in table.query_entities(
-                "PartitionKey eq @pk and deviceId eq @d", parameters={"pk": tenant_id, "d": device_id}
-            ):
-                candidate = dict(entity)
-                # Prefer the enrolled row if a deviceId was ever reused by a re-registered object.
-                if row is None or candidate.get("state") == self.ENROLLED:
-                    row = candidate
+            for spelling in dict.fromkeys((device_id, device_id.lower())):
+                async for entity in table.query_entities(
+                    "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi and deviceId eq @d",
+                    parameters={"pk": tenant_id, "lo": self.DEVICE_ROWS_LOW, "hi": self.DEVICE_ROWS_HIGH,
+                                "d": spelling},
+                ):
+                    candidate = dict(entity)
+                    # Prefer the enrolled row if a deviceId was ever reused by a re-registered object.
+                    if row is None or candidate.get("state") == self.ENROLLED:
+                        row = candidate
+                if row is not None:
+                    break
         if row is None or row.get("state") != self.ENROLLED:
             return None
         record = json.loads(str(row.get("rec") or "{}"))

@@ -108,6 +108,20 @@ class DiscoveryService:
         return IntuneEndpoints(str(section["tenantUrl"]), str(section["deviceUrl"]), discovered)
 
     async def _discover(self, tenant_id: str) -> IntuneEndpoints:
+        """Find the tenant's partner service URLs in Graph (no cache).
+
+        Endpoints: ``GET /servicePrincipals?$filter=appId eq '0000000a-0000-0000-c000-000000000000'&$select=id,appId``
+        then ``GET /servicePrincipals/{id}/endpoints`` (paged), both v1.0 with the connector's app token.
+        Permission: ``Application.Read.All`` (calls ``graph.intune_service_principal``,
+        ``graph.service_principal_endpoints``).
+
+        Raises:
+            IntuneServiceMissingError: no Intune service principal, or no https endpoint for a configured provider.
+            PermissionMissingError: 403, Application.Read.All not granted.
+            ConsentRequiredError: no token for the tenant (consent missing or revoked).
+            RetriableError: Graph or the token endpoint unavailable after the retries.
+            FatalError: another Graph 4xx, or a nextLink loop.
+        """
         self.discoveries += 1
         graph = self._graph_for(tenant_id)
         try:

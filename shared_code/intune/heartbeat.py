@@ -37,6 +37,15 @@ log = logging.getLogger("connector.intune.heartbeat")
 
 SLACK_SECONDS = 90.0  # timer jitter: a beat due in the next 90 s is sent now rather than a whole period later
 MAX_BACKOFF_SECONDS = 6 * 3600.0  # far below the unresponsive threshold (days)
+# 2**16 × the smallest base (60 s) is far past MAX_BACKOFF_SECONDS; capping the exponent keeps the float finite
+# (2.0**1024 overflows) however long a tenant keeps failing.
+MAX_BACKOFF_EXPONENT = 16
+
+
+def backoff_seconds(base: float, failures: int) -> float:
+    """Delay before the next attempt after ``failures`` consecutive failures (exponential, capped)."""
+    exponent = min(max(failures - 1, 0), MAX_BACKOFF_EXPONENT)
+    return float(min(MAX_BACKOFF_SECONDS, base * (2**exponent)))
 
 
 @dataclass
@@ -190,7 +199,7 @@ class HeartbeatService:
     async def _failed(self, record: TenantRecord, attempt_at: float, failures: int, error: str, state: str) -> str:
         failures += 1
         base = max(60.0, record.config.heartbeat_interval_minutes * 60.0)
-        delay = min(MAX_BACKOFF_SECONDS, base * (2 ** (failures - 1)))
+        delay = backoff_seconds(base, failures)
         patch = {
             "state": state,
             "lastAttemptAt": iso(attempt_at),

@@ -13,11 +13,19 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from shared_code.adapters.intune import IntuneClient, IntuneConnectorStateError, IntuneNotFoundError, iso_now
-from shared_code.errors import ConflictError, ConnectorError, NotFoundError, PermissionMissingError
+from shared_code.errors import ConflictError, NotFoundError, PermissionMissingError
 from shared_code.intune.devices import EnrolledDevice, EnrolledDevices
 from shared_code.intune.discovery import DiscoveryService
-from shared_code.intune.status import INTUNE, PERMISSIONS, ActivityCounters, iso, permission_problem
-from shared_code.intune.uploads import FINAL_STATUSES, NOT_SENT, PENDING, REJECTED, UploadMessage, UploadStore
+from shared_code.intune.status import INTUNE, PERMISSIONS, ActivityCounters, iso, parse_iso, permission_problem
+from shared_code.intune.uploads import (
+    FINAL_STATUSES,
+    NOT_SENT,
+    PENDING,
+    REJECTED,
+    PendingEntry,
+    UploadMessage,
+    UploadStore,
+)
 from shared_code.permissions import ApiCall
 from shared_code.tenants import TenantRecord, TenantRepository
 
@@ -25,6 +33,13 @@ log = logging.getLogger("connector.intune.messages")
 
 ENTITY_THREAT_LEVEL = 2
 ENTITY_APP_SYNC_REQUEST = 3
+# A message Intune has not settled after a day (or after this many polls) is given up as Failed. Intune's processing
+# time is not documented; a day is hundreds of timer runs (UPLOAD_RESULTS_SCHEDULE, every 2 minutes by default), and a
+# message that never settles (consent revoked, Intune lost it) must not sit in the timer's work list forever. It also
+# bounds the pending index the timer reads each run.
+MAX_PENDING_SECONDS = 24 * 3600.0
+MAX_RESULT_POLLS = 1000
+TIMED_OUT_DETAIL = "result timed out: Intune did not settle the message"
 
 
 class ConnectorNotReadyError(ConflictError):
@@ -62,6 +77,8 @@ class MessageService:
         store: UploadStore,
         counters: ActivityCounters,
         now: Callable[[], float],
+        max_pending_seconds: float = MAX_PENDING_SECONDS,
+        max_polls: int = MAX_RESULT_POLLS,
     ) -> None:
         self.tenants = tenants
         self.devices = devices
@@ -70,6 +87,8 @@ class MessageService:
         self.store = store
         self.counters = counters
         self.now = now
+        self.max_pending_seconds = max_pending_seconds
+        self.max_polls = max_polls
         self.on_settled: list[Callable[[UploadMessage, dict[str, Any]], Awaitable[None]]] = []
 
     async def resolve(self, tenant_id: str, device_id: str) -> tuple[TenantRecord, EnrolledDevice]:
@@ -143,7 +162,14 @@ class MessageService:
         return message
 
     async def settle(self, message: UploadMessage) -> UploadMessage:
-        """Poll one pending message once; store Succeeded/Failed with ErrorDetail and run the settle hooks."""
+        """Poll one pending message once; store Succeeded/Failed with ErrorDetail and run the settle hooks.
+
+        Hooks run before the message row is saved final, so a crash or storage error in between leaves it Pending
+        and the next poll runs them again: hooks are idempotent (same rows, compare-and-swap pointers).
+
+        Raises:
+            ConnectorError: Intune/Graph/token trouble (the message stays Pending).
+        """
         if message.status in FINAL_STATUSES:
             return message
         try:
@@ -160,23 +186,92 @@ class MessageService:
             message.error_detail = str(result["ErrorDetail"]) if result.get("ErrorDetail") else None
             for hook in self.on_settled:
                 await hook(message, result)
+        elif self._expired(message):
+            await self._give_up(message, TIMED_OUT_DETAIL)
+            return message
         await self.store.save(message)
         return message
 
+    def _expired(self, message: UploadMessage) -> bool:
+        since = parse_iso(message.created_at) or parse_iso(message.upload_time)
+        too_old = since is not None and self.now() - since > self.max_pending_seconds
+        return too_old or message.polls >= self.max_polls
+
+    async def _give_up(self, message: UploadMessage, detail: str) -> None:
+        """Mark a message Failed without an Intune result (the hooks see an empty result).
+
+        Giving up is final: a hook that fails here is logged and the message is still saved as Failed, so a message
+        whose hook keeps failing cannot stay in the work list.
+        """
+        message.status, message.error_detail = "Failed", detail
+        for hook in self.on_settled:
+            try:
+                await hook(message, {"Status": "Failed", "ErrorDetail": detail})
+            except Exception:
+                log.exception("settle hook for upload %s failed while giving up", message.message_id)
+        await self.store.save(message)
+
     async def settle_pending(self, limit: int = 500) -> dict[str, int]:
-        """The results timer: poll every pending message once; one failure never stops the others."""
-        counts = {"polled": 0, "succeeded": 0, "failed": 0, "pending": 0, "errors": 0}
-        for message in await self.store.pending(limit):
+        """The results timer: poll up to ``limit`` pending messages once, least recently polled first.
+
+        Nothing one message does stops the others: any error (Intune, Graph, consent, a Table 5xx, an unexpected
+        result shape) is logged, the message is moved to the back of the queue, and the run goes on. Messages of
+        tenants that are no longer active are settled as Failed without calling Intune; messages older than
+        ``max_pending_seconds`` (or polled ``max_polls`` times) are given up as Failed ("result timed out"), whether
+        or not Intune still answers for their tenant.
+        """
+        counts = {"polled": 0, "succeeded": 0, "failed": 0, "pending": 0, "errors": 0, "expired": 0, "dropped": 0}
+        active: dict[str, bool] = {}
+        for entry in await self.store.pending(limit):
             counts["polled"] += 1
             try:
-                settled = await self.settle(message)
-            except ConnectorError as exc:  # one tenant's trouble (consent, discovery, outage) must not stop the run
+                outcome = await self._settle_entry(entry, active)
+            except Exception:  # one message's trouble (consent, outage, Table 5xx, odd result) must not stop the run
                 counts["errors"] += 1
-                log.warning("polling upload %s failed: %s", message.message_id, exc)
+                log.exception("polling upload %s of tenant %s failed", entry.message_id, entry.tenant_id)
+                try:
+                    await self.store.touch_pending(entry, iso(self.now()))
+                except Exception:  # the index row stays where it was; the next run tries again
+                    log.exception("could not record the failed poll of upload %s", entry.message_id)
+                    continue
+                await self._expire_after_error(entry, counts)
                 continue
-            key = {"Succeeded": "succeeded", "Failed": "failed"}.get(settled.status, "pending")
-            counts[key] += 1
+            counts[outcome] += 1
         return counts
+
+    async def _settle_entry(self, entry: PendingEntry, active: dict[str, bool]) -> str:
+        message = await self.store.get(entry.tenant_id, entry.message_id)
+        if message is None or message.status != PENDING:
+            await self.store.drop_pending(entry)
+            return "dropped"
+        if entry.tenant_id not in active:
+            record = await self.tenants.get(entry.tenant_id)
+            active[entry.tenant_id] = record is not None and record.state == "active"
+        if not active[entry.tenant_id]:
+            await self._give_up(message, "tenant is no longer provisioned: result not fetched")
+            return "failed"
+        if self._expired(message):
+            await self._give_up(message, TIMED_OUT_DETAIL)
+            return "expired"
+        settled = await self.settle(message)
+        if settled.error_detail == TIMED_OUT_DETAIL:
+            return "expired"
+        return {"Succeeded": "succeeded", "Failed": "failed"}.get(settled.status, "pending")
+
+    async def _expire_after_error(self, entry: PendingEntry, counts: dict[str, int]) -> None:
+        """A message whose every poll errors (consent revoked, Intune gone) still times out."""
+        since = parse_iso(entry.since)
+        if since is None or self.now() - since <= self.max_pending_seconds:
+            return
+        try:
+            message = await self.store.get(entry.tenant_id, entry.message_id)
+            if message is not None and message.status == PENDING:
+                await self._give_up(message, TIMED_OUT_DETAIL)
+                counts["expired"] += 1
+            else:
+                await self.store.drop_pending(entry)
+        except Exception:
+            log.exception("could not expire upload %s", entry.message_id)
 
 
 def new_message(tenant_id: str, kind: str, device_id: str, entities: list[dict[str, Any]], **extra: Any) -> (

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +21,7 @@ INTUNE = "intune"
 HEARTBEAT = "heartbeat"
 PERMISSIONS = "permissions"
 ACTIVITY = "intune_activity"
+log = logging.getLogger("connector.intune.status")
 
 
 def iso(ts: float | None = None) -> str:
@@ -56,15 +58,22 @@ async def set_feature_permission(
 
 
 class ActivityCounters:
-    """Increments ``intune_activity`` counters (read-modify-write through the repository's ETag merge)."""
+    """Increments ``intune_activity`` counters (an atomic compare-and-swap increment in the repository).
+
+    Counters are bookkeeping: a counter that cannot be written (storage trouble, endless contention) is logged and
+    never fails the request or timer run that did the counted work.
+    """
 
     def __init__(self, tenants: TenantRepository) -> None:
         self._tenants = tenants
         self.process_totals: dict[str, int] = {}
+        self.failures = 0  # counter writes given up (tests and logs)
 
     async def bump(self, tenant_id: str, name: str, by: int = 1) -> None:
-        """Add ``by`` to a counter of a tenant (and to this process's totals)."""
+        """Add ``by`` to a counter of a tenant (and to this process's totals); never raises."""
         self.process_totals[name] = self.process_totals.get(name, 0) + by
-        record = await self._tenants.get(tenant_id)
-        current = int((record.status.get(ACTIVITY, {}) if record else {}).get(name, 0) or 0)
-        await self._tenants.update_status(tenant_id, ACTIVITY, {name: current + by})
+        try:
+            await self._tenants.increment(tenant_id, ACTIVITY, name, by)
+        except Exception:
+            self.failures += 1
+            log.warning("counter %s of tenant %s not updated", name, tenant_id, exc_info=True)

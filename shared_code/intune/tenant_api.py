@@ -18,6 +18,7 @@ MAX_GROUP_NAME = 256
 MAX_URL = 2048
 _GUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _ROLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _OWN_SECTIONS = frozenset({"intune", "heartbeat", "permissions", "intune_activity"})
 _FIELDS = frozenset(
     {
@@ -73,6 +74,9 @@ def _url(body: dict[str, Any], name: str) -> str:
         return ""
     if not isinstance(value, str) or not value.startswith("https://") or len(value) > MAX_URL or " " in value:
         raise ValidationError(f"{name} must be an https URL of at most {MAX_URL} characters", field=name)
+    # Intune shows these URLs to users and puts them in headers/pages: control characters (CR/LF, NUL, C1) never.
+    if _CONTROL.search(value):
+        raise ValidationError(f"{name} must not contain control characters", field=name)
     return value
 
 
@@ -97,6 +101,10 @@ def parse_tenant_body(tenant_id: str, body: dict[str, Any]) -> TenantConfig:
             raise ValidationError(
                 f"a group name is a non-blank string of at most {MAX_GROUP_NAME} characters",
                 field=f"enrollmentGroups[{index}]",
+            )
+        if _CONTROL.search(name):
+            raise ValidationError(
+                "a group name must not contain control characters", field=f"enrollmentGroups[{index}]"
             )
         # Names are case-sensitive in Entra enrollment semantics (lookout-mtd-connector-integration.md).
         if name in seen:

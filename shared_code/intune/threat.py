@@ -9,6 +9,9 @@ replay answers the same upload (and resends it if the first send never reached I
 
 from __future__ import annotations
 
+import re
+import time
+from datetime import datetime
 from typing import Any
 
 from shared_code.errors import ConflictError, ValidationError
@@ -22,10 +25,46 @@ MAX_THREATS = 100
 MAX_THREAT_CHARS = 2000
 MAX_KEY_CHARS = 128
 _FIELDS = frozenset({"level", "detectedAt", "threats", "idempotencyKey"})
+# RFC 3339 ``date-time``: full date, "T", full time with seconds, and a mandatory offset (``Z`` or ±hh:mm).
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
+# detectedAt becomes Intune's LastUpdateTime, which orders messages: a far-future value would pin the device's level
+# (every later, truthful report would be "older"). Allow only client clock skew into the future.
+MAX_FUTURE_SECONDS = 5 * 60
 
 
-def validate_threat_body(body: dict[str, Any]) -> dict[str, Any]:
+def parse_detected_at(value: Any, now: float) -> float:
+    """``detectedAt`` as epoch seconds: an RFC 3339 date-time with an offset, at most a few minutes ahead of ``now``.
+
+    Not ``functions.http_support.DateTime``: shared_code may not import the HTTP layer, and that spec accepts
+    minute-precision times and any future date.
+
+    Raises:
+        ValidationError: field ``detectedAt``.
+    """
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        raise ValidationError(
+            "detectedAt must be an RFC 3339 date-time with seconds and a time zone, e.g. 2026-01-05T10:00:00Z",
+            field="detectedAt",
+        )
+    try:
+        # Python's fromisoformat takes at most 6 fraction digits; RFC 3339 allows more.
+        text = re.sub(r"(\.\d{6})\d+", r"\1", value[:10] + "T" + value[11:])
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00")).timestamp()
+    except (ValueError, OverflowError):
+        raise ValidationError("detectedAt is not a valid date-time", field="detectedAt") from None
+    if moment > now + MAX_FUTURE_SECONDS:
+        raise ValidationError(
+            f"detectedAt must not be more than {MAX_FUTURE_SECONDS // 60} minutes in the future", field="detectedAt"
+        )
+    return moment
+
+
+def validate_threat_body(body: dict[str, Any], *, now: float | None = None) -> dict[str, Any]:
     """Check a threat report body; return it normalized.
+
+    Args:
+        body: the PUT body.
+        now: the current time (epoch seconds; default the wall clock) that bounds ``detectedAt``.
 
     Raises:
         ValidationError: naming the offending field.
@@ -37,8 +76,7 @@ def validate_threat_body(body: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(level, str) or level.lower() not in LEVELS:
         raise ValidationError(f"level must be one of {', '.join(LEVELS)}", field="level")
     detected = body.get("detectedAt")
-    if not isinstance(detected, str) or parse_iso(detected) is None:
-        raise ValidationError("detectedAt must be an ISO-8601 date-time", field="detectedAt")
+    parse_detected_at(detected, time.time() if now is None else now)
     threats = body.get("threats", [])
     if not isinstance(threats, list) or len(threats) > MAX_THREATS:
         raise ValidationError(f"threats must be an array of at most {MAX_THREATS} items", field="threats")
@@ -69,7 +107,7 @@ class ThreatService:
             ValidationError, NotFoundError, ConnectorNotReadyError, PermissionMissingError, RetriableError,
             ConflictError (idempotency key reused with a different body).
         """
-        report = validate_threat_body(body)
+        report = validate_threat_body(body, now=self._messages.now())
         key = report["idempotencyKey"] or idempotency_key
         record, device = await self._messages.resolve(tenant_id, device_id)
         self._messages.require_provisioned(record)
@@ -100,7 +138,16 @@ class ThreatService:
                 if existing is not None:
                     message, replayed = existing, True
         sent = await self._messages.send(message, call("intune.upload_threat_level"), "threat")
-        await self._messages.store.set_latest(tenant_id, "threat", device.device_id, self._latest(sent))
+        pointer = self._latest(sent)
+
+        def newest(current: dict[str, Any] | None) -> dict[str, Any] | None:
+            # Intune keeps the level with the latest LastUpdateTime (an older one is ignored), so does the pointer.
+            if current is None or current.get("uploadId") == sent.message_id:
+                return pointer
+            ours, theirs = parse_iso(pointer["detectedAt"]), parse_iso(current.get("detectedAt"))
+            return pointer if theirs is None or (ours is not None and ours >= theirs) else None
+
+        await self._messages.store.update_latest(tenant_id, "threat", device.device_id, newest)
         await self._messages.counters.bump(tenant_id, "threatReportsAccepted")
         return sent, replayed
 
@@ -130,12 +177,16 @@ class ThreatService:
     async def _settled(self, message: UploadMessage, result: dict[str, Any]) -> None:
         if message.kind != "threat":
             return
-        store = self._messages.store
-        latest = await store.get_latest(message.tenant_id, "threat", message.device_id)
-        # Only the newest report's pointer is updated; an older message settling late leaves it alone.
-        if latest is None or latest.get("uploadId") == message.message_id:
-            data = self._latest(message)
-            data["settledAt"] = message.updated_at or None
-            await store.set_latest(message.tenant_id, "threat", message.device_id, data)
+        data = self._latest(message)
+        data["settledAt"] = message.updated_at or None
+
+        def settle_pointer(current: dict[str, Any] | None) -> dict[str, Any] | None:
+            # Only the pointer of this very report is updated (compare-and-swap): a newer report that a PUT stored
+            # meanwhile is never put back to this older one.
+            if current is None or current.get("uploadId") == message.message_id:
+                return data
+            return None
+
+        await self._messages.store.update_latest(message.tenant_id, "threat", message.device_id, settle_pointer)
         counter = "threatResultsSucceeded" if message.status == "Succeeded" else "threatResultsFailed"
         await self._messages.counters.bump(message.tenant_id, counter)

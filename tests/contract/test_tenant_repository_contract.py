@@ -99,3 +99,24 @@ async def test_concurrent_put_config_creates_once(tenant_repo: Any) -> None:
     results = await asyncio.gather(*(tenant_repo.put_config(_config()) for _ in range(5)))
     assert sum(1 for _, created in results if created) == 1
     assert all(r.config.config_version == 1 for r, _ in results)
+
+
+async def test_concurrent_increments_all_land(tenant_repo: Any) -> None:
+    await tenant_repo.put_config(_config())
+    await tenant_repo.update_status(TENANT, "intune_activity", {"other": "kept"})
+    writers = 25
+    values = await asyncio.gather(
+        *(tenant_repo.increment(TENANT, "intune_activity", "threatReportsAccepted") for _ in range(writers))
+    )
+    assert sorted(values) == list(range(1, writers + 1)), "each increment returns its own new value"
+    record = await tenant_repo.get(TENANT)
+    assert record.status["intune_activity"] == {"other": "kept", "threatReportsAccepted": writers}
+
+
+async def test_increment_creates_the_section_and_counts_garbage_as_zero(tenant_repo: Any) -> None:
+    await tenant_repo.put_config(_config())
+    assert await tenant_repo.increment(TENANT, "counters_new", "n", 3) == 3
+    await tenant_repo.update_status(TENANT, "counters_new", {"bad": "x"})
+    assert await tenant_repo.increment(TENANT, "counters_new", "bad") == 1
+    record = await tenant_repo.get(TENANT)
+    assert record.status["counters_new"] == {"n": 3, "bad": 1}

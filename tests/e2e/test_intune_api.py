@@ -176,7 +176,7 @@ async def test_bad_threat_bodies_and_unknowns(api: Api) -> None:
     bad = await api.client.put(url, json={"level": "severe", "detectedAt": "2026-01-01T00:00:00Z"})
     assert bad.status_code == 400 and bad.json()["field"] == "level"
     unknown_device = await api.client.put(
-        f"/api/tenants/{tid}/devices/{uuid.uuid4()}/threat", json={"level": "low", "detectedAt": "2026-01-01T00:00Z"}
+        f"/api/tenants/{tid}/devices/{uuid.uuid4()}/threat", json={"level": "low", "detectedAt": "2026-01-01T00:00:00Z"}
     )
     assert unknown_device.status_code == 404
     unknown_tenant = await api.client.put(
