@@ -37,6 +37,7 @@ from typing import Any
 import azure.functions as func
 
 from shared_code.bootstrap import Container, container
+from shared_code.domain.ids import is_guid
 from shared_code.errors import (
     AuthenticationError,
     ConflictError,
@@ -59,8 +60,6 @@ PROBLEM_TYPES: dict[str, str] = {
     "unauthenticated": "Unauthenticated",
     "forbidden": "Forbidden",
     "invalid-parameter": "Invalid parameter",
-    # Used by functions/enrollment_http.py for a malformed tenantId (same meaning as invalid-parameter).
-    "invalid-tenant-id": "Invalid tenant id",
     "invalid-json": "Invalid JSON",
     "invalid-body": "Invalid body",
     "unknown-field": "Unknown field",
@@ -77,7 +76,6 @@ PROBLEM_TYPES: dict[str, str] = {
     "upstream-unavailable": "Upstream unavailable",
     "internal-error": "Internal error",
 }
-GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _URL_RE = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
 log = logging.getLogger("connector.http")
 
@@ -106,9 +104,9 @@ def parse_guid(value: Any, field_: str) -> str:
     Raises:
         ApiError: 400 ``invalid-parameter`` naming ``field_``.
     """
-    if not isinstance(value, str) or not GUID_RE.match(value):
+    if not is_guid(value):
         raise invalid(field_, f"{field_} must be a GUID (8-4-4-4-12 hexadecimal digits)", "invalid-parameter")
-    return value.lower()
+    return str(value).lower()
 
 
 def parse_int(raw: str, field_: str, *, minimum: int, maximum: int) -> int:
@@ -169,9 +167,9 @@ class Guid(Spec):
     """A GUID string (normalised to lower case)."""
 
     def check(self, value: Any, path: str) -> str:
-        if not isinstance(value, str) or not GUID_RE.match(value):
+        if not is_guid(value):
             raise invalid(path, f"{path} must be a GUID")
-        return value.lower()
+        return str(value).lower()
 
 
 @dataclass(frozen=True)
@@ -339,7 +337,11 @@ class RequestContext:
         return str(self.req.route_params.get(name, ""))
 
     def guid(self, name: str) -> str:
-        """A route parameter that must be a GUID (lower-cased). 400 ``invalid-parameter`` otherwise."""
+        """A route parameter that must be a canonical GUID (lower-cased). 400 ``invalid-parameter`` otherwise.
+
+        The one rule for ids in paths: 8-4-4-4-12 hex digits, nothing else (``uuid.UUID`` would also take braces, a
+        ``urn:uuid:`` prefix or no dashes and rewrite them, giving one tenant several spellings).
+        """
         return parse_guid(self.route(name), name)
 
     def query(self, name: str, *, max_length: int = 256) -> str | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import azure.functions as func
 
 from functions.http_support import (
-    GUID_RE,
     READ,
     ApiError,
     Guid,
@@ -21,6 +20,7 @@ from functions.http_support import (
     invalid,
     json_response,
 )
+from shared_code.domain.ids import is_guid
 from shared_code.identity.sso import MAX_TOKEN_CHARS, UserTokenRejectedError, token_tenant
 from shared_code.intune.wiring import build_intune
 
@@ -38,7 +38,7 @@ SSO_BODY = Obj(
 async def _roles(ctx: RequestContext) -> func.HttpResponse:
     body = ctx.body(SSO_BODY)
     # The tenant comes from the token: it must be a GUID too before it is used as a storage key.
-    if not GUID_RE.match(token_tenant(body["accessToken"])):
+    if not is_guid(token_tenant(body["accessToken"])):
         raise invalid("accessToken", "accessToken's tenant (tid) is not a GUID")
     try:
         result = await ctx.services.service(build_intune).sso.roles(body)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from shared_code.domain.ids import is_guid
 from shared_code.errors import ValidationError
 from shared_code.tenants import DEFAULT_PLATFORMS, TenantConfig, TenantRecord
 
@@ -16,7 +17,6 @@ PLATFORMS = ("iOS", "iPadOS", "Android", "Windows", "macOS")
 MAX_GROUPS = 50
 MAX_GROUP_NAME = 256
 MAX_URL = 2048
-_GUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _ROLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _OWN_SECTIONS = frozenset({"intune", "heartbeat", "permissions", "intune_activity"})
@@ -45,7 +45,7 @@ def validate_tenant_id(value: str) -> str:
     Raises:
         ValidationError: field ``tenantId``.
     """
-    if not isinstance(value, str) or not _GUID_RE.fullmatch(value):
+    if not is_guid(value):
         raise ValidationError("tenantId must be a GUID (8-4-4-4-12 hexadecimal digits)", field="tenantId")
     return value.lower()
 
@@ -150,7 +150,7 @@ def parse_tenant_body(tenant_id: str, body: dict[str, Any]) -> TenantConfig:
             if name not in ("groupId", "role"):
                 raise ValidationError(f"unknown field '{name}'", field=f"{where}.{name}")
         group_id = str(item.get("groupId", ""))
-        if not _GUID_RE.fullmatch(group_id):
+        if not is_guid(group_id):
             raise ValidationError("groupId must be an Entra group object id (GUID)", field=f"{where}.groupId")
         group_id = group_id.lower()
         role = item.get("role")

@@ -238,6 +238,81 @@ async def test_tenant_isolation_ids_of_a_never_reach_b(stack: Stack, world: dict
     assert probes >= 5
 
 
+async def _poll(stack: Stack, devhost: Any, tenant_id: str) -> None:
+    """One poll of the tenant, requested over the API (POST /sync → 202) and run by the queue trigger."""
+    await stack.call("POST", "/tenants/{tenantId}/sync", token=stack.manage, ids={"tenantId": tenant_id}, expect=202)
+    await devhost.drain_queues(120)
+
+
+async def test_valid_manage_token_approves_a_staged_mass_deactivation_and_deletes_the_tenant(
+    stack: Stack, world: dict[str, Any], devhost: Any, app_container: Any
+):
+    """The writes the in-process auth matrix stops short of: approve (202, something staged) and DELETE (204)."""
+    from shared_code.adapters.http_retry import UsageMeter
+
+    assert "dispatch_polls" in devhost.timer_names, "the enrollment feature (polls, guard) is registered"
+    sim = stack.sim
+    summary = sim.create_tenant("small", seed=13)
+    tid = summary["tenant_id"]
+    # Enroll through the root with the most devices only, so emptying it deactivates everything it enrolled.
+    root = max(summary["enrollment_groups"], key=lambda g: len(sim.truth(tid, [g])["devices"]))
+    truth = sim.truth(tid, [root])
+    # The default guard (500 / 20 %) allows floor(20 % of enrolled) deactivations: emptying the group exceeds it.
+    assert truth["devices"]
+    ids = {"tenantId": tid}
+    await stack.call("PUT", "/tenants/{tenantId}", token=stack.manage, ids=ids, expect=201,
+                     json={"enrollmentGroups": [root]})  # default guard: 500 / 20 %
+    await _poll(stack, devhost, tid)
+    page = (await stack.call("GET", "/tenants/{tenantId}/devices", token=stack.read, ids=ids, expect=200)).json()
+    enrolled = [d for d in page["devices"] if d.get("state") == "enrolled"]
+    # Owner transitively in the group (truth), plus owned devices that are direct members of it.
+    assert len(enrolled) >= len(truth["devices"]), (len(enrolled), len(truth["devices"]))
+
+    # Empty the enrollment group (direct members, read from Graph as the connector would see them).
+    root_id = truth["resolved_groups"][root]
+    graph = app_container.graph(tid, UsageMeter())
+    try:
+        members = [m async for p in graph.pages(f"/groups/{root_id}/members", permission="Directory.Read.All")
+                   for m in p.get("value", ())]
+    finally:
+        await graph.aclose()
+    assert members
+    for member in members:
+        sim.mutate(tid, "remove_member", group_id=root_id, member_id=member["id"])
+    await _poll(stack, devhost, tid)
+    doc = (await stack.call("GET", "/tenants/{tenantId}", token=stack.read, ids=ids, expect=200)).json()
+    staged = doc["status"]["stagedDeactivations"]
+    assert staged and staged["state"] == "deactivations_staged" and staged["staged"] == len(enrolled), staged
+
+    # A read token may not approve (403); the manage token does (202), and the poll it enqueues applies them.
+    await stack.call("POST", "/tenants/{tenantId}/deactivations/approve", token=stack.read, ids=ids, expect=403)
+    approval = await stack.call("POST", "/tenants/{tenantId}/deactivations/approve", token=stack.manage, ids=ids,
+                                expect=202)
+    assert approval.json()["approved"] == staged["staged"], approval.text
+    await devhost.drain_queues(120)
+    page = (await stack.call("GET", "/tenants/{tenantId}/devices", token=stack.read, ids=ids, expect=200)).json()
+    assert not [d for d in page["devices"] if d.get("state") == "enrolled"], page["devices"][:3]
+    # Nothing staged any more: a second approval is a conflict (documented 409).
+    await stack.call("POST", "/tenants/{tenantId}/deactivations/approve", token=stack.manage, ids=ids, expect=409)
+
+    # DELETE: a read token is refused (403); the manage token deprovisions (204), idempotently; history stays readable.
+    await stack.call("DELETE", "/tenants/{tenantId}", token=stack.read, ids=ids, expect=403)
+    await stack.call("DELETE", "/tenants/{tenantId}", token=stack.manage, ids=ids, expect=204)
+    await stack.call("DELETE", "/tenants/{tenantId}", token=stack.manage, ids=ids, expect=204)
+    doc = (await stack.call("GET", "/tenants/{tenantId}", token=stack.read, ids=ids, expect=200)).json()
+    assert doc["state"] == "deprovisioned", doc["state"]
+    events = (await stack.call("GET", "/tenants/{tenantId}/events", token=stack.read, ids=ids, expect=200)).json()
+    assert events["events"], "the change feed survives deprovisioning"
+
+
+async def test_every_secured_route_answered_2xx_to_a_valid_token(stack: Stack, world: dict[str, Any]):
+    # Over the module (the tests above): every registered route reached its action and succeeded at least once.
+    succeeded = {(e.method, e.template) for e in stack.exchanges if 200 <= e.status < 300}
+    missing = {(r.method, r.path) for r in SECURED} - succeeded
+    print(f"routes answered 2xx with a valid token: {len(SECURED) - len(missing)} of {len(SECURED)}")
+    assert not missing, sorted(missing)
+
+
 async def test_no_secret_appears_in_any_log_record_or_response(stack: Stack, world: dict[str, Any]):
     # Runs last in this module: by now the module has provisioned, reported, fetched and rejected on every route.
     assert stack.exchanges and stack.records
