@@ -10,7 +10,9 @@ Full reconcile (first poll, config change, expired delta token, or every ``FULL_
 Incremental: read ``groups/delta`` and ``devices/delta`` from the committed deltaLinks. Nothing changed → stop: no
 table write at all (2 Graph requests). Otherwise apply the membership changes to the stored graph, re-derive scope,
 fetch owned devices only for users who *entered* scope and owners only for devices that appeared or changed
-platform (``$batch``, 20 per request), reconcile against the stored rows, write, commit cursors last.
+platform (``$batch``, 20 per request), reconcile against the stored rows those changes can touch (the rows of the
+devices named and of the owners who entered or left scope; the whole partition only while deactivations are staged,
+when the disabled-users set changed, or for a change too wide for targeted reads), write, commit cursors last.
 
 Crash safety: rows + events are written in per-partition transactions before the graph and the cursors; a poll that
 dies anywhere replays the same deltas next time against the (partly) updated rows, and reconcile only emits what
@@ -31,6 +33,7 @@ Rules worth knowing (documented for operators):
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import math
 import time
@@ -70,9 +73,9 @@ from shared_code.domain.scope import (
 )
 from shared_code.enrollment import strategies
 from shared_code.enrollment.cursors import DEVICES, GROUPS, Cursor, CursorStore
-from shared_code.enrollment.reader import DirectoryReader
+from shared_code.enrollment.reader import DirectoryReader, KeepAlive
 from shared_code.enrollment.store import EnrollmentStore
-from shared_code.errors import CursorExpiredError, NotFoundError
+from shared_code.errors import ConflictError, CursorExpiredError, NotFoundError
 from shared_code.tenants import TenantConfig, TenantRecord, TenantRepository
 
 log = logging.getLogger("connector.enrollment")
@@ -85,6 +88,12 @@ FINISH_NOW_PAGES = 5
 # Directory delta tokens live 7 days (graph.md §4); the daily full reconcile renews an older devices token.
 DEVICE_TOKEN_REFRESH_SECONDS = 3 * 24 * 3600
 PLAN_SAMPLE = 50
+# A full dry run (synchronous, in an HTTP request) is refused above this estimated Graph request count.
+DRY_RUN_MAX_REQUESTS = 150
+# An incremental poll reads the stored rows of the owners and devices its deltas touch; past these many it reads the
+# tenant's whole partition instead (one scan is cheaper than hundreds of owner queries or point reads).
+OWNER_LOOKUP_LIMIT = 100
+DEVICE_LOOKUP_LIMIT = 200
 OWNERLESS_SAMPLE = 20
 
 GraphFactory = Callable[[str, UsageMeter], GraphClient]
@@ -93,6 +102,11 @@ GraphFactory = Callable[[str, UsageMeter], GraphClient]
 def utc_iso(ts: float) -> str:
     """Epoch seconds → ISO-8601 UTC with Z."""
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def disabled_digest(disabled: set[str]) -> str:
+    """Short fingerprint of the disabled-users set (status ``scope.disabledDigest``)."""
+    return hashlib.sha256("\n".join(sorted(disabled)).encode()).hexdigest()[:32]
 
 
 _USAGE_ATTRIBUTE = "_connector_poll_usage"
@@ -107,6 +121,11 @@ def usage_of(error: BaseException) -> dict[str, int]:
     """What the failed poll cost (empty when it failed before any Graph call)."""
     usage: dict[str, int] = getattr(error, _USAGE_ATTRIBUTE, {})
     return usage
+
+
+def approval_token(guard_status: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What identifies one approval of staged deactivations (changes with every approval)."""
+    return (guard_status.get("approvalId"), guard_status.get("approvedAt"), guard_status.get("approvedCount"))
 
 
 @dataclass
@@ -160,6 +179,7 @@ class _Ctx:
     groups_cursor: Cursor
     devices_cursor: Cursor
     outcome: PollOutcome
+    keepalive: KeepAlive | None = None
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -188,6 +208,7 @@ class PollEngine:
         clock: Callable[[], float] = time.time,
         full_reconcile_hours: int = 24,
         device_catchup_pages: int = DEVICE_CATCHUP_PAGES,
+        dry_run_max_requests: int | None = DRY_RUN_MAX_REQUESTS,
     ) -> None:
         self.tenants = tenants
         self.store = store
@@ -196,9 +217,20 @@ class PollEngine:
         self._clock = clock
         self._full_hours = full_reconcile_hours
         self._catchup = device_catchup_pages
+        self._dry_run_max_requests = dry_run_max_requests
 
-    async def poll(self, tenant_id: str, *, dry_run: bool = False, force_full: bool = False) -> PollOutcome:
+    async def poll(
+        self,
+        tenant_id: str,
+        *,
+        dry_run: bool = False,
+        force_full: bool = False,
+        keepalive: KeepAlive | None = None,
+    ) -> PollOutcome:
         """Poll one tenant.
+
+        ``keepalive`` runs after every Graph page or ``$batch`` and before the writes (the service renews the
+        poll's lease with it; it raises ConflictError when the lease was lost, which stops the poll unwritten).
 
         Raises:
             NotFoundError: the tenant is not provisioned.
@@ -216,13 +248,14 @@ class PollEngine:
         try:
             ctx = _Ctx(
                 record=record,
-                reader=DirectoryReader(graph),
+                reader=DirectoryReader(graph, keepalive=keepalive),
                 meter=meter,
                 now=self._clock(),
                 dry_run=dry_run,
                 groups_cursor=await self.cursors.get(tenant_id, GROUPS),
                 devices_cursor=await self.cursors.get(tenant_id, DEVICES),
                 outcome=outcome,
+                keepalive=keepalive,
             )
             reason = self._full_reason(ctx, force_full)
             if reason is None:
@@ -274,10 +307,16 @@ class PollEngine:
             groups_link = str(page.get("@odata.deltaLink") or groups_link)
         device_changes, devices_cursor = await self._device_deltas(ctx)
         guard_status = ctx.record.status.get("guard", {})
-        approval_pending = guard_status.get("state") == "deactivations_staged" and guard_status.get("approvedCount")
+        staged = guard_status.get("state") == "deactivations_staged"
+        approval_pending = staged and guard_status.get("approvedCount")
         need_disabled = not ctx.cfg.keep_disabled_users
+        disabled = await ctx.reader.disabled_users() if need_disabled else set()
+        digest = disabled_digest(disabled) if need_disabled else None
+        # The disabled set is compared with the one the last applied poll saw: unchanged, its devices were dealt
+        # with then, and only owners/devices the deltas touch need a look now.
+        disabled_changed = need_disabled and digest != ctx.record.status.get("scope", {}).get("disabledDigest")
         changed = any(group_pages) or bool(device_changes)
-        if not changed and not approval_pending and not need_disabled:
+        if not changed and not approval_pending and not disabled_changed:
             await self._noop(ctx, devices_cursor)
             return
         out.mode = "incremental"
@@ -292,7 +331,6 @@ class PollEngine:
         names = list(ctx.cfg.enrollment_groups)
         res_old, res_new = resolve_names(graph_old, names), resolve_names(graph_new, names)
         scope_old, scope_new = expand_scope(graph_old, res_old.resolved), expand_scope(graph_new, res_new.resolved)
-        stored = await self.store.load_devices(ctx.tenant_id)
         plat = normalize_platforms(ctx.cfg.platforms)
 
         deleted: set[str] = set()
@@ -306,12 +344,32 @@ class PollEngine:
                 deleted.discard(did)
                 updated[did] = {**updated.get(did, {}), **obj}
 
+        # Which stored rows can this poll's plan touch? Devices the deltas name or that entered/left the direct
+        # scope, and devices of owners who entered/left scope. Every other enrolled row stays desired (its owner's
+        # scope, its platform and the disabled set are unchanged), so it is not read. The whole partition is read
+        # only when the plan must see every row: staged deactivations (re-evaluated every poll until approved or
+        # gone), a changed disabled-users set, or a change too wide for point reads.
+        affected_devices = set(updated) | deleted | (set(scope_old.devices) ^ set(scope_new.devices))
+        affected_owners = set(scope_old.users) ^ set(scope_new.users)
+        # The guard needs the enrolled count; a partial read takes it from the last applied poll's status.
+        counted = ctx.record.status.get("counts", {}).get("enrolled")
+        known_enrolled = counted if isinstance(counted, int) and not isinstance(counted, bool) else None
+        partial = not (
+            staged or disabled_changed or known_enrolled is None
+            or len(affected_owners) > OWNER_LOOKUP_LIMIT or len(affected_devices) > DEVICE_LOOKUP_LIMIT
+        )
+        if partial:
+            stored = await self.store.load_devices_for(
+                ctx.tenant_id, device_ids=sorted(affected_devices), owner_ids=sorted(affected_owners)
+            )
+        else:
+            stored = await self.store.load_devices(ctx.tenant_id)
+
         current: dict[str, DeviceRecord] = {}
         for did, row in stored.items():
             if row.state == ENROLLED:
                 rec = row.record
                 current[did] = merge_device_update(rec, updated[did]) if did in updated else rec
-        disabled = await ctx.reader.disabled_users() if need_disabled else set()
         entering_set = set(scope_new.users) - set(scope_old.users)
         if need_disabled:
             # Owners re-enabled since their devices were deactivated count as entering: fetch their devices again.
@@ -340,6 +398,11 @@ class PollEngine:
                 else:
                     owners = found.get("registeredOwners") or []
                     current[did] = device_from_graph(found, str(owners[0]["id"]) if owners else None)
+        if partial:
+            # A device found through an entering owner may have a row stored under its previous owner.
+            unread = sorted(set(current) - set(stored))
+            if unread:
+                stored.update(await self.store.load_devices_for(ctx.tenant_id, device_ids=unread, owner_ids=()))
         desired = self._desired(current, deleted, scope_new, plat, disabled)
         facts = Facts(
             deleted=frozenset(deleted),
@@ -349,14 +412,20 @@ class PollEngine:
             unresolved=frozenset(u["name"] for u in res_new.unresolved),
         )
         plan = reconcile(desired, stored, facts)
+        extra: dict[str, Any] = {"ownerless": None}
+        if digest is not None:
+            extra["disabledDigest"] = digest
         if not changed and not plan.items and not approval_pending:
-            await self._noop(ctx, devices_cursor)  # only the disabled-users check ran, and found nothing
+            # Only the disabled-users set changed, and it touched no device: remember it, write nothing else.
+            await self._noop(ctx, devices_cursor)
+            if disabled_changed and not ctx.dry_run:
+                await self.tenants.update_status(ctx.tenant_id, "scope", {"disabledDigest": digest})
             return
         out.unresolved = res_new.unresolved
         out.desired = len(desired)
         cursors = {GROUPS: ctx.groups_cursor.commit(groups_link, ctx.now), DEVICES: devices_cursor}
         await self._finish(ctx, plan, stored, graph_new if graph_changed else None, res_new, scope_new, cursors,
-                           {"ownerless": None})
+                           extra, enrolled_before=known_enrolled if partial else None)
 
     async def _noop(self, ctx: _Ctx, devices_cursor: Cursor) -> None:
         """Nothing changed: write nothing (the deltaLinks we hold stay valid and replay nothing)."""
@@ -410,6 +479,18 @@ class PollEngine:
         if users is None or devices is None:
             users = await ctx.reader.count("users")
             devices = await ctx.reader.count("devices")
+        if ctx.dry_run and self._dry_run_max_requests is not None:
+            # A dry run answers inside an HTTP request (the front end cuts it at 230 s): refuse a full read that
+            # would take hundreds of pages even at the cheapest strategy (scope unknown yet: assume everyone).
+            n_users = int(users if users is not None else 1000)
+            least, _ = strategies.choose(strategies.Shape(
+                users=n_users, devices=int(devices if devices is not None else 2000), scope_users=n_users,
+            ))
+            if least.requests > self._dry_run_max_requests:
+                raise ConflictError(
+                    f"a full dry run of this tenant would take about {least.requests} Graph requests (limit "
+                    f"{self._dry_run_max_requests}); run POST …/sync?full=true and read the tenant's status instead"
+                )
         if not ctx.dry_run:
             await self._refresh_devices_token(ctx)
         devices_cursor = ctx.devices_cursor
@@ -466,7 +547,9 @@ class PollEngine:
         }
         out.shape = new_shape
         cursors = {GROUPS: ctx.groups_cursor.commit(groups_link, ctx.now, full=True), DEVICES: devices_cursor}
-        extra = {"ownerless": inventory.ownerless}
+        extra: dict[str, Any] = {"ownerless": inventory.ownerless}
+        if not cfg.keep_disabled_users:
+            extra["disabledDigest"] = disabled_digest(disabled)
         await self._finish(ctx, plan, stored, graph, resolution, scope, cursors, extra)
 
     async def _refresh_devices_token(self, ctx: _Ctx) -> None:
@@ -547,11 +630,15 @@ class PollEngine:
         scope: Scope,
         cursors: dict[str, Cursor],
         extra: dict[str, Any],
+        *,
+        enrolled_before: int | None = None,
     ) -> None:
+        """Guard, write rows + events, graph, cursors, status. ``enrolled_before``: when ``stored`` is partial."""
         out = ctx.outcome
         cfg = ctx.cfg
         out.plan = plan
-        enrolled_before = sum(1 for s in stored.values() if s.state == ENROLLED)
+        if enrolled_before is None:
+            enrolled_before = sum(1 for s in stored.values() if s.state == ENROLLED)
         guard_status = ctx.record.status.get("guard", {})
         approved = guard_status.get("approvedCount") if guard_status.get("state") == "deactivations_staged" else None
         deactivations = len(plan.of(DEACTIVATE))
@@ -569,6 +656,8 @@ class PollEngine:
         if ctx.dry_run:
             out.applied = {k: 0 for k in counts}
             return
+        if ctx.keepalive is not None:
+            await ctx.keepalive()
         events = await self.store.apply(ctx.tenant_id, to_apply.items, utc_iso(ctx.now))
         out.events_written = len(events)
         out.applied = counts
@@ -600,6 +689,8 @@ class PollEngine:
             "resolvedGroups": resolution.resolved,
             "updatedAt": utc_iso(ctx.now),
         }
+        if extra.get("disabledDigest") is not None:
+            scope_patch["disabledDigest"] = extra["disabledDigest"]
         ownerless = extra.get("ownerless")
         if ownerless is not None:
             scope_patch["ownerlessDevices"] = len(ownerless)
@@ -608,11 +699,19 @@ class PollEngine:
         previous = ctx.record.status.get("guard", {})
         if decision.staged:
             sample = [i.to_dict() for i in plan.of(DEACTIVATE)[:PLAN_SAMPLE]]
-            await self.tenants.update_status(tid, "guard", {
+            patch: dict[str, Any] = {
                 "state": "deactivations_staged", "staged": decision.staged, "threshold": decision.threshold,
                 "stagedAt": utc_iso(ctx.now), "configVersion": ctx.cfg.config_version, "sample": sample,
                 "approvedCount": None,
-            })
+            }
+            # This poll decided from the guard section it read when it started. An approval that landed since
+            # (POST …/deactivations/approve while we ran) is not ours to clear: keep it for the poll it enqueued.
+            latest = await self.tenants.get(tid)
+            current = latest.status.get("guard", {}) if latest is not None else {}
+            if approval_token(current) != approval_token(previous):
+                del patch["approvedCount"]
+                log.info("tenant %s: an approval arrived during this poll; it is kept for the next poll", tid)
+            await self.tenants.update_status(tid, "guard", patch)
             out.notes.append(f"guard: {decision.staged} deactivations staged (threshold {decision.threshold})")
             log.warning("tenant %s: %d deactivations staged (threshold %d)", tid, decision.staged, decision.threshold)
         elif previous.get("state") == "deactivations_staged":

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from azure.core import MatchConditions
@@ -64,6 +64,10 @@ class LeaseStore(Protocol):
         """Take the tenant's lease for ``ttl`` seconds; None when another holder has it."""
         ...
 
+    async def renew(self, lease: Lease, ttl: float, now: float) -> Lease | None:
+        """Extend a held lease to ``now + ttl`` (ETag compare-and-swap); None when it was lost meanwhile."""
+        ...
+
     async def release(self, lease: Lease, now: float) -> None:
         """Give the lease back and record the finish time (a lost lease is ignored)."""
         ...
@@ -78,6 +82,12 @@ class MemoryLeaseStore:
 
     def __init__(self) -> None:
         self._rows: dict[str, tuple[int, dict[str, Any]]] = {}
+        self.renewals = 0
+
+    def expires_at(self, tenant_id: str) -> float:
+        """When the tenant's lease expires (0 when free or unknown); for tests."""
+        found = self._rows.get(tenant_id)
+        return float(found[1].get("expires_at") or 0.0) if found and found[1].get("holder") else 0.0
 
     async def acquire(self, tenant_id: str, owner: str, ttl: float, now: float) -> Lease | None:
         """See :class:`LeaseStore`."""
@@ -94,6 +104,18 @@ class MemoryLeaseStore:
         version = (found[0] if found else 0) + 1
         self._rows[tenant_id] = (version, row)
         return Lease(tenant_id, owner, str(version), now, previous)
+
+    async def renew(self, lease: Lease, ttl: float, now: float) -> Lease | None:
+        """See :class:`LeaseStore`."""
+        found = self._rows.get(lease.tenant_id)
+        await asyncio.sleep(0)
+        if found is None or str(found[0]) != lease.etag or self._rows.get(lease.tenant_id) is not found:
+            return None
+        row = dict(found[1])
+        row["expires_at"] = now + ttl
+        self._rows[lease.tenant_id] = (found[0] + 1, row)
+        self.renewals += 1
+        return replace(lease, etag=str(found[0] + 1))
 
     async def release(self, lease: Lease, now: float) -> None:
         """See :class:`LeaseStore`."""
@@ -139,6 +161,19 @@ class TableLeaseStore:
             return None
         previous = float(found.get("last_started") or 0.0) if found is not None else 0.0
         return Lease(tenant_id, owner, str(meta["etag"]), now, previous)
+
+    async def renew(self, lease: Lease, ttl: float, now: float) -> Lease | None:
+        """See :class:`LeaseStore`."""
+        table = await self._storage.table("leases")
+        row = {"PartitionKey": PARTITION, "RowKey": lease.tenant_id, "holder": lease.owner, "expires_at": now + ttl}
+        try:
+            # Merge keeps last_started/last_finished; the ETag makes sure we still hold what we took.
+            meta = await table.update_entity(
+                row, mode=UpdateMode.MERGE, etag=lease.etag, match_condition=MatchConditions.IfNotModified
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return None
+        return replace(lease, etag=str(meta["etag"]))
 
     async def release(self, lease: Lease, now: float) -> None:
         """See :class:`LeaseStore`."""

@@ -25,14 +25,26 @@ BATCH_SIZE = 20  # Graph's $batch limit (json-batching)
 # Inner 429s are re-batched this many times (waiting the longest Retry-After) before the poll gives up.
 MAX_REBATCH_ROUNDS = 6
 Sleeper = Callable[[float], Awaitable[None]]
+# Called after every page and every $batch: lets the poll renew its lease (raises when the lease is lost).
+KeepAlive = Callable[[], Awaitable[None]]
 
 
 class DirectoryReader:
     """Enrollment's Graph reads for one tenant."""
 
-    def __init__(self, graph: GraphClient, *, sleep: Sleeper = asyncio.sleep) -> None:
+    def __init__(
+        self, graph: GraphClient, *, sleep: Sleeper = asyncio.sleep, keepalive: KeepAlive | None = None
+    ) -> None:
         self.graph = graph
         self._sleep = sleep
+        self._keepalive = keepalive
+
+    async def _paged(self, pages: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+        """``pages`` with the poll's keep-alive after every page (renews the poll lease on long reads)."""
+        async for page in pages:
+            yield page
+            if self._keepalive is not None:
+                await self._keepalive()
 
     async def groups_named(self, name: str) -> list[str]:
         """Ids of the groups whose display name equals ``name`` (Graph compares case-insensitively).
@@ -45,7 +57,8 @@ class DirectoryReader:
         """
         ids: list[str] = []
         params = {"$filter": f"displayName eq {odata_string(name)}", "$select": "id,displayName"}
-        async for page in self.graph.pages("/groups", permission=permission("graph.groups_by_name"), params=params):
+        pages = self.graph.pages("/groups", permission=permission("graph.groups_by_name"), params=params)
+        async for page in self._paged(pages):
             ids.extend(str(g["id"]) for g in page.get("value", ()))
         return sorted(ids)
 
@@ -61,8 +74,9 @@ class DirectoryReader:
         """
         perm = permission("graph.groups_delta")
         if link is None:
-            return self.graph.pages("/groups/delta", permission=perm, params={"$select": "displayName,members"})
-        return self.graph.pages(link, permission=perm)
+            params = {"$select": "displayName,members"}
+            return self._paged(self.graph.pages("/groups/delta", permission=perm, params=params))
+        return self._paged(self.graph.pages(link, permission=perm))
 
     def devices_delta(self, link: str | None) -> AsyncIterator[dict[str, Any]]:
         """Pages of a ``devices/delta`` round (new when ``link`` is None).
@@ -75,8 +89,9 @@ class DirectoryReader:
         """
         perm = permission("graph.devices_delta")
         if link is None:
-            return self.graph.pages("/devices/delta", permission=perm, params={"$select": DEVICE_SELECT_PARAM})
-        return self.graph.pages(link, permission=perm)
+            params = {"$select": DEVICE_SELECT_PARAM}
+            return self._paged(self.graph.pages("/devices/delta", permission=perm, params=params))
+        return self._paged(self.graph.pages(link, permission=perm))
 
     async def count(self, collection: str) -> int | None:
         """``/users/$count`` or ``/devices/$count`` (ConsistencyLevel: eventual), None when the service refuses.
@@ -108,7 +123,7 @@ class DirectoryReader:
             PermissionMissingError, RetriableError, FatalError: see ``raise_for_graph``.
         """
         params = {"$select": DEVICE_SELECT_PARAM, "$top": "999"}
-        return self.graph.pages("/devices", permission=permission("graph.devices_list"), params=params)
+        return self._paged(self.graph.pages("/devices", permission=permission("graph.devices_list"), params=params))
 
     def devices_with_owners(self) -> AsyncIterator[dict[str, Any]]:
         """Every device with its registered owner expanded (≤ 100 per page with ``$expand``).
@@ -119,7 +134,9 @@ class DirectoryReader:
             PermissionMissingError, RetriableError, FatalError: see ``raise_for_graph``.
         """
         params = {"$select": DEVICE_SELECT_PARAM, "$expand": "registeredOwners", "$top": "100"}
-        return self.graph.pages("/devices", permission=permission("graph.devices_with_owners"), params=params)
+        return self._paged(
+            self.graph.pages("/devices", permission=permission("graph.devices_with_owners"), params=params)
+        )
 
     def users_with_owned_devices(self) -> AsyncIterator[dict[str, Any]]:
         """Every user with up to 20 owned devices expanded (≤ 100 users per page).
@@ -131,7 +148,9 @@ class DirectoryReader:
             PermissionMissingError, RetriableError, FatalError: see ``raise_for_graph``.
         """
         params = {"$select": "id,accountEnabled", "$expand": "ownedDevices", "$top": "100"}
-        return self.graph.pages("/users", permission=permission("graph.users_with_owned_devices"), params=params)
+        return self._paged(
+            self.graph.pages("/users", permission=permission("graph.users_with_owned_devices"), params=params)
+        )
 
     async def disabled_users(self) -> set[str]:
         """Ids of disabled users.
@@ -143,7 +162,8 @@ class DirectoryReader:
         """
         params = {"$filter": "accountEnabled eq false", "$select": "id", "$top": "999"}
         out: set[str] = set()
-        async for page in self.graph.pages("/users", permission=permission("graph.disabled_users"), params=params):
+        pages = self.graph.pages("/users", permission=permission("graph.disabled_users"), params=params)
+        async for page in self._paged(pages):
             out.update(str(u["id"]) for u in page.get("value", ()))
         return out
 
@@ -169,7 +189,7 @@ class DirectoryReader:
             items = list(body.get("value", ()))
             next_link = body.get("@odata.nextLink")
             if next_link:
-                async for page in self.graph.pages(str(next_link), permission=perm):
+                async for page in self._paged(self.graph.pages(str(next_link), permission=perm)):
                     items.extend(page.get("value", ()))
             out[uid] = items
         return out
@@ -198,6 +218,8 @@ class DirectoryReader:
             for _ in range(MAX_REBATCH_ROUNDS):
                 items = [BatchItem(id=bid, url=urls[key]) for bid, key in pending.items()]
                 responses = await self.graph.batch(items, permission=perm)
+                if self._keepalive is not None:
+                    await self._keepalive()
                 wait = 0.0
                 retry: dict[str, str] = {}
                 for bid, key in pending.items():

@@ -10,28 +10,40 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from shared_code.bootstrap import Container
 from shared_code.enrollment import quarantine
 from shared_code.enrollment.cursors import CursorStore, TableCursorStore
 from shared_code.enrollment.engine import PollEngine, PollOutcome, usage_of, utc_iso
-from shared_code.enrollment.leases import LeaseStore, TableLeaseStore
+from shared_code.enrollment.leases import Lease, LeaseStore, TableLeaseStore
 from shared_code.enrollment.store import EnrollmentStore, TableEnrollmentStore
-from shared_code.errors import ConflictError, NotFoundError, ValidationError
+from shared_code.errors import ConflictError, NotFoundError, RetriableError, ValidationError
 from shared_code.tenants import TenantRecord, TenantRepository
 
 log = logging.getLogger("connector.enrollment")
 
-# A poll holds its tenant's lease at most this long (the Functions timeout on Flex defaults to 30 min; a crashed
-# worker's lease frees itself after this).
+# A poll takes its tenant's lease for this long and renews it (ETag compare-and-swap) between Graph pages once a
+# third of it has passed, so a long full reconcile under 429s keeps it however long it runs. It is also at least
+# host.json's functionTimeout (10 min; a unit test ties the two): a worker killed at the timeout, or crashed, frees
+# the tenant at most this long after its last renewal.
 LEASE_SECONDS = 15 * 60
+LEASE_RENEW_SECONDS = LEASE_SECONDS // 3
 MAX_PAGE = 1000
+# A dry run answers synchronously; Azure's front end drops HTTP requests after 230 s.
+DRY_RUN_SECONDS = 120.0
+# A console-requested poll that finds the lease held waits this long before it looks again, at most MAX_REQUEUES
+# times (30 min: longer than LEASE_SECONDS, so a lease a crashed worker left behind has expired by then). Past that
+# it is dropped with an error log; an approval is not lost even then (it stays in status ``guard`` and the next
+# scheduled poll applies it).
+REQUEUE_DELAY_SECONDS = 60
+MAX_REQUEUES = 30
 DISPATCH_CONCURRENCY = 32
 _CURSOR_PREFIX = "ev1."
 
@@ -46,38 +58,70 @@ def is_guid(value: str) -> bool:
 
 @dataclass(frozen=True)
 class PollMessage:
-    """One ``tenant-polls`` queue message (explicit JSON; the queue client base64-encodes it)."""
+    """One ``tenant-polls`` queue message (explicit JSON; the queue client base64-encodes it).
+
+    ``requeues`` counts how often a console-requested message was put back because a poll held the lease.
+    """
 
     tenant_id: str
     reason: str = "scheduled"
     full: bool = False
     enqueued_at: float = 0.0
+    requeues: int = 0
 
     def to_json(self) -> str:
         """Serialize."""
-        return json.dumps(
-            {"tenant_id": self.tenant_id, "reason": self.reason, "full": self.full, "enqueued_at": self.enqueued_at}
-        )
+        data: dict[str, Any] = {
+            "tenant_id": self.tenant_id, "reason": self.reason, "full": self.full, "enqueued_at": self.enqueued_at,
+        }
+        if self.requeues:
+            data["requeues"] = self.requeues
+        return json.dumps(data)
 
     @classmethod
-    def from_json(cls, body: str) -> PollMessage:
-        """Parse and validate.
+    def from_json(cls, body: str | bytes) -> PollMessage:
+        """Parse and validate; every field is type-checked (``"full": "false"`` is an error, not ``True``).
 
         Raises:
-            ValidationError: not JSON, or no valid ``tenant_id``.
+            ValidationError: not UTF-8 JSON, no valid ``tenant_id``, or a field of the wrong type.
         """
         try:
-            data = json.loads(body)
-        except ValueError:
-            raise ValidationError("poll message is not JSON", field="body") from None
-        if not isinstance(data, dict) or not is_guid(str(data.get("tenant_id", ""))):
+            text = body.decode("utf-8") if isinstance(body, bytes) else body
+            data = json.loads(text)
+        except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise ValidationError("poll message is not UTF-8 JSON", field="body") from None
+        if not isinstance(data, dict):
+            raise ValidationError("poll message is not a JSON object", field="body")
+        tenant_id = data.get("tenant_id")
+        if not isinstance(tenant_id, str) or not is_guid(tenant_id):
             raise ValidationError("poll message needs a tenant_id GUID", field="tenant_id")
+        reason = data.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            raise ValidationError("poll message reason must be a string", field="reason")
+        full = data.get("full")
+        if full is not None and not isinstance(full, bool):
+            raise ValidationError("poll message full must be a JSON boolean", field="full")
         return cls(
-            tenant_id=str(data["tenant_id"]),
-            reason=str(data.get("reason") or "scheduled")[:64],
-            full=bool(data.get("full", False)),
-            enqueued_at=float(data.get("enqueued_at") or 0.0),
+            tenant_id=tenant_id,
+            reason=(reason or "scheduled")[:64],
+            full=bool(full),
+            enqueued_at=_number(data, "enqueued_at"),
+            requeues=int(_number(data, "requeues")),
         )
+
+
+def _number(data: dict[str, Any], name: str) -> float:
+    """A finite, non-negative JSON number field (absent or null → 0)."""
+    value = data.get(name)
+    if value is None:
+        return 0.0
+    try:
+        number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # a JSON integer too large for a float
+        number = math.nan
+    if not math.isfinite(number) or number < 0:
+        raise ValidationError(f"poll message {name} must be a non-negative number", field=name)
+    return number
 
 
 def encode_event_cursor(tenant_id: str, seq: int) -> str:
@@ -105,7 +149,36 @@ def decode_event_cursor(tenant_id: str, cursor: str) -> int:
     return value
 
 
-QueueSend = Callable[[str], Awaitable[None]]
+class QueueSend(Protocol):
+    """Put a message on the poll queue, invisible for ``delay_seconds`` (the queue's visibility_timeout on send)."""
+
+    def __call__(self, body: str, delay_seconds: int = 0, /) -> Awaitable[None]:
+        """Send."""
+        ...
+
+
+class _LeaseKeeper:
+    """Renews a poll's lease every ``LEASE_RENEW_SECONDS`` while the poll reads (called between pages)."""
+
+    def __init__(self, leases: LeaseStore, lease: Lease, clock: Callable[[], float]) -> None:
+        self.lease = lease
+        self._leases = leases
+        self._clock = clock
+        self._renewed_at = lease.started_at
+
+    async def keepalive(self) -> None:
+        """Renew when due.
+
+        Raises:
+            ConflictError: the lease expired and another worker took it; this poll must stop before writing.
+        """
+        now = self._clock()
+        if now - self._renewed_at < LEASE_RENEW_SECONDS:
+            return
+        renewed = await self._leases.renew(self.lease, LEASE_SECONDS, now)
+        if renewed is None:
+            raise ConflictError(f"tenant {self.lease.tenant_id}: poll lease lost")
+        self.lease, self._renewed_at = renewed, now
 
 
 class EnrollmentService:
@@ -123,6 +196,7 @@ class EnrollmentService:
         clock: Callable[[], float] = time.time,
         quarantine_after: int = 5,
         default_interval_minutes: int = 5,
+        dry_run_seconds: float = DRY_RUN_SECONDS,
     ) -> None:
         self.tenants = tenants
         self.store = store
@@ -133,14 +207,16 @@ class EnrollmentService:
         self._clock = clock
         self._quarantine_after = quarantine_after
         self._default_interval = default_interval_minutes
+        self._dry_run_seconds = dry_run_seconds
         self._worker = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     # ---- fan-out --------------------------------------------------------------------------------------------
 
     async def dispatch(self) -> list[str]:
-        """Enqueue one poll message per active tenant that is due; returns their ids.
+        """Enqueue one poll message per active tenant that is due; returns the ids enqueued.
 
-        A tenant whose status cannot be read is skipped this tick; nothing one tenant does stops the others.
+        A tenant whose status cannot be read, or whose message cannot be sent, is skipped this tick (logged);
+        nothing one tenant does stops the others.
         """
         now = self._clock()
         leases = await self.leases.all()
@@ -157,18 +233,49 @@ class EnrollmentService:
             ):
                 due.append(tid)
         # Bounded concurrency: a fleet of thousands of tenants is enqueued in seconds, not minutes.
+        enqueued: list[str] = []
         for start in range(0, len(due), DISPATCH_CONCURRENCY):
             chunk = due[start : start + DISPATCH_CONCURRENCY]
-            await asyncio.gather(*(self._send(PollMessage(t, "scheduled", enqueued_at=now).to_json()) for t in chunk))
-        log.info("dispatch_polls: %d tenant(s) due", len(due))
-        return due
+            results = await asyncio.gather(
+                *(self._send(PollMessage(t, "scheduled", enqueued_at=now).to_json()) for t in chunk),
+                return_exceptions=True,
+            )
+            for tid, result in zip(chunk, results, strict=True):
+                if isinstance(result, BaseException):
+                    # One failed send must not cost the rest of the fleet its tick; the tenant is due again next tick.
+                    log.warning("dispatch_polls: could not enqueue tenant %s: %s", tid, type(result).__name__,
+                                exc_info=result)
+                else:
+                    enqueued.append(tid)
+        log.info("dispatch_polls: %d tenant(s) due, %d enqueued", len(due), len(enqueued))
+        return enqueued
 
-    async def handle_message(self, body: str) -> dict[str, Any]:
-        """Run the poll a queue message asks for (never raises for a tenant's own failure)."""
+    async def handle_message(self, body: str | bytes) -> dict[str, Any]:
+        """Run the poll a queue message asks for (never raises for a tenant's own failure).
+
+        A scheduled message that finds the lease held is simply acknowledged (the running poll does its job). A
+        console-requested one (manual sync, full sync, approved deactivations) is put back on the queue, invisible
+        for ``REQUEUE_DELAY_SECONDS``, with its original ``enqueued_at``: the running poll may have read the tenant
+        before the request, so only a poll that *starts* after it serves it.
+
+        Raises:
+            ValidationError: the message is malformed (the queue job acknowledges and logs it).
+        """
         message = PollMessage.from_json(body)
-        return await self.run_poll(
+        result = await self.run_poll(
             message.tenant_id, force_full=message.full, reason=message.reason, enqueued_at=message.enqueued_at
         )
+        if result["result"] == "busy" and message.reason != "scheduled":
+            if message.requeues >= MAX_REQUEUES:
+                log.error("tenant %s: %s poll dropped after %d requeues behind a held lease", message.tenant_id,
+                          message.reason, message.requeues)
+                return {**result, "requeued": False}
+            again = replace(message, requeues=message.requeues + 1)
+            await self._send(again.to_json(), REQUEUE_DELAY_SECONDS)
+            log.info("tenant %s: %s poll requeued behind the running poll (%d)", message.tenant_id, message.reason,
+                     again.requeues)
+            return {**result, "requeued": True}
+        return result
 
     async def run_poll(
         self, tenant_id: str, *, force_full: bool = False, reason: str = "", enqueued_at: float = 0.0
@@ -189,12 +296,13 @@ class EnrollmentService:
             # Give the lease back without moving last_started: this message did not poll.
             await self.leases.release(replace(lease, started_at=lease.previous_started), self._clock())
             return {"tenantId": tenant_id, "result": "served"}
+        keeper = _LeaseKeeper(self.leases, lease, self._clock)
         try:
             record = await self.tenants.get(tenant_id)
             if record is None or record.state != "active":
                 return {"tenantId": tenant_id, "result": "not_active"}
             try:
-                outcome = await self.engine.poll(tenant_id, force_full=force_full)
+                outcome = await self.engine.poll(tenant_id, force_full=force_full, keepalive=keeper.keepalive)
             except ConflictError as exc:
                 log.warning("tenant %s: %s; stopping this poll", tenant_id, exc)
                 return {"tenantId": tenant_id, "result": "conflict"}
@@ -207,7 +315,7 @@ class EnrollmentService:
             log.info("tenant %s: poll %s (%s) %s", tenant_id, outcome.mode, reason, outcome.summary(0)["counts"])
             return {"tenantId": tenant_id, "result": "ok", **outcome.summary(0)}
         finally:
-            await self.leases.release(lease, self._clock())
+            await self.leases.release(keeper.lease, self._clock())
 
     async def _record_failure(
         self, record: TenantRecord, exc: BaseException, usage: dict[str, int]
@@ -263,11 +371,23 @@ class EnrollmentService:
     async def dry_run(self, tenant_id: str, *, full: bool = False) -> dict[str, Any]:
         """The plan the next poll would apply, computed without writing anything.
 
+        It runs inside the HTTP request, so it is bounded: a full read estimated above the engine's
+        ``dry_run_max_requests`` is refused before it starts, and any dry run is cut at ``DRY_RUN_SECONDS``.
+
         Raises:
-            NotFoundError: unknown tenant. Graph errors as :meth:`PollEngine.poll`.
+            NotFoundError: unknown tenant.
+            ConflictError: a full dry run of a tenant this large is refused (409).
+            RetriableError: the dry run did not finish in time (503; e.g. Graph is throttling the tenant).
+            Graph errors as :meth:`PollEngine.poll`.
         """
         await self._tenant(tenant_id)
-        outcome: PollOutcome = await self.engine.poll(tenant_id, dry_run=True, force_full=full)
+        try:
+            async with asyncio.timeout(self._dry_run_seconds):
+                outcome: PollOutcome = await self.engine.poll(tenant_id, dry_run=True, force_full=full)
+        except TimeoutError:
+            raise RetriableError(
+                f"the dry run did not finish within {self._dry_run_seconds:g} s; retry later", status=503
+            ) from None
         return outcome.summary()
 
     async def list_devices(self, tenant_id: str, after: str | None, limit: int) -> dict[str, Any]:
@@ -317,6 +437,8 @@ class EnrollmentService:
         staged = int(guard.get("staged") or 0)
         await self.tenants.update_status(tenant_id, "guard", {
             "approvedCount": staged, "approvedAt": utc_iso(self._clock()), "approvedBy": caller[:128],
+            # Identifies this approval, so a poll that started before it never clears it (approvedAt has 1 s steps).
+            "approvalId": uuid.uuid4().hex,
         })
         await self._send(PollMessage(tenant_id, "deactivations_approved", enqueued_at=self._clock()).to_json())
         return {"tenantId": tenant_id, "approved": staged, "queued": True}
@@ -340,7 +462,7 @@ def build_enrollment_service(c: Container) -> EnrollmentService:
     queue_name = c.settings.poll_queue_name
     created: list[bool] = []
 
-    async def send(body: str) -> None:
+    async def send(body: str, delay_seconds: int = 0, /) -> None:
         from azure.core.exceptions import ResourceExistsError
 
         client = c.storage.queue(queue_name)
@@ -349,7 +471,7 @@ def build_enrollment_service(c: Container) -> EnrollmentService:
                 with contextlib.suppress(ResourceExistsError):
                     await client.create_queue()
                 created.append(True)
-            await client.send_message(body)
+            await client.send_message(body, visibility_timeout=delay_seconds or None)
 
     return EnrollmentService(
         tenants=tenants,

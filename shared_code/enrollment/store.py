@@ -39,6 +39,9 @@ _EVENT_NS = uuid.UUID("6f1c1b7e-7c55-4c8e-9d2a-3b0f5b2f8e11")
 # Binary property ≤ 64 KiB; 10 of them keep an entity under the 1 MiB limit even base64-encoded on the wire.
 _CHUNK_BYTES = 60_000
 _CHUNKS_PER_ROW = 10
+# Table Storage allows at most 15 comparisons in one filter: partition + 2 row-key bounds + 10 owners.
+OWNERS_PER_QUERY = 10
+POINT_READ_CONCURRENCY = 16
 
 BeforeCommit = Callable[[int], None]
 
@@ -99,6 +102,8 @@ def _device_row(item: PlanItem, now: str, seq: int) -> dict[str, Any]:
     return {
         # deviceId as its own column: the Intune flows look devices up by Entra deviceId.
         "deviceId": item.record.device_id,
+        # ownerId as its own column: incremental polls read the rows of the owners whose scope changed.
+        "ownerId": item.record.owner_id or "",
         "rec": json.dumps(item.record.to_dict(), separators=(",", ":")),
         "state": DEACTIVATED if item.action == DEACTIVATE else ENROLLED,
         "via": item.via,
@@ -157,13 +162,24 @@ def _event_from_row(row: dict[str, Any]) -> Event:
 
 
 class EnrollmentStore(Protocol):
-    """Per-tenant enrollment state. ``writes`` counts write operations (tests assert quiet polls write nothing)."""
+    """Per-tenant enrollment state.
+
+    ``writes`` counts write operations (tests assert quiet polls write nothing); ``rows_read`` counts device rows
+    loaded by :meth:`load_devices` / :meth:`load_devices_for` (tests assert incremental polls read few).
+    """
 
     writes: int
+    rows_read: int
     before_commit: BeforeCommit | None
 
     async def load_devices(self, tenant_id: str) -> dict[str, Stored]:
         """Every device row of the tenant."""
+        ...
+
+    async def load_devices_for(
+        self, tenant_id: str, *, device_ids: Sequence[str], owner_ids: Sequence[str]
+    ) -> dict[str, Stored]:
+        """The rows of the given devices and of every device stored with one of the given owners (any state)."""
         ...
 
     async def list_devices(self, tenant_id: str, after: str, limit: int) -> list[dict[str, Any]]:
@@ -211,12 +227,27 @@ class MemoryEnrollmentStore:
         self._events: dict[str, list[Event]] = {}
         self._graphs: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         self.writes = 0
+        self.rows_read = 0
         self.before_commit: BeforeCommit | None = None
 
     async def load_devices(self, tenant_id: str) -> dict[str, Stored]:
         """See :class:`EnrollmentStore`."""
         await asyncio.sleep(0)
-        return {k: stored_from_row(v) for k, v in self._devices.get(tenant_id, {}).items()}
+        rows = self._devices.get(tenant_id, {})
+        self.rows_read += len(rows)
+        return {k: stored_from_row(v) for k, v in rows.items()}
+
+    async def load_devices_for(
+        self, tenant_id: str, *, device_ids: Sequence[str], owner_ids: Sequence[str]
+    ) -> dict[str, Stored]:
+        """See :class:`EnrollmentStore`."""
+        await asyncio.sleep(0)
+        rows = self._devices.get(tenant_id, {})
+        owners = set(owner_ids)
+        found = {k: rows[k] for k in device_ids if k in rows}
+        found.update({k: v for k, v in rows.items() if owners and v.get("ownerId") in owners})
+        self.rows_read += len(found)
+        return {k: stored_from_row(v) for k, v in found.items()}
 
     async def list_devices(self, tenant_id: str, after: str, limit: int) -> list[dict[str, Any]]:
         """See :class:`EnrollmentStore`."""
@@ -289,6 +320,7 @@ class TableEnrollmentStore:
     def __init__(self, storage: StorageClients) -> None:
         self._storage = storage
         self.writes = 0
+        self.rows_read = 0
         self.before_commit: BeforeCommit | None = None
 
     async def load_devices(self, tenant_id: str) -> dict[str, Stored]:
@@ -298,6 +330,38 @@ class TableEnrollmentStore:
         query = "PartitionKey eq @pk and RowKey ge 'd|' and RowKey lt 'd}'"
         async for entity in table.query_entities(query, parameters={"pk": tenant_id}):
             out[str(entity["RowKey"])[2:]] = stored_from_row(dict(entity))
+        self.rows_read += len(out)
+        return out
+
+    async def load_devices_for(
+        self, tenant_id: str, *, device_ids: Sequence[str], owner_ids: Sequence[str]
+    ) -> dict[str, Stored]:
+        """See :class:`EnrollmentStore`.
+
+        Devices by point read (bounded concurrency); owners by ``ownerId`` filter, ``OWNERS_PER_QUERY`` per query
+        (the service matches the filter inside the partition and returns only the matching rows).
+        """
+        table = await self._storage.table("devices")
+        out: dict[str, Stored] = {}
+        gate = asyncio.Semaphore(POINT_READ_CONCURRENCY)
+
+        async def point(did: str) -> None:
+            async with gate:
+                with contextlib.suppress(ResourceNotFoundError):
+                    out[did] = stored_from_row(dict(await table.get_entity(tenant_id, "d|" + did)))
+
+        await asyncio.gather(*(point(d) for d in dict.fromkeys(device_ids)))
+        owners = sorted(set(owner_ids))
+        for start in range(0, len(owners), OWNERS_PER_QUERY):
+            chunk = owners[start : start + OWNERS_PER_QUERY]
+            params: dict[str, Any] = {"pk": tenant_id}
+            params.update({f"o{i}": owner for i, owner in enumerate(chunk)})
+            either = " or ".join(f"ownerId eq @o{i}" for i in range(len(chunk)))
+            # Spaces around the parentheses: the SDK substitutes @names in space-separated words.
+            query = f"PartitionKey eq @pk and RowKey ge 'd|' and RowKey lt 'd}}' and ( {either} )"
+            async for entity in table.query_entities(query, parameters=params):
+                out[str(entity["RowKey"])[2:]] = stored_from_row(dict(entity))
+        self.rows_read += len(out)
         return out
 
     async def list_devices(self, tenant_id: str, after: str, limit: int) -> list[dict[str, Any]]:

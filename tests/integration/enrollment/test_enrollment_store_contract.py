@@ -85,9 +85,11 @@ async def test_concurrent_appends_conflict_instead_of_sharing_a_sequence(backend
     results = await asyncio.gather(
         store.apply(TENANT, [item(1)], "t"), store.apply(TENANT, [item(2)], "t"), return_exceptions=True
     )
-    assert sum(isinstance(r, ConflictError) for r in results) == 1
+    conflicts = sum(isinstance(r, ConflictError) for r in results)
     seqs = [e.seq for e in await store.events(TENANT, 0, 100)]
-    assert seqs == [1, 2]
+    # Interleaved, one writer loses; on a busy machine Azurite may serialize the two (the second reads the meta row
+    # after the first committed) and both land. Either way no sequence number is shared or skipped.
+    assert (conflicts, tuple(seqs)) in {(1, (1, 2)), (0, (1, 2, 3))}
 
 
 async def test_devices_are_found_by_object_id_or_device_id_and_listed_in_pages(backend: dict[str, Any]) -> None:
@@ -156,3 +158,42 @@ async def test_only_one_of_many_concurrent_workers_gets_the_lease(backend: dict[
     assert await leases.acquire(TENANT, "rescuer", 60, 1100.0) is not None
     await leases.release(again, 1110.0)  # the old holder's release is ignored
     assert (await leases.all())[TENANT].holder == "rescuer"
+
+
+async def test_rows_are_read_by_device_id_and_by_owner_past_one_query(backend: dict[str, Any]) -> None:
+    store = backend["store"]
+
+    def owned(i: int, owner: str) -> PlanItem:
+        rec = DeviceRecord(id=f"00000000-0000-4000-8000-{i:012d}", device_id=f"D-{i}", operating_system="iOS",
+                           owner_id=owner)
+        return PlanItem(ENROLL, rec, "r", "Root")
+
+    # 30 devices of owners o0..o14 (two each); device 0 later deactivated: rows of any state are returned.
+    await store.apply(TENANT, [owned(i, f"o{i % 15}") for i in range(30)], "t")
+    await store.apply(TENANT, [PlanItem(DEACTIVATE, owned(0, "o0").record, "gone", "Root")], "t")
+    before = store.rows_read
+    owners = [f"o{i}" for i in range(12)]  # more owners than one filter may hold
+    found = await store.load_devices_for(
+        TENANT, device_ids=[owned(29, "x").record.id, "00000000-0000-4000-8000-999999999999"], owner_ids=owners
+    )
+    want = {owned(i, "").record.id for i in range(30) if i % 15 < 12} | {owned(29, "").record.id}
+    assert set(found) == want
+    assert found[owned(0, "").record.id].state == DEACTIVATED
+    assert store.rows_read - before == len(want)
+    assert await store.load_devices_for(TENANT, device_ids=[], owner_ids=[]) == {}
+
+
+async def test_a_held_lease_is_renewed_and_a_lost_one_is_not(backend: dict[str, Any]) -> None:
+    leases = backend["leases"]
+    lease = await leases.acquire(TENANT, "w1", 100.0, 1000.0)
+    assert lease is not None
+    renewed = await leases.renew(lease, 100.0, 1090.0)
+    assert renewed is not None and renewed.etag != lease.etag
+    assert await leases.acquire(TENANT, "w2", 100.0, 1150.0) is None  # still held thanks to the renewal
+    assert await leases.renew(lease, 100.0, 1095.0) is None  # the old ETag is stale
+    taken = await leases.acquire(TENANT, "w2", 100.0, 1200.0)  # expired: another worker takes it
+    assert taken is not None
+    assert await leases.renew(renewed, 100.0, 1201.0) is None
+    await leases.release(renewed, 1202.0)  # a lost lease is not given back
+    assert (await leases.all())[TENANT].holder == "w2"
+    assert (await leases.all())[TENANT].last_started == 1200.0
