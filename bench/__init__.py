@@ -1,1 +1,1 @@
-"""Benchmarks (never timed tests): ``python -m bench`` compares the connector's Graph cost with the seed's."""
+"""Benchmarks (never timed tests): ``python -m bench`` measures Graph cost, speed and memory (docs/benchmarks.md)."""

@@ -11,6 +11,7 @@ from typing import Any
 
 from shared_code.errors import (
     ConsentRequiredError,
+    CredentialRejectedError,
     CursorExpiredError,
     FatalError,
     PermissionMissingError,
@@ -30,6 +31,8 @@ def failure_reason(error: BaseException) -> str:
         return f"consent_required (AADSTS{error.aadsts or '?'})"
     if isinstance(error, PermissionMissingError):
         return f"permission_missing: {error.permission}"
+    if isinstance(error, CredentialRejectedError):
+        return "connector_credential_rejected"
     if isinstance(error, RetriableError):
         return f"graph_unavailable ({error.status or 'transport'})"
     if isinstance(error, CursorExpiredError):
@@ -42,13 +45,28 @@ def failure_reason(error: BaseException) -> str:
 def backoff_seconds(failures: int, interval_minutes: int) -> float:
     """Delay before the next attempt after ``failures`` consecutive failures (exponential, capped)."""
     base = max(60.0, interval_minutes * 60.0)
-    return float(min(MAX_BACKOFF_SECONDS, base * 2 ** max(0, failures - 1)))
+    # The exponent is capped so a long streak cannot overflow a float (2**1024); the delay is capped anyway.
+    return float(min(MAX_BACKOFF_SECONDS, base * 2 ** min(max(0, failures - 1), 16)))
 
 
 def after_failure(
     previous: dict[str, Any], error: BaseException, now: float, *, interval_minutes: int, quarantine_after: int
 ) -> dict[str, Any]:
-    """The ``quarantine`` status patch after a failed poll."""
+    """The ``quarantine`` status patch after a failed poll.
+
+    A rejected *connector* credential fails every tenant alike until an operator fixes Key Vault: it is recorded
+    and retried at the normal interval, but it does not lengthen the tenant's streak towards quarantine.
+    """
+    if isinstance(error, CredentialRejectedError):
+        failures = int(previous.get("failures") or 0)
+        return {
+            "state": previous.get("state") or "backoff",
+            "failures": failures,
+            "reason": failure_reason(error),
+            "lastFailureAt": now,
+            "nextAttemptAt": now + max(60.0, interval_minutes * 60.0),
+            "quarantinedAt": previous.get("quarantinedAt"),
+        }
     failures = int(previous.get("failures") or 0) + 1
     quarantined = failures >= quarantine_after
     delay = QUARANTINE_RETRY_SECONDS if quarantined else backoff_seconds(failures, interval_minutes)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from shared_code.bootstrap import Container
+from shared_code.domain.ids import is_guid
 from shared_code.enrollment import quarantine
 from shared_code.enrollment.cursors import CursorStore, TableCursorStore
 from shared_code.enrollment.engine import PollEngine, PollOutcome, usage_of, utc_iso
@@ -46,14 +47,6 @@ REQUEUE_DELAY_SECONDS = 60
 MAX_REQUEUES = 30
 DISPATCH_CONCURRENCY = 32
 _CURSOR_PREFIX = "ev1."
-
-
-def is_guid(value: str) -> bool:
-    """True for a canonical GUID string."""
-    try:
-        return str(uuid.UUID(value)) == value.lower() and len(value) == 36
-    except (ValueError, AttributeError, TypeError):
-        return False
 
 
 @dataclass(frozen=True)
@@ -331,7 +324,7 @@ class EnrollmentService:
         )
         log.warning("tenant %s: poll failed (%s); %s, failure %d", tid, patch["reason"], patch["state"],
                     patch["failures"], exc_info=not isinstance(exc, ConflictError))
-        if patch["state"] == "quarantined" and patch["failures"] == self._quarantine_after:
+        if patch["state"] == "quarantined" and record.status.get("quarantine", {}).get("state") != "quarantined":
             # Logged once, on entry; the prefix is the alert contract (infra/modules/alerts.bicep).
             log.error("connector.tenant.quarantined tenant=%s reason=%s", tid, patch["reason"])
         await self.tenants.update_status(tid, "quarantine", {

@@ -207,3 +207,23 @@ def test_guard_threshold_is_the_smaller_of_count_and_percent() -> None:
     approved = evaluate(30, 100, max_count=500, max_percent=20.0, approved_count=21)
     assert approved.apply_deactivations and approved.approved
     assert not evaluate(90, 100, max_count=500, max_percent=20.0, approved_count=21).apply_deactivations
+
+
+def test_a_rejected_connector_credential_never_pushes_a_tenant_into_quarantine() -> None:
+    from shared_code.enrollment import quarantine
+    from shared_code.errors import CredentialRejectedError
+
+    status: dict[str, object] = {}
+    for _ in range(20):
+        status = quarantine.after_failure(
+            status, CredentialRejectedError("bad secret"), 1000.0, interval_minutes=5, quarantine_after=3
+        )
+    assert status["state"] == "backoff" and status["failures"] == 0
+    assert status["reason"] == "connector_credential_rejected"
+    assert status["nextAttemptAt"] == 1000.0 + 300
+
+
+def test_backoff_stays_finite_after_a_very_long_streak() -> None:
+    from shared_code.enrollment import quarantine
+
+    assert quarantine.backoff_seconds(5000, 5) == quarantine.MAX_BACKOFF_SECONDS

@@ -1,0 +1,223 @@
+"""Speed and memory measurements (each run in its own process, see bench/worker.py) and their orchestration.
+
+The parent starts one simulator (and Azurite when a Table-store run is asked for), creates the tenants through the
+admin API, and runs each measurement as ``python -m bench.worker`` (job JSON on stdin). Results are merged into
+``bench/results.json`` (one entry per measurement key, with when and how it was produced), so a later run with fewer
+flags (no ``--xl``) refreshes what it measured and keeps the rest; docs/benchmarks.md is rendered from that file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import ssl
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(os.environ.get("BENCH_RESULTS") or ROOT / "bench" / "results.json")
+
+
+def now_iso() -> str:
+    """UTC timestamp for result entries."""
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem = f"{int(Path('/proc/meminfo').read_text().split()[1]) // 1024} MiB"
+    commit = os.environ.get("BENCH_COMMIT", "")
+    dirty = ""
+    if not commit:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                    text=True, check=False).stdout.strip()
+            dirty = subprocess.run(["git", "status", "--porcelain", "--", "shared_code", "functions",
+                                    "function_app.py"], cwd=ROOT, capture_output=True, text=True,
+                                   check=False).stdout.strip()
+    return {"nproc": os.cpu_count(), "cpu": model, "memory": mem, "python": platform.python_version(),
+            "platform": platform.platform(), "commit": commit,
+            "measured_on": "snapshot of the commit" if os.environ.get("BENCH_COMMIT") else (
+                "work tree with uncommitted product changes" if dirty else "clean work tree")}
+
+
+def load_results(path: Path | None = None) -> dict[str, Any]:
+    """Stored results (empty when none)."""
+    path = path or RESULTS
+    if path.exists():
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+    return {"entries": {}}
+
+
+def save_results(results: dict[str, Any], path: Path | None = None) -> None:
+    """Write results (sorted keys for reviewable diffs)."""
+    (path or RESULTS).write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+
+
+def run_worker(job: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Run one job in a fresh interpreter; returns its result (raises with the worker's stderr on failure)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    info = job["info"]
+    env["SSL_CERT_FILE"] = env["REQUESTS_CA_BUNDLE"] = info["ca_path"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.worker"], input=json.dumps(job),
+        cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=timeout, check=False,
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("BENCH-RESULT "):
+            result: dict[str, Any] = json.loads(line[len("BENCH-RESULT "):])
+            return result
+    raise RuntimeError(f"worker {job['job']} failed ({proc.returncode}): {proc.stderr[-3000:]}")
+
+
+class Admin:
+    """The simulator's /_sim API."""
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.http = httpx.Client(base_url=info["base_url"], timeout=900,
+                                 verify=ssl.create_default_context(cafile=info["ca_path"]))
+
+    def post(self, path: str, body: Any) -> Any:
+        r = self.http.post(path, json=body)
+        r.raise_for_status()
+        return r.json()
+
+    def tenant(self, scenario: str, seed: int) -> dict[str, Any]:
+        """A new tenant, plus one extra user (not in any group) owning two mobile devices: the 'one change'."""
+        summary: dict[str, Any] = self.post("/_sim/tenants", {"scenario": scenario, "seed": seed})
+        tid = summary["tenant_id"]
+        user = self.post(f"/_sim/tenants/{tid}/mutations",
+                         {"op": "add_user", "displayName": "Bench Newcomer"})["id"]
+        for os_name in ("iOS", "Android"):
+            self.post(f"/_sim/tenants/{tid}/mutations", {"op": "add_device", "operatingSystem": os_name,
+                                                         "owner_id": user})
+        truth = self.http.get(f"/_sim/tenants/{tid}/truth").json()
+        summary["outsider"] = user
+        summary["truth"] = {"users_in_scope": truth["users_in_scope"], "devices": len(truth["devices"])}
+        return summary
+
+    def delete(self, tid: str) -> None:
+        self.http.delete(f"/_sim/tenants/{tid}")
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class Runner:
+    """Runs the requested measurements and records them."""
+
+    def __init__(self, info: dict[str, Any], sim_pid: int, *, seed: int, azurite: Any | None,
+                 log: Callable[[str], None] = print) -> None:
+        self.info = info
+        self.sim_pid = sim_pid
+        self.seed = seed
+        self.azurite = azurite
+        self.admin = Admin(info)
+        self.log = log
+        self.results = load_results()
+        self.results["machine"] = machine()
+
+    def _job(self, kind: str, **extra: Any) -> dict[str, Any]:
+        return {"job": kind, "info": self.info, "sim_pid": self.sim_pid, **extra}
+
+    def record(self, key: str, command: str, value: dict[str, Any]) -> None:
+        self.results["entries"][key] = {"measured": now_iso(), "command": command,
+                                        "commit": self.results["machine"].get("commit"), **value}
+        save_results(self.results)
+
+    def serve(self, scenario: str, command: str) -> None:
+        """Simulator serving speed on one tenant."""
+        t = self.admin.post("/_sim/tenants", {"scenario": scenario, "seed": self.seed})
+        self.log(f"serve {scenario}: {t['counts']['devices']} devices")
+        res = run_worker(self._job("serve", tenant_id=t["tenant_id"]), timeout=1800)
+        self.admin.delete(t["tenant_id"])
+        self.record(f"serve:{scenario}", command, {"scenario": scenario, "counts": t["counts"], **res})
+        self.log(f"  list {res['list']['devices_per_s']} dev/s, delta {res['delta']['devices_per_s']} dev/s")
+
+    def sync(self, scenario: str, store: str, command: str, *, tracemalloc: bool = False,
+             timeout: float = 1800, profile: str | None = None) -> dict[str, Any] | None:
+        """Full sync + catch-up + quiet + one change on a fresh tenant with the given store."""
+        t = self.admin.tenant(scenario, self.seed)
+        job = self._job("sync", tenant_id=t["tenant_id"], groups=t["enrollment_groups"], store=store,
+                        outsider=t["outsider"], tracemalloc=tracemalloc, deadline_s=timeout, profile=profile)
+        if store == "table":
+            assert self.azurite is not None
+            job.update(connection_string=self.azurite.connection_string,
+                       table_prefix=f"b{uuid.uuid4().hex[:10]}", azurite_pid=self.azurite.process.pid)
+        self.log(f"sync {scenario} {store}{' tracemalloc' if tracemalloc else ''}: "
+                 f"{t['counts']['users']} users, {t['counts']['devices']} devices, scope {t['truth']}")
+        try:
+            res = run_worker(job, timeout=timeout + 600)
+        except subprocess.TimeoutExpired:
+            self.admin.delete(t["tenant_id"])
+            self.log(f"  timed out after {timeout}s")
+            return None
+        self.admin.delete(t["tenant_id"])
+        key = f"sync:{scenario}:{store}{':tracemalloc' if tracemalloc else ''}"
+        if profile:
+            # cProfile distorts timings: profiled runs are evidence for "Open findings", never report figures.
+            self.log(f"  cProfile stats: {profile}.full, {profile}.one_change (python -m pstats FILE)")
+        else:
+            self.record(key, command, {"scenario": scenario, "counts": t["counts"], "truth": t["truth"], **res})
+        full = res["phases"]["full"]
+        if full.get("timed_out"):
+            self.log(f"  full reconcile stopped at the {timeout:.0f} s cap: {full['writes']}, "
+                     f"{full['batches_done']} transactions")
+        else:
+            self.log(f"  full {full['requests']} req {full['wall_s']} s cpu {full['cpu_s']} s, "
+                     f"peak RSS {res['process']['peak_rss_mb']} MiB")
+        return res
+
+    def baseline(self, scenario: str, command: str, timeout: float = 1800) -> None:
+        """The seed strategy on a fresh tenant."""
+        t = self.admin.post("/_sim/tenants", {"scenario": scenario, "seed": self.seed})
+        self.log(f"baseline {scenario}")
+        res = run_worker(self._job("baseline", tenant_id=t["tenant_id"], groups=t["enrollment_groups"]),
+                         timeout=timeout)
+        self.admin.delete(t["tenant_id"])
+        self.record(f"baseline:{scenario}", command, {"scenario": scenario, "counts": t["counts"], **res})
+        self.log(f"  {res['requests']} req {res['wall_s']} s")
+
+    def fleet(self, count: int, concurrency: int, command: str) -> None:
+        """Provisioning, then heartbeats from a fresh process, for a fleet of tenants (Table store on Azurite)."""
+        assert self.azurite is not None, "the fleet run keeps tenant state in Table Storage (Azurite)"
+        fleet = self.admin.post("/_sim/tenants", {"scenario": "fleet", "count": count, "seed": self.seed})
+        tenants = [{"tenant_id": t["tenant_id"], "enrollment_groups": t["enrollment_groups"]}
+                   for t in fleet["tenants"]]
+        self.log(f"fleet {len(tenants)} tenants, concurrency {concurrency}")
+        common = {"tenants": tenants, "heartbeat_concurrency": concurrency,
+                  "connection_string": self.azurite.connection_string, "table_prefix": f"f{uuid.uuid4().hex[:10]}",
+                  "azurite_pid": self.azurite.process.pid}
+        prov = run_worker(self._job("fleet", phase="provision", **common), timeout=1800)
+        beat = run_worker(self._job("fleet", phase="heartbeat", **common), timeout=1800)
+        self.record(f"fleet:{count}", command, {"concurrency": concurrency, "tenants": len(tenants),
+                                                "phases": {**prov["phases"], **beat["phases"]},
+                                                "process": beat["process"], "provision_process": prov["process"]})
+        for t in tenants:
+            self.admin.delete(t["tenant_id"])
+        hb = beat["phases"]["heartbeats_cold"]
+        self.log(f"  cold heartbeat run {hb['requests']} req {hb['wall_s']} s")
+
+    def close(self) -> None:
+        self.admin.close()

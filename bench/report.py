@@ -1,0 +1,352 @@
+"""Render docs/benchmarks.md from bench/results.json (every figure in the report comes from that file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+NOTES = Path(__file__).resolve().parent / "notes"
+
+SCENARIO_ORDER = {"small": 0, "M": 1, "L": 2, "XL": 3}
+
+
+def prose(name: str) -> list[str]:
+    """Hand-written text of the report (bench/notes/NAME.md), kept apart from the generated tables."""
+    path = NOTES / f"{name}.md"
+    return [*path.read_text().rstrip("\n").split("\n"), ""] if path.exists() else []
+
+
+def _f(x: Any, nd: int = 2) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:,.{nd}f}"
+    if isinstance(x, int):
+        return f"{x:,}"
+    return str(x)
+
+
+def _entries(results: dict[str, Any], prefix: str) -> list[tuple[str, dict[str, Any]]]:
+    found = [(k, v) for k, v in results.get("entries", {}).items() if k.startswith(prefix)]
+    return sorted(found, key=lambda kv: (SCENARIO_ORDER.get(kv[1].get("scenario", ""), 9), kv[0]))
+
+
+def _table_writes(w: dict[str, int]) -> str:
+    ops = w.get("entity_ops", 0)
+    http = {k[5:]: v for k, v in w.items() if k.startswith("http_")}
+    if not http:
+        return _f(ops)
+    writes = sum(v for k, v in http.items() if k not in ("get", "query"))
+    return f"{_f(ops)} ({_f(http.get('batch', 0))} txn, {_f(writes)} write calls)"
+
+
+def _table_reads(w: dict[str, int]) -> str:
+    http = {k[5:]: v for k, v in w.items() if k.startswith("http_")}
+    return f"{_f(http.get('get', 0))} / {_f(http.get('query', 0))}" if http else "–"
+
+
+def machine_section(results: dict[str, Any]) -> list[str]:
+    """Where the figures come from."""
+    m = results.get("machine", {})
+    return [
+        "## Machine",
+        "",
+        f"* `nproc`: **{m.get('nproc')}** ({m.get('cpu') or 'unknown CPU'}), memory {m.get('memory')}",
+        f"* Python {m.get('python')} (`.venv`), {m.get('platform')}",
+        "* Code measured: a snapshot of the named commit (`--snapshot`: `git archive HEAD` + this bench/), so",
+        "  uncommitted edits by others never leak into the figures; each figure's commit is in \"Reproduce\".",
+        "* Everything on one box: the simulator (one aiohttp process), Azurite 3.35 (node) when used, and the",
+        "  connector process under test share the 2 cores, so wall times include the other side's CPU.",
+        "",
+    ]
+
+
+def serve_section(results: dict[str, Any]) -> list[str]:
+    """1. Simulator serving speed."""
+    rows = _entries(results, "serve:")
+    lines = [
+        "## 1. Simulator serving speed",
+        "",
+        "A bare `httpx.Client` in its own process (token from the simulator's Entra, then pages followed by",
+        "`@odata.nextLink`): `GET /v1.0/devices?$top=999&$select=id,deviceId,operatingSystem,operatingSystemVersion`",
+        "(999 per page) and the first `GET /v1.0/devices/delta?$select=…` round (200 per page). Client CPU is the",
+        "worker's; simulator CPU is read from `/proc/<pid>/stat` before and after.",
+        "",
+        "| tenant | walk | requests | devices | RU | 429s | wall s | devices/s | client CPU s | simulator CPU s |"
+        " MiB on the wire | client peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _, e in rows:
+        for walk in ("list", "delta"):
+            s = e[walk]
+            lines.append(
+                f"| {e['scenario']} ({_f(e['counts']['devices'])} devices) | `{walk}` | {_f(s['requests'])} | "
+                f"{_f(s['devices'])} | {_f(s['ru'])} | {_f(s['throttled'])} | {_f(s['wall_s'])} | "
+                f"**{_f(s['devices_per_s'])}** | {_f(s['cpu_s'])} | {_f(s.get('simulator_cpu_s'))} | "
+                f"{_f(s['bytes'] / 2**20, 1)} | {_f(e['process']['peak_rss_mb'], 1)} |"
+            )
+    lines.append("")
+    return lines
+
+
+def sync_section(results: dict[str, Any]) -> list[str]:
+    """2. Full sync per tenant and store."""
+    rows = [(k, v) for k, v in _entries(results, "sync:") if not k.endswith(":tracemalloc")]
+    lines = [
+        "## 2. Connector full sync (real engine, simulator over HTTPS)",
+        "",
+        "`PollEngine.poll()` — the function app's code path — in a fresh process per run: the full reconcile",
+        "(groups/delta round, name lookups, counts, devices + owners by the cheapest strategy, reconcile, writes),",
+        "then the polls that finish the first `devices/delta` round (40 pages per poll). *memory* = the in-memory",
+        "stores (tenants, cursors, device rows + events, graph) inside the connector process; *table* = the",
+        "Table stores on Azurite (`TableEnrollmentStore`, `TableCursorStore`, `TableTenantRepository`).",
+        "Table writes = entity operations (device row + event per change + the meta row per transaction, cursors,",
+        "status); for *table* also the storage HTTP calls (entity-group transactions, single writes).",
+        "",
+        "| tenant | store | users / devices | in-scope users | enrolled | full: requests / RU / 429s | wall s |"
+        " connector CPU s | simulator CPU s | Azurite CPU s | table writes | first devices round: polls / requests /"
+        " wall s | RSS before → peak MiB | RSS at 25 / 50 / 75 / 100 % of requests, MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    stopped = []
+    for _, e in rows:
+        full = e["phases"]["full"]
+        cu = e["phases"].get("catchup", {})
+        proc = e["process"]
+        q = full.get("rss_by_progress_mb", {})
+        if full.get("timed_out"):
+            stopped.append(e)
+            lines.append(
+                f"| {e['scenario']} | {e['store']} | {_f(e['counts']['users'])} / {_f(e['counts']['devices'])} | "
+                f"{_f(e['truth']['users_in_scope'])} | – | {_f(full['requests'])} / – / – | **stopped at "
+                f"{_f(full['deadline_s'], 0)} s** | {_f(full['cpu_s'])} | {_f(full.get('simulator_cpu_s'))} | "
+                f"{_f(full.get('azurite_cpu_s'))} | {_table_writes(full['writes'])} | – | "
+                f"{_f(proc['base_rss_mb'], 1)} → **{_f(proc['peak_rss_mb'], 1)}** | – |"
+            )
+            continue
+        lines.append(
+            f"| {e['scenario']} | {e['store']} | {_f(e['counts']['users'])} / {_f(e['counts']['devices'])} | "
+            f"{_f(e['truth']['users_in_scope'])} | {_f(full.get('enrolled'))} | "
+            f"{_f(full['requests'])} / {_f(full['ru'])} / {_f(full['throttled'])} | **{_f(full['wall_s'])}** | "
+            f"{_f(full['cpu_s'])} | {_f(full.get('simulator_cpu_s'))} | {_f(full.get('azurite_cpu_s'))} | "
+            f"{_table_writes(full['writes'])} | {_f(cu.get('polls'))} / {_f(cu.get('requests'))} / "
+            f"{_f(cu.get('wall_s'))} | {_f(proc['base_rss_mb'], 1)} → **{_f(proc['peak_rss_mb'], 1)}** | "
+            f"{' / '.join(_f(q.get(k), 1) for k in ('p25', 'p50', 'p75', 'p100'))} |"
+        )
+    for e in stopped:
+        full = e["phases"]["full"]
+        lines += ["", f"*{e['scenario']} on {e['store']}*: the full reconcile did not complete within the "
+                  f"{_f(full['deadline_s'] / 60, 0)}-minute cap; when stopped it had committed "
+                  f"{_f(full['batches_done'])} entity-group transactions of ≈ "
+                  f"{_f(-(-e['truth']['devices'] // 49))} needed (49 changes each), the last ten taking "
+                  f"{_f(full.get('batch_s_last10'))} s each."]
+    for key, note in results.get("notes", {}).items():
+        if key.startswith("sync:"):
+            lines += ["", f"*{key}*: {note}"]
+    trend = [(e["scenario"], e["phases"]["full"]) for _, e in rows
+             if e["store"] == "table" and e["phases"]["full"].get("batch_s_first_tenth") is not None]
+    if trend:
+        lines += ["", "Azurite entity-group transaction round trip (49 changes = 99 operations each), first vs last "
+                  "tenth of the full reconcile's transactions:", ""]
+        for scen, f in trend:
+            lines.append(f"* {scen}: {_f(f['batch_s_first_tenth'], 3)} s → {_f(f['batch_s_last_tenth'], 3)} s")
+    waits = [(e["scenario"], e["phases"]["full"].get("table_wait_s")) for _, e in rows if e["store"] == "table"]
+    if any(w for _, w in waits):
+        lines += ["", "Time the *table* full reconciles spent waiting on storage round trips (s, by call kind):", ""]
+        for scen, w in waits:
+            if w:
+                lines.append(f"* {scen}: " + ", ".join(f"{k} {_f(v)}" for k, v in sorted(w.items())))
+    lines.append("")
+    return lines
+
+
+def memory_section(results: dict[str, Any]) -> list[str]:
+    """Python heap peaks (tracemalloc runs)."""
+    rows = _entries(results, "sync:")
+    tm = [(k, v) for k, v in rows if k.endswith(":tracemalloc")]
+    lines = ["### Memory while streaming pages", ""]
+    plain = [(k, v) for k, v in rows if not k.endswith(":tracemalloc")]
+    if plain:
+        lines += [
+            "| tenant | store | tenant devices | in-scope users | enrolled | peak − before (RSS) MiB |"
+            " KiB per tenant device | KiB per enrolled device |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for _, e in plain:
+            if e["phases"]["full"].get("timed_out"):
+                continue
+            d = e["process"]["peak_rss_mb"] - e["process"]["base_rss_mb"]
+            enrolled = e["phases"]["full"].get("enrolled") or 1
+            lines.append(
+                f"| {e['scenario']} | {e['store']} | {_f(e['counts']['devices'])} | "
+                f"{_f(e['truth']['users_in_scope'])} | {_f(enrolled)} | {_f(d, 1)} | "
+                f"{_f(d * 1024 / e['counts']['devices'], 2)} | {_f(d * 1024 / enrolled, 2)} |"
+            )
+        lines.append("")
+    if tm:
+        lines += [
+            "Python heap (tracemalloc, separate runs — tracing slows a run 3–4×, so no timings from these). *before*",
+            "= after imports and setup; *peak* = highest during the full reconcile; *after* = when it returned (the",
+            "in-memory store keeps the rows); the sizes are measured object by object (`deep_size`) when the",
+            "devices + owners read returns (`seen` = every device id of the tenant, `records` = devices of in-scope",
+            "users) and after the run (membership graph, stored rows and events):",
+            "",
+            "| tenant | heap before → peak → after MiB | peak − before MiB | `seen` ids: items / MiB |"
+            " `records`: items / MiB | scope MiB | membership graph: groups / edges / MiB | stored rows + events MiB |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for _, e in tm:
+            full = e["phases"]["full"]
+            z = e.get("sizes", {})
+            inv, items = z.get("inventory_mb", {}), z.get("inventory_items", {})
+            before, peak = full.get("py_heap_before_mb"), full.get("py_heap_peak_mb")
+            lines.append(
+                f"| {e['scenario']} | {_f(before, 1)} → **{_f(peak, 1)}** → {_f(full.get('py_heap_after_mb'), 1)} | "
+                f"**{_f(peak - before, 1) if peak is not None and before is not None else '–'}** | "
+                f"{_f(items.get('seen'))} / {_f(inv.get('seen'), 1)} | {_f(items.get('records'))} / "
+                f"{_f(inv.get('records'), 1)} | {_f(z.get('scope_mb'), 1)} | {_f(z.get('membership_graph_groups'))} / "
+                f"{_f(z.get('membership_graph_edges'))} / {_f(z.get('membership_graph_mb'), 1)} | "
+                f"{_f((z.get('memory_store_rows_mb') or 0) + (z.get('memory_store_events_mb') or 0), 1)} |"
+            )
+        lines.append("")
+    return lines
+
+
+def polls_section(results: dict[str, Any]) -> list[str]:
+    """3. Quiet and one-change polls."""
+    rows = [(k, v) for k, v in _entries(results, "sync:") if not k.endswith(":tracemalloc")]
+    lines = [
+        "## 3. No-change poll and one-change poll",
+        "",
+        "After the full sync: a poll with nothing changed, then a poll after one membership change (a user not in",
+        "scope who owns an iOS and an Android device is added to the first enrollment group via the admin API).",
+        "",
+        "| tenant | store | poll | mode | requests | RU | 429s | wall s | CPU s | entity writes | table reads:"
+        " point gets / queries |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _, e in rows:
+        for name, label in (("quiet", "no change"), ("one_change", "one change")):
+            p = e["phases"].get(name)
+            if not p or p.get("timed_out"):
+                continue
+            lines.append(
+                f"| {e['scenario']} | {e['store']} | {label} | {p['mode']} | **{_f(p['requests'])}** | {_f(p['ru'])} |"
+                f" {_f(p['throttled'])} | {_f(p['wall_s'])} | {_f(p['cpu_s'])} | "
+                f"**{_f(p['writes'].get('entity_ops', 0))}** | {_table_reads(p['writes'])} |"
+            )
+    lines.append("")
+    return lines
+
+
+def baseline_section(results: dict[str, Any]) -> list[str]:
+    """4. Seed baseline vs ours."""
+    lines = [
+        "## 4. Seed baseline vs ours",
+        "",
+        "Seed = `bench/baseline.py` (group by name, `/groups/{id}/members` walk with `$top=999`, then one",
+        "`GET /users/{id}/ownedDevices` per in-scope user), run in its own process with the same Graph client and",
+        "retry layer. Ours = the full reconcile from table 2 (in-memory store; it also reconciles and writes,",
+        "the baseline only reads).",
+        "",
+        "| tenant | who | requests | RU | 429s | wall s | CPU s | simulator CPU s | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    entries = results.get("entries", {})
+    for _, b in _entries(results, "baseline:"):
+        scen = b["scenario"]
+        ours = entries.get(f"sync:{scen}:memory")
+        if ours:
+            f = ours["phases"]["full"]
+            lines.append(
+                f"| {scen} | ours (`{f.get('strategy')}`) | {_f(f['requests'])} | {_f(f['ru'])} | "
+                f"{_f(f['throttled'])} | {_f(f['wall_s'])} | {_f(f['cpu_s'])} | {_f(f.get('simulator_cpu_s'))} | "
+                f"{_f(ours['process']['peak_rss_mb'], 1)} |"
+            )
+        extrap = " *(extrapolated)*" if b.get("extrapolated") else ""
+        lines.append(
+            f"| {scen} | seed baseline{extrap} | {_f(b['requests'])} | {_f(b['ru'])} | {_f(b['throttled'])} | "
+            f"{_f(b['wall_s'])} | {_f(b['cpu_s'])} | {_f(b.get('simulator_cpu_s'))} | "
+            f"{_f(b.get('process', {}).get('peak_rss_mb'), 1)} |"
+        )
+        if ours:
+            f = ours["phases"]["full"]
+            lines.append(
+                f"| {scen} | **seed ÷ ours** | **{b['requests'] / max(1, f['requests']):.1f}×** | "
+                f"{b['ru'] / max(1, f['ru']):.1f}× | | **{b['wall_s'] / max(1e-9, f['wall_s']):.1f}×** | "
+                f"{b['cpu_s'] / max(1e-9, f['cpu_s']):.1f}× | | |"
+            )
+    for key, note in results.get("notes", {}).items():
+        if key.startswith("baseline:"):
+            lines += ["", f"*{key}*: {note}"]
+    lines.append("")
+    return lines
+
+
+def fleet_section(results: dict[str, Any]) -> list[str]:
+    """5. Fleet heartbeats."""
+    rows = _entries(results, "fleet:")
+    if not rows:
+        return ["## 5. Fleet heartbeats", "", "Not measured yet: `python -m bench --fleet`.", ""]
+    lines = [
+        "## 5. Fleet heartbeats",
+        "",
+        "The fleet scenario (mostly `small` tenants, every fifth `M`) with the function app's own wiring",
+        "(`shared_code/intune/wiring.build_intune`, Table tenant repository on Azurite) and",
+        "`HEARTBEAT_CONCURRENCY` as shown. *provision*: `ProvisioningService.provision` per tenant, 8 at a time",
+        "(consent check, Intune endpoint discovery, `PartnerTenants` PUT). *cold heartbeat run*: a **fresh",
+        "process** runs `HeartbeatService.run()` — what the timer does on a new instance (no token cached; the",
+        "Intune endpoints discovered at provisioning come from the tenant's status, so no Graph call). *warm run*:",
+        "`run(force=True)` again in that process (tokens cached). Requests are the simulator's counters summed",
+        "over the fleet's tenants; table calls are the connector's storage HTTP calls (tenant rows).",
+        "",
+        "| tenants | concurrency | phase | requests | token / Graph / Intune | Graph RU | 429s | wall s | CPU s |"
+        " simulator CPU s | table calls: reads / writes | sent / failed | peak in flight |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _, e in rows:
+        for name, label in (("provision", "provision"), ("heartbeats_cold", "cold heartbeat run"),
+                            ("heartbeats_warm", "warm run (forced)")):
+            p = e["phases"].get(name)
+            if not p:
+                continue
+            fam = p.get("by_family", {})
+            tc = p.get("table_calls", {})
+            reads = tc.get("get", 0) + tc.get("query", 0)
+            writes = sum(v for k, v in tc.items() if k in ("POST", "PUT", "PATCH", "MERGE", "DELETE", "batch"))
+            sent = f"{p['heartbeats_sent']} / {p['heartbeats_failed']}" if "heartbeats_sent" in p else "–"
+            lines.append(
+                f"| {e['tenants']} | {e['concurrency']} | {label} | **{_f(p['requests'])}** | "
+                f"{_f(fam.get('token', 0))} / {_f(fam.get('graph', 0))} / {_f(fam.get('intune', 0))} | "
+                f"{_f(p.get('ru'))} | {_f(p['throttled'])} | **{_f(p['wall_s'])}** | {_f(p['cpu_s'])} | "
+                f"{_f(p.get('simulator_cpu_s'))} |"
+                f" {_f(reads)} / {_f(writes)} | {sent} | {_f(p.get('peak_in_flight'))} |"
+            )
+        warm = e["phases"].get("heartbeats_warm", {})
+        lines.append(f"\nHeartbeat process peak RSS {_f(e['process']['peak_rss_mb'], 1)} MiB; Intune's own "
+                     f"heartbeat count per tenant after both runs: {warm.get('sim_heartbeat_counts')}.")
+    lines.append("")
+    return lines
+
+
+def commands_section(results: dict[str, Any]) -> list[str]:
+    """How each entry was produced."""
+    lines = ["## Reproduce", "", "| figures | command | commit | measured |", "|---|---|---|---|"]
+    for key, e in sorted(results.get("entries", {}).items()):
+        lines.append(f"| `{key}` | `{e.get('command')}` | `{e.get('commit') or '?'}` | {e.get('measured')} |")
+    lines += [
+        "",
+        "* `make bench` runs `python -m bench $(BENCH_ARGS)`. Default: the Graph cost table (small, M, L) and the",
+        "  speed/memory runs on M and L (serving speed on L, sync with both stores, quiet/one-change polls, seed",
+        "  baseline on L) — a few minutes, most of it the L sync on Azurite.",
+        "* `--xl` adds XL (serving speed, in-memory sync, seed baseline); `--xl-azurite` the XL sync on Azurite",
+        "  (stopped after 10 minutes); `--tracemalloc` the heap runs; `--fleet` the 50-tenant fleet",
+        "  (`--fleet-tenants`, `--heartbeat-concurrency`); `--steps 'sync L table,fleet'` runs only those;",
+        "  `--only cost|perf|render`.",
+        "* `--snapshot` measures the committed code (`git archive HEAD` + the current bench/) — use it while others",
+        "  edit the tree. `--profile DIR` writes cProfile stats of the sync runs' full and one-change polls (those",
+        "  runs are not recorded). Raw figures: `bench/results.json`, merged per key (a run refreshes what it",
+        "  measured and keeps the rest).",
+        "",
+    ]
+    return lines
