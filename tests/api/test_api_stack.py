@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import uuid
@@ -334,4 +333,6 @@ async def test_no_secret_appears_in_any_log_record_or_response(stack: Stack, wor
             # Any JWT-shaped string (bearer token, client assertion, user token) is a leak too.
             assert not JWT_RE.search(text), f"a JWT appears in a {where}: {text[:120]!r}"
     print(f"no-secrets: {len(lines)} log records, {len(bodies)} response bodies, {len(secrets)} secrets checked")
-    assert json.dumps(sorted(secrets))  # the set is serialisable (sanity)
+    # The search is only worth something if it searched a real cycle for real secrets: the client secrets, the
+    # console tokens of every auth-matrix case and the user token at least.
+    assert len(secrets) >= 10 and len(lines) >= 100 and len(bodies) >= 100

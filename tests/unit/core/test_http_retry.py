@@ -85,10 +85,12 @@ def test_parse_retry_after(header: str | None, expected: float | None) -> None:
 def test_backoff_without_retry_after_is_bounded_and_grows() -> None:
     import random
 
+    # Full jitter: each delay is uniform in [0, min(30, 0.5 * 2**(attempt-1))], so the ceiling grows and then caps.
     rng = random.Random(7)
-    delays = [backoff_delay(attempt, None, rng) for attempt in range(1, 12)]
-    assert all(0 <= d <= 30.0 for d in delays)
-    assert backoff_delay(1, 100.0) == 30.0
+    samples = {attempt: [backoff_delay(attempt, None, rng) for _ in range(200)] for attempt in (1, 3, 6, 12)}
+    assert max(samples[1]) <= 0.5 < max(samples[3]) <= 2.0 < max(samples[6]) <= 16.0 < max(samples[12]) <= 30.0
+    assert all(d >= 0 for values in samples.values() for d in values)
+    assert backoff_delay(1, 2.128) == 2.128  # Retry-After wins over the jitter
 
 
 class _CutOffStream(httpx.AsyncByteStream):
