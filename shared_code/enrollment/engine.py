@@ -658,7 +658,7 @@ class PollEngine:
             return
         if ctx.keepalive is not None:
             await ctx.keepalive()
-        events = await self.store.apply(ctx.tenant_id, to_apply.items, utc_iso(ctx.now))
+        events = await self.store.apply(ctx.tenant_id, to_apply.items, utc_iso(ctx.now), previous=stored)
         out.events_written = len(events)
         out.applied = counts
         if graph is not None:

@@ -6,7 +6,13 @@ either both land or neither. A ``meta`` row holds the next event sequence number
 transaction with its ETag, so two writers can never both append sequence N (one transaction fails as a whole).
 Events are numbered per tenant, monotonically; the event id is derived from (tenant, sequence) and never changes.
 
-Row keys: ``d|<device object id>`` (state), ``e|<sequence, 12 digits>`` (event), ``meta``.
+Row keys: ``d|<device object id>`` (state), ``e|<sequence, 12 digits>`` (event), ``meta``, and
+``x|<Entra deviceId, lower-case>`` → ``{objectId}`` (index: the Intune flows and the console address a device by its
+Entra deviceId; the index turns that lookup into two point reads instead of a scan of the tenant's device rows).
+The index row is written in the same transaction as the device row whenever an applied change stores the device as
+enrolled (enroll or update), so a committed device row always has its index row; a deactivation leaves it in place
+(a deactivated device stays addressable). Rows written before the index existed have none: lookups fall back to
+the RowKey-range query when the point read misses.
 The membership graph (``memberships`` table) is stored compressed in binary properties of one or more rows of a
 generation; the ``graph`` head row names the live generation, so a half-written new generation is never read.
 """
@@ -19,7 +25,7 @@ import copy
 import json
 import uuid
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -33,8 +39,14 @@ from shared_code.domain.reconcile import DEACTIVATE, DEACTIVATED, ENROLLED, Plan
 from shared_code.domain.scope import MembershipGraph
 from shared_code.errors import ConflictError
 
-# 2 operations per change (device row + event) + 1 meta update ≤ 100 per entity-group transaction.
-CHANGES_PER_TRANSACTION = 49
+# An entity-group transaction holds at most 100 operations (reference/azure.md). A change writes its device row, its
+# event and (enroll/update) its index row, plus a tombstone when the deviceId moved; each transaction also updates the
+# meta row. Chunks are cut by operation count (``_chunks``), so a new device costs 3 operations: 33 per transaction.
+MAX_OPS_PER_TRANSACTION = 100
+CHANGES_PER_TRANSACTION = (MAX_OPS_PER_TRANSACTION - 1) // 3
+INDEX_PREFIX = "x|"
+# Characters a RowKey may not contain (Table service data model); such a deviceId is simply not indexed.
+_BAD_KEY_CHARS = frozenset("/\\#?") | {chr(c) for c in range(0x20)} | {chr(c) for c in range(0x7F, 0xA0)}
 _EVENT_NS = uuid.UUID("6f1c1b7e-7c55-4c8e-9d2a-3b0f5b2f8e11")
 # Binary property ≤ 64 KiB; 10 of them keep an entity under the 1 MiB limit even base64-encoded on the wire.
 _CHUNK_BYTES = 60_000
@@ -114,6 +126,72 @@ def _device_row(item: PlanItem, now: str, seq: int) -> dict[str, Any]:
     }
 
 
+def index_key(device_id: str) -> str | None:
+    """RowKey of the deviceId index row (case-insensitive), or None when the id cannot be a RowKey (or is empty)."""
+    if not device_id or any(ch in _BAD_KEY_CHARS for ch in device_id):
+        return None
+    return INDEX_PREFIX + device_id.lower()
+
+
+def _index_ops(item: PlanItem, previous: Stored | None) -> list[tuple[str, str]]:
+    """(RowKey, objectId) index writes for one change; objectId ``""`` is a tombstone for a moved deviceId.
+
+    Only changes that store the device as enrolled point the index at it: a deactivation keeps the row's deviceId and
+    its index row, and must not take the index away from another (enrolled) object that reuses the deviceId.
+    """
+    if item.action == DEACTIVATE:
+        return []
+    out: list[tuple[str, str]] = []
+    new = index_key(item.record.device_id)
+    old = index_key(previous.record.device_id) if previous is not None else None
+    if old is not None and old != new:
+        # A tombstone, not a delete: a legacy row has no index row to delete and a failed delete fails the whole
+        # transaction. A lookup treats a tombstone as a miss and falls back to the range query.
+        out.append((old, ""))
+    if new is not None:
+        out.append((new, item.record.id))
+    return out
+
+
+def _chunks(
+    items: Sequence[PlanItem], previous: Callable[[str], Stored | None]
+) -> list[list[tuple[PlanItem, list[tuple[str, str]]]]]:
+    """Split changes into transactions of ≤ ``MAX_OPS_PER_TRANSACTION`` operations (meta row included).
+
+    Index writes are de-duplicated per transaction (an entity may appear once in a batch): the last write of a
+    RowKey wins, and a real index entry always beats a tombstone of the same key.
+    """
+    out: list[list[tuple[PlanItem, list[tuple[str, str]]]]] = []
+    chunk: list[tuple[PlanItem, list[tuple[str, str]]]] = []
+    keys: dict[str, str] = {}
+    ops = 1  # the meta row
+    for item in items:
+        idx = _index_ops(item, previous(item.record.id))
+        extra = sum(1 for key, _ in idx if key not in keys)
+        if chunk and ops + 2 + extra > MAX_OPS_PER_TRANSACTION:
+            out.append(chunk)
+            chunk, keys, ops = [], {}, 1
+            extra = len(idx)
+        chunk.append((item, idx))
+        for key, target in idx:
+            if target or not keys.get(key):
+                keys[key] = target
+        ops += 2 + extra
+    if chunk:
+        out.append(chunk)
+    return out
+
+
+def _chunk_index(chunk: Sequence[tuple[PlanItem, list[tuple[str, str]]]]) -> dict[str, str]:
+    """The index rows one transaction writes (RowKey → objectId; ``""`` tombstone), de-duplicated as in ``_chunks``."""
+    keys: dict[str, str] = {}
+    for _, idx in chunk:
+        for key, target in idx:
+            if target or not keys.get(key):
+                keys[key] = target
+    return keys
+
+
 def device_view(device_object_id: str, row: dict[str, Any]) -> dict[str, Any]:
     """API shape of a device row."""
     rec = json.loads(row["rec"])
@@ -186,8 +264,13 @@ class EnrollmentStore(Protocol):
         """Device rows in id order after the given object id, API shape (``id`` is the object id)."""
         ...
 
-    async def apply(self, tenant_id: str, items: Sequence[PlanItem], now: str) -> list[Event]:
-        """Write each item's device row and event, ≤ 49 changes per atomic transaction, in order.
+    async def apply(
+        self, tenant_id: str, items: Sequence[PlanItem], now: str, previous: Mapping[str, Stored] | None = None
+    ) -> list[Event]:
+        """Write each item's device row, event and deviceId index row, ≤ 100 operations per atomic transaction.
+
+        ``previous``: the rows as stored before (what the caller read to plan); a deviceId that differs there gets
+        its old index row tomb-stoned in the same transaction. The in-memory store knows its rows and ignores it.
 
         Raises:
             ConflictError: another writer appended events meanwhile (this poll must stop).
@@ -225,9 +308,14 @@ class MemoryEnrollmentStore:
     def __init__(self) -> None:
         self._devices: dict[str, dict[str, dict[str, Any]]] = {}
         self._events: dict[str, list[Event]] = {}
+        # tenant → index RowKey (``x|<deviceId lower>``) → object id; mirrors the Table layout.
+        self._index: dict[str, dict[str, str]] = {}
         self._graphs: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         self.writes = 0
         self.rows_read = 0
+        # find_device by deviceId: index point reads and range-query fallbacks (tests assert the lookup cost).
+        self.point_reads = 0
+        self.fallback_queries = 0
         self.before_commit: BeforeCommit | None = None
 
     async def load_devices(self, tenant_id: str) -> dict[str, Stored]:
@@ -255,11 +343,19 @@ class MemoryEnrollmentStore:
         keys = sorted(k for k in rows if k > after)[:limit]
         return [device_view(k, rows[k]) for k in keys]
 
-    async def apply(self, tenant_id: str, items: Sequence[PlanItem], now: str) -> list[Event]:
+    async def apply(
+        self, tenant_id: str, items: Sequence[PlanItem], now: str, previous: Mapping[str, Stored] | None = None
+    ) -> list[Event]:
         """See :class:`EnrollmentStore`."""
         out: list[Event] = []
-        for n, start in enumerate(range(0, len(items), CHANGES_PER_TRANSACTION)):
-            chunk = items[start : start + CHANGES_PER_TRANSACTION]
+        rows = self._devices.get(tenant_id, {})
+
+        def before(did: str) -> Stored | None:
+            # Chunks are cut up front, as the Table store does; an object twice in one apply is not a case the
+            # engine produces (one plan item per device).
+            return stored_from_row(rows[did]) if did in rows else None
+
+        for n, chunk in enumerate(_chunks(items, before)):
             expected = len(self._events.get(tenant_id, []))
             await asyncio.sleep(0)
             if self.before_commit is not None:
@@ -268,13 +364,16 @@ class MemoryEnrollmentStore:
             if len(log) != expected:
                 raise ConflictError(f"tenant {tenant_id}: events appended concurrently")
             devices = self._devices.setdefault(tenant_id, {})
-            for item in chunk:
+            index = self._index.setdefault(tenant_id, {})
+            for item, _ in chunk:
                 seq = len(log) + 1
                 ev = _event(tenant_id, seq, item, now)
                 log.append(ev)
                 devices[item.record.id] = _device_row(item, now, seq)
                 out.append(ev)
-            self.writes += 2 * len(chunk) + 1
+            keys = _chunk_index(chunk)
+            index.update(keys)
+            self.writes += 2 * len(chunk) + len(keys) + 1
         return out
 
     async def events(self, tenant_id: str, after_seq: int, limit: int) -> list[Event]:
@@ -290,6 +389,15 @@ class MemoryEnrollmentStore:
         rows = self._devices.get(tenant_id, {})
         if key in rows:
             return stored_from_row(rows[key])
+        ikey = index_key(key)
+        target = None
+        if ikey is not None:
+            self.point_reads += 1
+            target = self._index.get(tenant_id, {}).get(ikey)
+        if target and target in rows and str(rows[target].get("deviceId", "")).lower() == key.lower():
+            return stored_from_row(rows[target])
+        # Same fallback as the Table store (rows written before the index existed have no index row).
+        self.fallback_queries += 1
         for row in rows.values():
             if str(row.get("deviceId", "")).lower() == key.lower():
                 return stored_from_row(row)
@@ -310,6 +418,7 @@ class MemoryEnrollmentStore:
     async def delete_tenant(self, tenant_id: str) -> None:
         """See :class:`EnrollmentStore`."""
         self._devices.pop(tenant_id, None)
+        self._index.pop(tenant_id, None)
         self._events.pop(tenant_id, None)
         self._graphs.pop(tenant_id, None)
 
@@ -321,6 +430,9 @@ class TableEnrollmentStore:
         self._storage = storage
         self.writes = 0
         self.rows_read = 0
+        # find_device by deviceId: index point reads and range-query fallbacks (tests assert the lookup cost).
+        self.point_reads = 0
+        self.fallback_queries = 0
         self.before_commit: BeforeCommit | None = None
 
     async def load_devices(self, tenant_id: str) -> dict[str, Stored]:
@@ -386,18 +498,20 @@ class TableEnrollmentStore:
             return 0, None
         return int(entity.get("seq") or 0), entity.metadata.get("etag")
 
-    async def apply(self, tenant_id: str, items: Sequence[PlanItem], now: str) -> list[Event]:
+    async def apply(
+        self, tenant_id: str, items: Sequence[PlanItem], now: str, previous: Mapping[str, Stored] | None = None
+    ) -> list[Event]:
         """See :class:`EnrollmentStore`."""
         if not items:
             return []
         table = await self._storage.table("devices")
         head, etag = await self._meta(tenant_id)
         out: list[Event] = []
-        for n, start in enumerate(range(0, len(items), CHANGES_PER_TRANSACTION)):
-            chunk = items[start : start + CHANGES_PER_TRANSACTION]
+        known = previous or {}
+        for n, chunk in enumerate(_chunks(items, known.get)):
             ops: list[Any] = []
             events: list[Event] = []
-            for item in chunk:
+            for item, _ in chunk:
                 head += 1
                 ev = _event(tenant_id, head, item, now)
                 events.append(ev)
@@ -409,6 +523,11 @@ class TableEnrollmentStore:
                     )
                 )
                 ops.append(("create", {"PartitionKey": tenant_id, "RowKey": f"e|{head:012d}", **_event_row(ev)}))
+            for key, target in _chunk_index(chunk).items():
+                ops.append(
+                    ("upsert", {"PartitionKey": tenant_id, "RowKey": key, "objectId": target},
+                     {"mode": UpdateMode.REPLACE})
+                )
             meta = {"PartitionKey": tenant_id, "RowKey": "meta", "seq": head}
             if etag is None:
                 ops.append(("create", meta))
@@ -456,11 +575,35 @@ class TableEnrollmentStore:
             return stored_from_row(dict(await table.get_entity(tenant_id, "d|" + key)))
         except ResourceNotFoundError:
             pass
-        for candidate in {key, key.lower(), key.upper()}:
-            query = "PartitionKey eq @pk and deviceId eq @d"
+        row = await self._by_index(table, tenant_id, key)
+        if row is not None:
+            return stored_from_row(row)
+        # Fallback: rows written before the index existed (or whose index write was a tombstone) have no usable
+        # index row, so a point-read miss does not prove the device is unknown. Only the device rows' RowKey range.
+        self.fallback_queries += 1
+        for candidate in dict.fromkeys((key, key.lower(), key.upper())):
+            query = "PartitionKey eq @pk and RowKey ge 'd|' and RowKey lt 'd}' and deviceId eq @d"
             async for entity in table.query_entities(query, parameters={"pk": tenant_id, "d": candidate}):
                 return stored_from_row(dict(entity))
         return None
+
+    async def _by_index(self, table: Any, tenant_id: str, device_id: str) -> dict[str, Any] | None:
+        """The device row the deviceId index points at, if it still carries that deviceId (else None)."""
+        ikey = index_key(device_id)
+        if ikey is None:
+            return None
+        self.point_reads += 1
+        try:
+            target = str((await table.get_entity(tenant_id, ikey)).get("objectId") or "")
+        except ResourceNotFoundError:
+            return None
+        if not target:
+            return None  # tombstone: the deviceId moved away from the object that had it
+        try:
+            row = dict(await table.get_entity(tenant_id, "d|" + target))
+        except ResourceNotFoundError:
+            return None
+        return row if str(row.get("deviceId") or "").lower() == device_id.lower() else None
 
     async def load_graph(self, tenant_id: str) -> tuple[MembershipGraph, dict[str, Any]] | None:
         """See :class:`EnrollmentStore`."""

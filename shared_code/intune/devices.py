@@ -62,22 +62,49 @@ class TableEnrolledDevices:
     """Reads the enrollment feature's device rows (table ``devices``; shared_code/enrollment/store.py layout).
 
     Rows are ``PartitionKey = tenant``, ``RowKey = d|<object id>``, with ``deviceId`` as its own column, ``rec`` the
-    device record JSON and ``state`` (``enrolled`` / ``deactivated``). The same partition holds the change feed
-    (``e|<sequence>``, whose rows also carry ``deviceId``), a ``meta`` row and more, so the Entra-deviceId lookup is
-    restricted to the device rows' RowKey range ``[d|, d})``: the service then reads only device rows, never the
-    (much longer) event history. It is still a range read of the tenant's device rows, not a point read; a point
-    read would need an index row (``i|<deviceId>`` → object id) written by the store. The API's ``{deviceId}`` may
-    be either id: object id first (a point read), then Entra deviceId.
+    device record JSON and ``state`` (``enrolled`` / ``deactivated``). The API's ``{deviceId}`` may be either id:
+    object id first (a point read), then Entra deviceId through the store's index row ``x|<deviceId lower-case>`` →
+    ``{objectId}`` (two point reads), written in the same transaction as the device row. Rows written before the
+    index existed have none, so a miss falls back to a query restricted to the device rows' RowKey range
+    ``[d|, d})`` (the service reads only device rows, never the event history in the same partition).
+
+    ``point_reads`` / ``fallback_queries`` count deviceId lookups by path (tests assert the lookup cost).
     """
 
     # Device rows are exactly the RowKeys starting "d|" ("}" is the character after "|").
     DEVICE_ROWS_LOW = "d|"
     DEVICE_ROWS_HIGH = "d}"
+    # The store's deviceId index (shared_code/enrollment/store.py ``index_key``; kept here so intune/ does not import
+    # the enrollment feature). Characters a RowKey may not hold are never indexed.
+    INDEX_PREFIX = "x|"
+    _BAD_KEY_CHARS = frozenset("/\\#?") | {chr(c) for c in range(0x20)} | {chr(c) for c in range(0x7F, 0xA0)}
 
     ENROLLED = "enrolled"
 
     def __init__(self, storage: Any) -> None:
         self._storage = storage
+        self.point_reads = 0
+        self.fallback_queries = 0
+
+    async def _by_index(self, table: Any, tenant_id: str, device_id: str) -> dict[str, Any] | None:
+        """The device row the index names for this deviceId, if it still carries that deviceId."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        if not device_id or any(ch in self._BAD_KEY_CHARS for ch in device_id):
+            return None
+        self.point_reads += 1
+        try:
+            target = str((await table.get_entity(tenant_id, self.INDEX_PREFIX + device_id.lower())).get("objectId")
+                         or "")
+        except ResourceNotFoundError:
+            return None
+        if not target:
+            return None  # a tombstone: the deviceId moved to another object id
+        try:
+            row = dict(await table.get_entity(tenant_id, f"d|{target}"))
+        except ResourceNotFoundError:
+            return None
+        return row if str(row.get("deviceId") or "").lower() == device_id.lower() else None
 
     async def get(self, tenant_id: str, device_id: str) -> EnrolledDevice | None:
         """The device if currently enrolled."""
@@ -88,6 +115,11 @@ class TableEnrolledDevices:
         try:
             row = dict(await table.get_entity(tenant_id, f"d|{device_id}"))
         except ResourceNotFoundError:
+            row = await self._by_index(table, tenant_id, device_id)
+        if row is None:
+            # Rows written before the store kept the index have no index row: a point-read miss does not prove
+            # the device unknown, so fall back to the range query of the device rows.
+            self.fallback_queries += 1
             for spelling in dict.fromkeys((device_id, device_id.lower())):
                 async for entity in table.query_entities(
                     "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi and deviceId eq @d",

@@ -22,6 +22,7 @@ from enrollment_sim_helpers import (
 
 from shared_code.enrollment.engine import PollEngine
 from shared_code.enrollment.service import EnrollmentService, build_enrollment_service
+from shared_code.enrollment.store import CHANGES_PER_TRANSACTION
 
 SEEDS = iter(range(300, 10_000))
 
@@ -284,7 +285,7 @@ async def test_a_crash_at_a_transaction_boundary_neither_loses_nor_duplicates_ev
     finally:
         service.store.before_commit = None
     assert result["result"] == "failed"
-    assert len(await all_events(service, tid)) == 49 * crash_at
+    assert len(await all_events(service, tid)) == CHANGES_PER_TRANSACTION * crash_at
     await service.run_poll(tid)
     await converged(sim, app_container, service, tid)
     # The same after an incremental change big enough for several transactions.

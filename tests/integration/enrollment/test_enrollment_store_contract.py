@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,14 +13,58 @@ import pytest
 
 from shared_code.adapters.storage import StorageClients
 from shared_code.domain.devices import DeviceRecord
-from shared_code.domain.reconcile import DEACTIVATE, DEACTIVATED, ENROLL, ENROLLED, UPDATE, PlanItem
+from shared_code.domain.reconcile import DEACTIVATE, DEACTIVATED, ENROLL, ENROLLED, UPDATE, PlanItem, Stored
 from shared_code.domain.scope import MembershipGraph
 from shared_code.enrollment.cursors import Cursor, MemoryCursorStore, TableCursorStore
 from shared_code.enrollment.leases import MemoryLeaseStore, TableLeaseStore
-from shared_code.enrollment.store import MemoryEnrollmentStore, TableEnrollmentStore, event_id
+from shared_code.enrollment.store import (
+    CHANGES_PER_TRANSACTION,
+    MAX_OPS_PER_TRANSACTION,
+    MemoryEnrollmentStore,
+    TableEnrollmentStore,
+    event_id,
+)
 from shared_code.errors import ConflictError
 
 TENANT = "11111111-2222-4333-8444-555555555555"
+
+
+class CountingTable:
+    """Delegates to the real aio TableClient and records what the store asked of it (calls, transactions)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.calls: Counter[str] = Counter()
+        self.transactions: list[list[Any]] = []
+
+    async def get_entity(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls["get_entity"] += 1
+        return await self._inner.get_entity(*args, **kwargs)
+
+    def query_entities(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls["query_entities"] += 1
+        return self._inner.query_entities(*args, **kwargs)
+
+    async def submit_transaction(self, operations: Any, **kwargs: Any) -> Any:
+        ops = list(operations)
+        self.transactions.append(ops)
+        return await self._inner.submit_transaction(ops, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class CountingStorage(StorageClients):
+    """The store's own seam (``StorageClients.table``) handing out counting wrappers of the real clients."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.wrapped: dict[str, CountingTable] = {}
+
+    async def table(self, logical: str) -> Any:
+        if logical not in self.wrapped:
+            self.wrapped[logical] = CountingTable(await super().table(logical))
+        return self.wrapped[logical]
 
 
 @pytest.fixture(params=["memory", "table"])
@@ -27,9 +73,10 @@ async def backend(request: pytest.FixtureRequest, azurite: Any) -> AsyncIterator
     if request.param == "memory":
         yield {"store": MemoryEnrollmentStore(), "cursors": MemoryCursorStore(), "leases": MemoryLeaseStore()}
         return
-    storage = StorageClients(azurite.connection_string, table_prefix="e" + uuid.uuid4().hex[:10])
+    storage = CountingStorage(azurite.connection_string, table_prefix="e" + uuid.uuid4().hex[:10])
     try:
         yield {
+            "storage": storage,
             "store": TableEnrollmentStore(storage),
             "cursors": TableCursorStore(storage),
             "leases": TableLeaseStore(storage),
@@ -75,8 +122,18 @@ async def test_a_crash_between_transactions_keeps_whole_transactions_only(backen
     with pytest.raises(RuntimeError):
         await store.apply(TENANT, [item(i) for i in range(60)], "t")
     store.before_commit = None
-    assert len(await store.load_devices(TENANT)) == 49
-    assert [e.seq for e in await store.events(TENANT, 0, 1000)] == list(range(1, 50))
+    rows = await store.load_devices(TENANT)
+    assert len(rows) == CHANGES_PER_TRANSACTION == 33  # device row + event + index row each, + the meta row
+    assert [e.seq for e in await store.events(TENANT, 0, 1000)] == list(range(1, 34))
+    # Every committed device row came with its index row: each is found by deviceId through the index alone.
+    before = (store.point_reads, store.fallback_queries)
+    for i in range(CHANGES_PER_TRANSACTION):
+        found = await store.find_device(TENANT, f"d-{i}")
+        assert found is not None and found.record.id == item(i).record.id
+    assert (store.point_reads - before[0], store.fallback_queries - before[1]) == (CHANGES_PER_TRANSACTION, 0)
+    # The devices of the crashed transaction have neither row nor index: the lookup misses and falls back.
+    assert await store.find_device(TENANT, "D-40") is None
+    assert store.fallback_queries - before[1] == 1
 
 
 async def test_concurrent_appends_conflict_instead_of_sharing_a_sequence(backend: dict[str, Any]) -> None:
@@ -197,3 +254,98 @@ async def test_a_held_lease_is_renewed_and_a_lost_one_is_not(backend: dict[str, 
     await leases.release(renewed, 1202.0)  # a lost lease is not given back
     assert (await leases.all())[TENANT].holder == "w2"
     assert (await leases.all())[TENANT].last_started == 1200.0
+
+
+async def drop_index_row(backend: dict[str, Any], device_id: str) -> None:
+    """Make a device look like a row written before the index existed."""
+    store = backend["store"]
+    if isinstance(store, MemoryEnrollmentStore):
+        del store._index[TENANT][f"x|{device_id.lower()}"]
+        return
+    table = await backend["storage"].table("devices")
+    await table.delete_entity(TENANT, f"x|{device_id.lower()}")
+
+
+async def test_device_id_lookup_is_a_point_read_of_the_index(backend: dict[str, Any]) -> None:
+    store = backend["store"]
+    await store.apply(TENANT, [item(i) for i in range(40)], "t")
+    await store.apply(TENANT, [item(7, DEACTIVATE)], "t")
+    table = backend["storage"].wrapped["devices"] if "storage" in backend else None
+    calls = Counter(table.calls) if table is not None else Counter()
+    found = await store.find_device(TENANT, "D-12")
+    upper = await store.find_device(TENANT, "d-13")  # case-insensitive: Entra ids arrive in either case
+    gone = await store.find_device(TENANT, "D-7")  # a deactivated device keeps its index row: still addressable
+    assert found is not None and found.record.id == item(12).record.id
+    assert upper is not None and upper.record.id == item(13).record.id
+    assert gone is not None and gone.state == DEACTIVATED and gone.record.id == item(7).record.id
+    assert (store.point_reads, store.fallback_queries) == (3, 0)
+    if table is not None:
+        # Per lookup: d|<key> (miss), x|<deviceId>, d|<object id>; never a query over the tenant's rows.
+        assert table.calls - calls == Counter({"get_entity": 9})
+
+
+async def test_rows_without_an_index_row_are_found_by_the_range_query(backend: dict[str, Any]) -> None:
+    store = backend["store"]
+    await store.apply(TENANT, [item(i) for i in range(5)], "t")
+    await drop_index_row(backend, "D-2")
+    found = await store.find_device(TENANT, "D-2")
+    assert found is not None and found.record.id == item(2).record.id
+    assert (store.point_reads, store.fallback_queries) == (1, 1)
+    assert await store.find_device(TENANT, "D-404") is None  # unknown: index miss, then the fallback finds nothing
+    assert (store.point_reads, store.fallback_queries) == (2, 2)
+    # The next change that stores the legacy device enrolled writes its index row.
+    await store.apply(TENANT, [PlanItem(UPDATE, item(2, os="iPadOS").record, "os changed", "Root")], "t")
+    again = await store.find_device(TENANT, "D-2")
+    assert again is not None and again.record.operating_system == "iPadOS"
+    assert (store.point_reads, store.fallback_queries) == (3, 2)
+
+
+async def test_a_device_id_change_moves_the_index(backend: dict[str, Any]) -> None:
+    store = backend["store"]
+    await store.apply(TENANT, [item(i) for i in range(3)], "t")
+    old = item(1).record
+    moved = DeviceRecord(id=old.id, device_id="D-NEW", operating_system="iOS", owner_id="u1")
+    previous = {old.id: Stored(record=old, state=ENROLLED, via="Root")}
+    await store.apply(TENANT, [PlanItem(UPDATE, moved, "deviceId changed", "Root")], "t", previous=previous)
+    found = await store.find_device(TENANT, "d-new")
+    assert found is not None and found.record.id == old.id
+    assert (store.point_reads, store.fallback_queries) == (1, 0)
+    assert await store.find_device(TENANT, "D-1") is None  # the old id's index row no longer names the device
+    if "storage" in backend:
+        table = await backend["storage"].table("devices")
+        assert (await table.get_entity(TENANT, "x|d-1"))["objectId"] == ""  # tomb-stoned in the same transaction
+        ops = table.transactions[-1]
+        assert {op[1]["RowKey"] for op in ops} == {"d|" + old.id, "e|000000000004", "x|d-new", "x|d-1", "meta"}
+    # Without the caller's previous rows (a Table store cannot know the old id) the stale row is still harmless.
+    back = DeviceRecord(id=old.id, device_id="D-BACK", operating_system="iOS", owner_id="u1")
+    await store.apply(TENANT, [PlanItem(UPDATE, back, "deviceId changed", "Root")], "t")
+    assert await store.find_device(TENANT, "D-NEW") is None
+    assert (await store.find_device(TENANT, "D-BACK")) is not None
+
+
+async def test_index_rows_ride_in_the_device_rows_transactions_within_the_limit(backend: dict[str, Any]) -> None:
+    store = backend["store"]
+    items = [item(i) for i in range(120)]
+    await store.apply(TENANT, items, "t")
+    # Every one of them changes its deviceId: 4 operations each (row, event, index, tombstone) must still fit.
+    rows = await store.load_devices(TENANT)
+    moved = [PlanItem(UPDATE, DeviceRecord(id=i.record.id, device_id=f"M-{n}", operating_system="iOS",
+                                           owner_id="u1"), "deviceId changed", "Root") for n, i in enumerate(items)]
+    writes = store.writes
+    await store.apply(TENANT, moved, "t", previous=rows)
+    assert store.writes - writes == 4 * 120 + math.ceil(120 / 24)
+    for n in (0, 59, 119):
+        found = await store.find_device(TENANT, f"M-{n}")
+        assert found is not None and found.record.id == items[n].record.id
+        assert await store.find_device(TENANT, f"D-{n}") is None
+    if "storage" not in backend:
+        return
+    txns = backend["storage"].wrapped["devices"].transactions
+    assert [len(t) for t in txns[:4]] == [100, 100, 100, 2 * 21 + 21 + 1]  # 33 + 33 + 33 + 21 new devices
+    assert all(len(t) <= MAX_OPS_PER_TRANSACTION for t in txns)
+    for ops in txns:
+        keys = {op[1]["RowKey"] for op in ops}
+        for op in ops:
+            entity = op[1]
+            if entity["RowKey"].startswith("d|"):
+                assert f"x|{entity['deviceId'].lower()}" in keys  # each device row with its index row, atomically
