@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 from .conftest import ROOT
 
 DEPLOY = ROOT / "docs" / "deploy.md"
@@ -14,8 +12,7 @@ PERMISSIONS = ROOT / "docs" / "permissions.md"
 
 def _permission_set() -> list[tuple[str, str, str]]:
     """(permission, type, resource) rows of the "Permission set to grant" table in docs/permissions.md."""
-    if not PERMISSIONS.exists():
-        pytest.skip("docs/permissions.md not generated yet")
+    assert PERMISSIONS.exists(), "docs/permissions.md is missing: run python -m shared_code.permissions"
     text = PERMISSIONS.read_text()
     section = text.split("## Permission set to grant", 1)[1].split("\n## ", 1)[0]
     rows = re.findall(r"^\| `([^`]+)` \| (\w+) \| ([^|]+?) \|", section, flags=re.MULTILINE)

@@ -83,7 +83,7 @@ def _ios(devices: list[dict[str, Any]], *, large: bool | None = None) -> dict[st
         is_large = hashlib.sha256(d["deviceId"].encode()).digest()[0] % 16 == 0
         if large is None or large == is_large:
             return d
-    pytest.skip("scenario has no matching iOS device")
+    pytest.fail("the seeded scenario must contain a matching iOS device (scenarios are deterministic)")
 
 
 async def test_provision_heartbeat_threat_inventory_cycle(world: World) -> None:

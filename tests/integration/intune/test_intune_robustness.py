@@ -114,7 +114,7 @@ async def test_malformed_result_of_one_tenant_never_blocks_another(world: World)
     second, second_devices = await world.tenant(seed=602)
     # Make "a" the tenant whose message comes first in every order the timer has used (key order; oldest first).
     (a, a_devices), (b, b_devices) = sorted([(first, first_devices), (second, second_devices)])
-    device_a = _ios(a_devices) or pytest.skip("no iOS device")
+    device_a = _ios(a_devices) or pytest.fail("the seeded scenario must contain an iOS device")
     settings = world.container.settings
     transport = MalformedResults(world.sim.info["ca_path"], a)
     client = IntuneClient(
@@ -206,7 +206,7 @@ async def test_a_result_intune_never_settles_times_out(world: World) -> None:
 
 async def test_concurrent_settles_of_one_inventory_keep_its_data(world: World) -> None:
     tid, devices = await world.tenant(seed=606)
-    device = _ios(devices) or pytest.skip("no iOS device")
+    device = _ios(devices) or pytest.fail("the seeded scenario must contain an iOS device")
     services = world.services
     request = await services.inventory.request(tid, device["deviceId"])
     endpoints = await services.discovery.endpoints(tid)
@@ -243,7 +243,7 @@ async def _chunk_rows(world: World, tid: str) -> list[Any]:
 
 async def test_a_lost_inventory_chunk_is_fetched_again_not_a_500(world: World) -> None:
     tid, devices = await world.tenant(seed=607)
-    device = _ios(devices) or pytest.skip("no iOS device")
+    device = _ios(devices) or pytest.fail("the seeded scenario must contain an iOS device")
     services = world.services
     await services.inventory.request(tid, device["deviceId"])
     await services.inventory.get(tid, device["deviceId"])
