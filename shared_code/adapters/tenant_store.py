@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
@@ -29,6 +30,8 @@ from azure.data.tables.aio import TableClient
 from shared_code.adapters.storage import StorageClients
 from shared_code.errors import ConflictError, NotFoundError
 from shared_code.tenants import TenantConfig, TenantRecord
+
+T = TypeVar("T")
 
 CONFIG_ROW = "config"
 STATUS_PREFIX = "status|"
@@ -200,22 +203,51 @@ class TableTenantRepository:
 
     async def update_status(self, tenant_id: str, section: str, patch: dict[str, Any]) -> None:
         """Shallow-merge ``patch`` into status[section]; ETag-guarded and retried on conflict."""
+
+        def merge(document: dict[str, Any]) -> None:
+            document.update(patch)
+
+        await self._modify_status(tenant_id, section, merge, MAX_CONFLICT_RETRIES, "update")
+
+    async def increment(self, tenant_id: str, section: str, field: str, by: int = 1) -> int:
+        """Add ``by`` to status[section][field] in one ETag-guarded read-modify-write; returns the new value.
+
+        Raises:
+            ConflictError: still conflicting after ``MAX_INCREMENT_RETRIES`` attempts.
+        """
+
+        def add(document: dict[str, Any]) -> int:
+            value = counter_value(document.get(field)) + by
+            document[field] = value
+            return value
+
+        return await self._modify_status(tenant_id, section, add, MAX_INCREMENT_RETRIES, f"{field} increment")
+
+    async def _modify_status(
+        self, tenant_id: str, section: str, change: Callable[[dict[str, Any]], T], attempts: int, what: str
+    ) -> T:
+        """Read status[section], apply ``change`` to it, write it back under the row's ETag; retry on conflict.
+
+        Raises:
+            ConflictError: still conflicting after ``attempts``.
+        """
         table = await self._table()
         row = STATUS_PREFIX + section
-        for attempt in range(1, MAX_CONFLICT_RETRIES + 1):
+        for attempt in range(1, attempts + 1):
             try:
                 current = await table.get_entity(tenant_id, row)
             except ResourceNotFoundError:
-                entity = {"PartitionKey": tenant_id, "RowKey": row, **pack_json(dict(patch))}
+                document: dict[str, Any] = {}
+                result = change(document)
                 try:
-                    await table.create_entity(entity)
-                    return
+                    await table.create_entity({"PartitionKey": tenant_id, "RowKey": row, **pack_json(document)})
+                    return result
                 except ResourceExistsError:
                     await conflict_pause(attempt)
                     continue
-            merged = dict(unpack_json(current) or {})
-            merged.update(patch)
-            entity = {"PartitionKey": tenant_id, "RowKey": row, **pack_json(merged)}
+            document = dict(unpack_json(current) or {})
+            result = change(document)
+            entity = {"PartitionKey": tenant_id, "RowKey": row, **pack_json(document)}
             try:
                 # REPLACE (not MERGE) so a shorter document drops stale json_N continuation properties.
                 await table.update_entity(
@@ -224,46 +256,10 @@ class TableTenantRepository:
                     etag=current.metadata["etag"],
                     match_condition=MatchConditions.IfNotModified,
                 )
-                return
+                return result
             except ResourceModifiedError:
                 await conflict_pause(attempt)
-        msg = f"tenant {tenant_id}: status[{section}] update kept conflicting"
-        raise ConflictError(msg)
-
-    async def increment(self, tenant_id: str, section: str, field: str, by: int = 1) -> int:
-        """Add ``by`` to status[section][field] in one ETag-guarded read-modify-write; returns the new value.
-
-        Raises:
-            ConflictError: still conflicting after ``MAX_INCREMENT_RETRIES`` attempts.
-        """
-        table = await self._table()
-        row = STATUS_PREFIX + section
-        for attempt in range(1, MAX_INCREMENT_RETRIES + 1):
-            try:
-                current = await table.get_entity(tenant_id, row)
-            except ResourceNotFoundError:
-                entity = {"PartitionKey": tenant_id, "RowKey": row, **pack_json({field: by})}
-                try:
-                    await table.create_entity(entity)
-                    return by
-                except ResourceExistsError:
-                    await conflict_pause(attempt)
-                    continue
-            merged = dict(unpack_json(current) or {})
-            value = counter_value(merged.get(field)) + by
-            merged[field] = value
-            entity = {"PartitionKey": tenant_id, "RowKey": row, **pack_json(merged)}
-            try:
-                await table.update_entity(
-                    entity,
-                    mode=UpdateMode.REPLACE,
-                    etag=current.metadata["etag"],
-                    match_condition=MatchConditions.IfNotModified,
-                )
-                return value
-            except ResourceModifiedError:
-                await conflict_pause(attempt)
-        msg = f"tenant {tenant_id}: status[{section}].{field} increment kept conflicting"
+        msg = f"tenant {tenant_id}: status[{section}] {what} kept conflicting"
         raise ConflictError(msg)
 
     async def list_active(self) -> list[TenantRecord]:
