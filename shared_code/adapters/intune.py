@@ -16,7 +16,6 @@ Status → taxonomy mapping happens once, in :func:`raise_for_intune`.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -24,6 +23,7 @@ import orjson
 
 from shared_code.adapters.credentials import TenantCredentials
 from shared_code.adapters.http_retry import RetryTransport, UsageMeter
+from shared_code.domain.timestamps import utc_iso
 from shared_code.errors import (
     ConflictError,
     FatalError,
@@ -131,7 +131,7 @@ def raise_for_intune(response: httpx.Response, *, api_call: ApiCall) -> None:
 
 def iso_now() -> str:
     """UTC now, ISO-8601 with milliseconds and ``Z``."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return utc_iso(timespec="milliseconds")
 
 
 class IntuneClient:

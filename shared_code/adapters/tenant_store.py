@@ -19,7 +19,6 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import asdict
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from azure.core import MatchConditions
@@ -28,6 +27,7 @@ from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
 from shared_code.adapters.storage import StorageClients
+from shared_code.domain.timestamps import utc_iso
 from shared_code.errors import ConflictError, NotFoundError
 from shared_code.tenants import TenantConfig, TenantRecord
 
@@ -51,7 +51,7 @@ def counter_value(value: Any) -> int:
 
 def utc_now_iso() -> str:
     """Current UTC time as ISO-8601 with a ``Z`` suffix (the format every status timestamp uses)."""
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return utc_iso()
 
 
 def pack_json(value: Any) -> dict[str, str]:

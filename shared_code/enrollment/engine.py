@@ -39,7 +39,6 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any
 
 from shared_code.adapters.graph import GraphClient
@@ -71,6 +70,7 @@ from shared_code.domain.scope import (
     resolve_from_matches,
     resolve_names,
 )
+from shared_code.domain.timestamps import utc_iso
 from shared_code.enrollment import strategies
 from shared_code.enrollment.cursors import DEVICES, GROUPS, Cursor, CursorStore
 from shared_code.enrollment.reader import DirectoryReader, KeepAlive
@@ -99,9 +99,6 @@ OWNERLESS_SAMPLE = 20
 GraphFactory = Callable[[str, UsageMeter], GraphClient]
 
 
-def utc_iso(ts: float) -> str:
-    """Epoch seconds → ISO-8601 UTC with Z."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def disabled_digest(disabled: set[str]) -> str:

@@ -20,9 +20,10 @@ from typing import Any, Protocol
 
 from shared_code.bootstrap import Container
 from shared_code.domain.ids import is_guid
+from shared_code.domain.timestamps import utc_iso
 from shared_code.enrollment import quarantine
 from shared_code.enrollment.cursors import CursorStore, TableCursorStore
-from shared_code.enrollment.engine import PollEngine, PollOutcome, usage_of, utc_iso
+from shared_code.enrollment.engine import PollEngine, PollOutcome, usage_of
 from shared_code.enrollment.leases import Lease, LeaseStore, TableLeaseStore
 from shared_code.enrollment.store import EnrollmentStore, TableEnrollmentStore
 from shared_code.errors import ConflictError, NotFoundError, RetriableError, ValidationError

@@ -11,10 +11,10 @@
 from __future__ import annotations
 
 import logging
-import time
 from datetime import UTC, datetime
 from typing import Any
 
+from shared_code.domain.timestamps import utc_iso
 from shared_code.tenants import TenantRepository
 
 INTUNE = "intune"
@@ -24,10 +24,7 @@ ACTIVITY = "intune_activity"
 log = logging.getLogger("connector.intune.status")
 
 
-def iso(ts: float | None = None) -> str:
-    """Epoch seconds (default now) as ISO-8601 UTC with ``Z``."""
-    moment = datetime.fromtimestamp(time.time() if ts is None else ts, UTC)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+iso = utc_iso  # the status sections' timestamp format (shared_code/domain/timestamps.py)
 
 
 def parse_iso(value: Any) -> float | None:
