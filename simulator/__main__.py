@@ -1,4 +1,4 @@
-"""`python -m simulator`: start the simulated Microsoft cloud (see docs/briefs/SIMULATOR_CONTRACT.md)."""
+"""`python -m simulator`: start the simulated Microsoft cloud (see docs/simulator.md)."""
 
 from __future__ import annotations
 
