@@ -158,12 +158,7 @@ class TableTenantRepository:
                     stored, state="active", created_at=str(current.get("created_at", now)), updated_at=now
                 )
                 try:
-                    await table.update_entity(
-                        entity,
-                        mode=UpdateMode.REPLACE,
-                        etag=current.metadata["etag"],
-                        match_condition=MatchConditions.IfNotModified,
-                    )
+                    await _replace_if_unmodified(table, entity, current)
                 except ResourceModifiedError:
                     await conflict_pause(attempt)
                     continue
@@ -189,12 +184,7 @@ class TableTenantRepository:
             entity["state"] = state
             entity["updated_at"] = utc_now_iso()
             try:
-                await table.update_entity(
-                    entity,
-                    mode=UpdateMode.REPLACE,
-                    etag=current.metadata["etag"],
-                    match_condition=MatchConditions.IfNotModified,
-                )
+                await _replace_if_unmodified(table, entity, current)
                 return
             except ResourceModifiedError:
                 await conflict_pause(attempt)
@@ -249,13 +239,7 @@ class TableTenantRepository:
             result = change(document)
             entity = {"PartitionKey": tenant_id, "RowKey": row, **pack_json(document)}
             try:
-                # REPLACE (not MERGE) so a shorter document drops stale json_N continuation properties.
-                await table.update_entity(
-                    entity,
-                    mode=UpdateMode.REPLACE,
-                    etag=current.metadata["etag"],
-                    match_condition=MatchConditions.IfNotModified,
-                )
+                await _replace_if_unmodified(table, entity, current)
                 return result
             except ResourceModifiedError:
                 await conflict_pause(attempt)
@@ -272,6 +256,19 @@ class TableTenantRepository:
         return sorted(
             (r for r in records if r is not None and r.state == "active"), key=lambda r: r.config.tenant_id
         )
+
+
+async def _replace_if_unmodified(table: TableClient, entity: dict[str, Any], current: Any) -> None:
+    """REPLACE ``entity`` only if its row still has the ETag ``current`` was read with.
+
+    REPLACE (not MERGE) so a shorter JSON document drops stale ``json_N`` continuation properties.
+
+    Raises:
+        ResourceModifiedError: another writer changed the row since it was read.
+    """
+    await table.update_entity(
+        entity, mode=UpdateMode.REPLACE, etag=current.metadata["etag"], match_condition=MatchConditions.IfNotModified
+    )
 
 
 def _replace_version(config: TenantConfig, version: int) -> TenantConfig:
