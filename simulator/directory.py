@@ -405,7 +405,8 @@ class World:
     # ---- ground truth -----------------------------------------------------------------------------------------
     def ground_truth(self, tenant_id: str, enrollment_groups: list[str],
                      platforms: Iterable[str] = DEFAULT_PLATFORMS) -> dict[str, Any]:
-        """Which Entra devices should be enrolled now (contract): owner transitively in a named group.
+        """Which Entra devices should be enrolled now (contract): owner transitively in a named group, or the device
+        itself a (nested) member of one (with or without an owner); platform in ``platforms``.
 
         A name matching no group, or more than one group (duplicates are ambiguous), is reported unresolved.
         """
@@ -437,14 +438,15 @@ class World:
                     seen.add(d.id)
                     devices.append({"id": d.id, "deviceId": d.device_id, "ownerId": uid, "operatingSystem": d.os,
                                     "ownerEnabled": t.users.by_id[uid].enabled, "via": "owner"})
-        # A device that is itself a (nested) member of an enrollment group is in scope through its registered owner;
-        # one without an owner is reported, not enrolled (issue 3 scope rules; Graph allows at most one owner).
+        # A device that is itself a (nested) member of an enrollment group is in scope with or without a registered
+        # owner: shared and kiosk devices are commonly added to groups that way (issue 10 §3; Graph allows at most
+        # one owner). The platform filter still applies.
         for did in sorted(direct_devices):
             d = t.devices.get(did)
-            if d is None or d.id in seen or d.os not in plat or d.owner is None:
+            if d is None or d.id in seen or d.os not in plat:
                 continue
             seen.add(d.id)
-            owner = t.users.by_id.get(d.owner)
+            owner = t.users.by_id.get(d.owner) if d.owner else None
             devices.append({"id": d.id, "deviceId": d.device_id, "ownerId": d.owner, "operatingSystem": d.os,
                             "ownerEnabled": owner.enabled if owner is not None else True, "via": "direct_member"})
         ownerless = [d.id for d in t.devices if d.owner is None and d.os in plat]

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared_code.domain.devices import DeviceRecord, platform_matches
+from shared_code.domain.scope import DIRECT_PATH, OWNER_PATH, Scope, device_scope
 
 ENROLL, DEACTIVATE, UPDATE = "enroll", "deactivate", "update"
 ENROLLED, DEACTIVATED = "enrolled", "deactivated"
-OWNER, DIRECT = "owner", "direct"
+OWNER, DIRECT = OWNER_PATH, DIRECT_PATH
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,26 @@ class Plan:
 
 
 _ORDER = {ENROLL: 0, UPDATE: 1, DEACTIVATE: 2}
+
+
+def desired_set(
+    records: Mapping[str, DeviceRecord],
+    scope: Scope,
+    platforms: frozenset[str],
+    *,
+    deleted: frozenset[str] | set[str] = frozenset(),
+    disabled_owners: frozenset[str] | set[str] = frozenset(),
+) -> dict[str, Desired]:
+    """The devices among ``records`` that should be enrolled, by the one scope rule (``scope.device_scope``)."""
+    desired: dict[str, Desired] = {}
+    for did, rec in records.items():
+        if did in deleted:
+            continue
+        found = device_scope(did, rec.owner_id, rec.operating_system, scope, platforms, disabled_owners)
+        if found is not None:
+            path, via = found
+            desired[did] = Desired(rec, via, path)
+    return desired
 
 
 def deactivation_reason(stored: Stored, facts: Facts) -> str:

@@ -9,6 +9,16 @@ Scope rules (issue 3): a configured display name resolves when exactly one group
 ``displayName`` case-insensitively); none → ``not_found``, several → ``ambiguous``, both reported and skipped. Members
 of a resolved group are in scope: users directly, devices that are direct members of any group in the tree, and
 the members of member groups at any depth (cycles terminate). Contacts and service principals are ignored.
+
+The device rule (:func:`device_scope`, the one place it is stated; every strategy and both poll paths use it): a
+device is in scope when its operating system is one of the tenant's platforms and either
+
+* the device itself is a member of an enrollment group's tree (``direct``), with or without a registered owner —
+  shared and kiosk devices are commonly added that way; or
+* its registered owner is a (transitive) member (``owner``);
+
+and, when the tenant excludes disabled users, its registered owner (if any) is not disabled. A device with no owner
+that is not itself a member is out of scope (reported as ownerless).
 """
 
 from __future__ import annotations
@@ -16,6 +26,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from shared_code.domain.devices import platform_matches
 
 # One-letter member kinds keep the stored graph small (L tenants have tens of thousands of edges).
 USER, GROUP, DEVICE, OTHER = "u", "g", "d", "o"
@@ -140,6 +152,37 @@ class Scope:
     users: dict[str, str]
     devices: dict[str, str]
     groups: frozenset[str]
+
+    def may_contain(self, device_id: str, owner_id: str | None) -> bool:
+        """Whether a device can be in scope whatever its platform (a strategy's cheap pre-filter)."""
+        return device_id in self.devices or (owner_id is not None and owner_id in self.users)
+
+
+DIRECT_PATH, OWNER_PATH = "direct", "owner"
+
+
+def device_scope(
+    device_id: str,
+    owner_id: str | None,
+    operating_system: str,
+    scope: Scope,
+    platforms: frozenset[str],
+    disabled_owners: frozenset[str] | set[str] = frozenset(),
+) -> tuple[str, str] | None:
+    """The scope rule for one device: ``(path, via group name)`` when it is in scope, else None (module docstring).
+
+    ``path`` is ``direct`` (the device is a member) or ``owner`` (its owner is); a device that is both counts as
+    ``direct``.
+    """
+    if not platform_matches(operating_system, platforms):
+        return None
+    if owner_id is not None and owner_id in disabled_owners:
+        return None
+    if device_id in scope.devices:
+        return DIRECT_PATH, scope.devices[device_id]
+    if owner_id is not None and owner_id in scope.users:
+        return OWNER_PATH, scope.users[owner_id]
+    return None
 
 
 def expand_scope(graph: MembershipGraph, resolved: Mapping[str, str]) -> Scope:

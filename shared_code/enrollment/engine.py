@@ -19,9 +19,9 @@ dies anywhere replays the same deltas next time against the (partly) updated row
 is still missing, so no event is lost or duplicated.
 
 Rules worth knowing (documented for operators):
-* A device is enrolled when its platform is in the tenant's platforms and it has a registered owner, and either
-  the owner is (transitively) in an enrollment group or the device itself is a direct member of a group in an
-  enrollment tree. Ownerless devices are reported in status ``scope`` (count + sample), never enrolled.
+* Scope: the one rule of ``domain.scope.device_scope`` — platform in the tenant's platforms, and the device itself
+  a member of an enrollment tree (with or without an owner) or its registered owner a (transitive) member.
+  Ownerless devices that are not members themselves are reported in status ``scope`` (count + sample).
 * Disabled users: kept enrolled by default (``keep_disabled_users``); when the tenant opts out, their devices are
   deactivated with reason ``owner disabled`` (one extra ``/users?$filter=accountEnabled eq false`` read per poll).
 * Group names resolve like Graph's ``$filter=displayName eq …`` (case-insensitive); a name matching no group or
@@ -53,13 +53,11 @@ from shared_code.domain.devices import (
 )
 from shared_code.domain.reconcile import (
     DEACTIVATE,
-    DIRECT,
     ENROLLED,
-    OWNER,
-    Desired,
     Facts,
     Plan,
     Stored,
+    desired_set,
     reconcile,
 )
 from shared_code.domain.scope import (
@@ -268,7 +266,8 @@ class PollEngine:
                 log.info("tenant %s: full reconcile (%s)", tenant_id, reason)
                 await self._full(ctx)
             outcome.usage = meter.snapshot()
-            if outcome.mode != "noop" and not dry_run:
+            if not dry_run and (outcome.mode != "noop" or self._recovering(ctx)):
+                # A no-op writes nothing, except the first one after a failure: status must stop saying "failed".
                 await self._write_poll_status(ctx)
             return outcome
         except Exception as exc:
@@ -400,7 +399,7 @@ class PollEngine:
             unread = sorted(set(current) - set(stored))
             if unread:
                 stored.update(await self.store.load_devices_for(ctx.tenant_id, device_ids=unread, owner_ids=()))
-        desired = self._desired(current, deleted, scope_new, plat, disabled)
+        desired = desired_set(current, scope_new, plat, deleted=deleted, disabled_owners=disabled)
         facts = Facts(
             deleted=frozenset(deleted),
             current=current,
@@ -521,7 +520,7 @@ class PollEngine:
         disabled: set[str] = set()
         if not cfg.keep_disabled_users:
             disabled = inventory.disabled if inventory.disabled is not None else await ctx.reader.disabled_users()
-        desired = self._desired(inventory.records, set(), scope, plat, disabled)
+        desired = desired_set(inventory.records, scope, plat, disabled_owners=disabled)
         stored = await self.store.load_devices(ctx.tenant_id)
         deleted = frozenset(
             d for d, row in stored.items() if inventory.seen is not None and d not in inventory.seen
@@ -595,27 +594,6 @@ class PollEngine:
         return ctx.devices_cursor
 
     # ---- shared -------------------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _desired(
-        records: Mapping[str, DeviceRecord],
-        deleted: set[str],
-        scope: Scope,
-        platforms: frozenset[str],
-        disabled: set[str],
-    ) -> dict[str, Desired]:
-        """Devices that should be enrolled: in the platforms, with an owner, owner in scope or device a member."""
-        desired: dict[str, Desired] = {}
-        for did, rec in records.items():
-            if did in deleted or rec.owner_id is None or not platform_matches(rec.operating_system, platforms):
-                continue
-            if rec.owner_id in disabled:
-                continue
-            if did in scope.devices:
-                desired[did] = Desired(rec, scope.devices[did], DIRECT)
-            elif rec.owner_id in scope.users:
-                desired[did] = Desired(rec, scope.users[rec.owner_id], OWNER)
-        return desired
 
     async def _finish(
         self,
@@ -717,8 +695,25 @@ class PollEngine:
                 "released": "approved" if decision.approved else "plan no longer exceeds the threshold",
             })
 
+    @staticmethod
+    def _recovering(ctx: _Ctx) -> bool:
+        """Whether the last recorded poll failed (the next successful one records its outcome, even a no-op)."""
+        poll_status = ctx.record.status.get("poll", {})
+        return poll_status.get("result") == "failed" or poll_status.get("lastError") is not None
+
     async def _write_poll_status(self, ctx: _Ctx) -> None:
         out = ctx.outcome
+        if out.mode == "noop":
+            # A no-op after a failure: the outcome and its cost; mode, counts and shape stay from the last applied poll.
+            await self.tenants.update_status(ctx.tenant_id, "poll", {
+                "result": "ok", "lastError": None, "lastNoopAt": utc_iso(ctx.now),
+                "finishedAt": utc_iso(self._clock()),
+                "requests": out.usage.get("requests", 0),
+                "resourceUnits": out.usage.get("resourceUnits", 0),
+                "throttled": out.usage.get("throttled", 0),
+                "retries": out.usage.get("retries", 0),
+            })
+            return
         patch: dict[str, Any] = {
             "mode": out.mode,
             "startedAt": utc_iso(ctx.now),

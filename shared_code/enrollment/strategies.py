@@ -150,7 +150,7 @@ async def devices_expand_owners(reader: DirectoryReader, scope: Scope, platforms
             owner = _owner_of(obj)
             if owner is None and platform_matches(str(obj.get("operatingSystem") or ""), plat):
                 inv.ownerless.append(did)
-            if (owner is not None and owner in scope.users) or did in scope.devices:
+            if scope.may_contain(did, owner):
                 inv.records[did] = device_from_graph(obj, owner)
     inv.devices_seen = count
     return inv

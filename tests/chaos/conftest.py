@@ -251,9 +251,9 @@ class Stack:
     # ---- ground truth -------------------------------------------------------------------------------------------
 
     async def expected(self, tid: str, groups: list[str]) -> set[str]:
-        """Devices that should be enrolled: simulator truth plus owned mobile devices that are direct members of a
-        resolved enrollment group (the truth endpoint does not model that rule; read with Graph's own
-        ``transitiveMembers``, a different code path from the connector's delta walk)."""
+        """Devices that should be enrolled: simulator truth plus mobile devices that are direct members of a resolved
+        enrollment group, owned or not (cross-checked with Graph's own ``transitiveMembers``, a different code path
+        from the connector's delta walk)."""
         truth = self.sim.truth(tid, groups, ",".join(PLATFORMS))
         ids = {d["id"] for d in truth["devices"]}
         from shared_code.adapters.http_retry import UsageMeter
@@ -267,7 +267,7 @@ class Stack:
                             continue
                         dev = await graph.get_json(f"/devices/{m['id']}", permission="Directory.Read.All",
                                                    params={"$expand": "registeredOwners"})
-                        if dev.get("operatingSystem") in PLATFORMS and dev.get("registeredOwners"):
+                        if dev.get("operatingSystem") in PLATFORMS:
                             ids.add(m["id"])
         finally:
             await graph.aclose()
