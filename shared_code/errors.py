@@ -52,13 +52,21 @@ class ConsentRequiredError(FatalError):
         self.aadsts = aadsts
 
 
-class CredentialRejectedError(RetriableError):
-    """Entra rejected the connector's own credential (AADSTS7000215 bad secret, 7000222 expired secret).
+class ConnectorCredentialError(RetriableError):
+    """The connector's *own* configuration or credential is unusable: the Key Vault secret is missing, disabled,
+    empty or unreadable by the app's identity, the certificate in it is malformed, or Entra rejects it.
 
-    Every tenant fails the same way until an operator fixes the secret or certificate in Key Vault, so this is not
-    a customer's consent problem: it is retriable (the secret source is re-read) and should not push tenants
-    into quarantine.
+    Every tenant fails the same way until an operator fixes Key Vault, so it is never a customer's fault: it does
+    not count toward any tenant's quarantine, the connector records one connector-level state instead
+    (``shared_code/connector_status.py``), and it is retriable because the first attempt after the fix succeeds.
     """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message, status=status)
+
+
+class CredentialRejectedError(ConnectorCredentialError):
+    """Entra rejected the connector's own credential (AADSTS7000215 bad secret, 7000222 expired secret)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, status=401)

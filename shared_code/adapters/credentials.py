@@ -16,7 +16,12 @@ from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError, ClientAuthenticationError
 from azure.identity.aio import CertificateCredential, ClientSecretCredential
 
-from shared_code.errors import ConsentRequiredError, CredentialRejectedError, RetriableError
+from shared_code.errors import (
+    ConnectorCredentialError,
+    ConsentRequiredError,
+    CredentialRejectedError,
+    RetriableError,
+)
 
 _AADSTS = re.compile(r"AADSTS(\d+)")
 # AADSTS codes that mean "this tenant has not (or no longer) consented / the app is not there": the customer must
@@ -45,8 +50,8 @@ def certificate_bytes(material: str) -> bytes:
     learn.microsoft.com/azure/key-vault/certificates/about-certificates).
 
     Raises:
-        ConsentRequiredError: the material is neither PEM nor base64 (it cannot sign an assertion; an operator
-            must fix the vault entry).
+        ConnectorCredentialError: the material is neither PEM nor base64 (it cannot sign an assertion; an operator
+            must fix the vault entry, no tenant is at fault).
     """
     text = material.strip()
     if text.startswith("-----BEGIN"):
@@ -55,7 +60,7 @@ def certificate_bytes(material: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         msg = "the connector certificate in Key Vault is neither PEM nor base64 PKCS#12"
-        raise ConsentRequiredError(msg) from None
+        raise ConnectorCredentialError(msg) from None
 
 
 class SecretSource(Protocol):
@@ -115,9 +120,14 @@ class TenantCredentials:
         }
         credential: AsyncTokenCredential
         if self._certificate:
-            credential = CertificateCredential(
-                tenant_id, self._client_id, certificate_data=certificate_bytes(material), **options
-            )
+            try:
+                credential = CertificateCredential(
+                    tenant_id, self._client_id, certificate_data=certificate_bytes(material), **options
+                )
+            except (ValueError, TypeError):
+                # azure-identity parses the certificate here: base64 that is no PKCS#12/PEM key pair lands here.
+                msg = "the connector certificate in Key Vault cannot be loaded (no private key or malformed)"
+                raise ConnectorCredentialError(msg) from None
         else:
             credential = ClientSecretCredential(tenant_id, self._client_id, material, **options)
         self._credentials[tenant_id] = (material, credential)
@@ -128,6 +138,7 @@ class TenantCredentials:
 
         Raises:
             ConsentRequiredError: the tenant has not consented, revoked consent, or does not exist (AADSTS code kept).
+            ConnectorCredentialError: the connector's own secret/certificate is unreadable, malformed or rejected.
             RetriableError: the token endpoint is unavailable.
         """
         for attempt in (1, 2):

@@ -45,7 +45,7 @@ from azure.identity.aio import CertificateCredential, ClientSecretCredential, Ma
 from azure.keyvault.secrets.aio import SecretClient
 
 from shared_code.adapters.credentials import tls_options
-from shared_code.errors import FatalError, RetriableError
+from shared_code.errors import ConnectorCredentialError, RetriableError
 from shared_code.settings import Settings
 
 log = logging.getLogger("connector.keyvault")
@@ -156,7 +156,8 @@ class KeyVaultSecret:
 
         Raises:
             RetriableError: the vault is unreachable/throttled and nothing is cached.
-            FatalError: the secret does not exist, is disabled/empty, or the identity may not read it.
+            ConnectorCredentialError: the secret does not exist, is disabled/empty, or the identity may not read it
+                (a connector-wide fault an operator must fix; never blamed on a tenant).
         """
         if self._fresh():
             assert self._value is not None
@@ -167,6 +168,8 @@ class KeyVaultSecret:
                 return self._value
             try:
                 value, version = await self._read()
+            except ConnectorCredentialError:
+                raise  # the vault answered: the entry itself is wrong, a cached value must not hide that
             except RetriableError:
                 if self._value is not None:
                     # Keep working on the last good value through a vault outage (the guidance: re-read only
@@ -182,23 +185,26 @@ class KeyVaultSecret:
         try:
             bundle = await self._secret_client().get_secret(self._name)
         except ResourceNotFoundError:
-            raise FatalError(f"secret {self._name!r} not found in the key vault", status=404) from None
+            raise ConnectorCredentialError(f"secret {self._name!r} not found in the key vault", status=404) from None
         except ClientAuthenticationError as exc:
             status = getattr(getattr(exc, "response", None), "status_code", None)
             if status is None or status == 429 or status >= 500:
                 # The token endpoint (or the network) failed, not the identity's right to read.
                 raise RetriableError(f"key vault identity unavailable ({type(exc).__name__})") from None
             # Messages from the identity layer may echo request details; keep only the type.
-            raise FatalError(f"cannot authenticate to the key vault ({type(exc).__name__})", status=401) from None
+            raise ConnectorCredentialError(
+                f"cannot authenticate to the key vault ({type(exc).__name__})", status=401
+            ) from None
         except HttpResponseError as exc:
             status = exc.status_code
             if status is not None and (status == 429 or status >= 500):
                 raise RetriableError(f"key vault answered HTTP {status}", status=status) from None
-            raise FatalError(f"key vault refused the secret read (HTTP {status})", status=status) from None
+            msg = f"key vault refused the secret read (HTTP {status})"
+            raise ConnectorCredentialError(msg, status=status) from None
         except (ServiceRequestError, ServiceResponseError, OSError) as exc:
             raise RetriableError(f"key vault unreachable: {type(exc).__name__}") from None
         if not bundle.value:
-            raise FatalError(f"secret {self._name!r} is empty or disabled")
+            raise ConnectorCredentialError(f"secret {self._name!r} is empty or disabled")
         version = bundle.properties.version if bundle.properties is not None else None
         log.info("read connector secret %s (version %s) from key vault", self._name, version)
         return bundle.value, version

@@ -27,6 +27,7 @@ from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
 from shared_code.adapters.storage import StorageClients
+from shared_code.connector_status import CONNECTOR_PARTITION, CREDENTIAL_SECTION
 from shared_code.domain.timestamps import utc_iso
 from shared_code.errors import ConflictError, NotFoundError
 from shared_code.tenants import TenantConfig, TenantRecord
@@ -307,6 +308,29 @@ def _assemble(entities: list[Any]) -> TenantRecord | None:
         created_at=str(config_row.get("created_at", "")),
         updated_at=str(config_row.get("updated_at", "")),
     )
+
+
+class TableConnectorStatusStore:
+    """The connector-level document (``shared_code/connector_status.py``) in this table, under a reserved partition.
+
+    The partition has no ``config`` row, so :meth:`TableTenantRepository.list_active` never lists it as a tenant.
+    """
+
+    def __init__(self, tenants: TableTenantRepository) -> None:
+        self._tenants = tenants
+
+    async def get(self) -> dict[str, Any]:
+        """The document (empty when never written)."""
+        table = await self._tenants._table()
+        try:
+            entity = await table.get_entity(CONNECTOR_PARTITION, STATUS_PREFIX + CREDENTIAL_SECTION)
+        except ResourceNotFoundError:
+            return {}
+        return dict(unpack_json(entity) or {})
+
+    async def update(self, patch: dict[str, Any]) -> None:
+        """Merge ``patch`` into the document (ETag-guarded, retried on conflict)."""
+        await self._tenants.update_status(CONNECTOR_PARTITION, CREDENTIAL_SECTION, patch)
 
 
 def build_tenant_repository(c: Any) -> TableTenantRepository:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared_code.errors import (
+    ConnectorCredentialError,
     ConsentRequiredError,
     CredentialRejectedError,
     CursorExpiredError,
@@ -33,6 +34,8 @@ def failure_reason(error: BaseException) -> str:
         return f"permission_missing: {error.permission}"
     if isinstance(error, CredentialRejectedError):
         return "connector_credential_rejected"
+    if isinstance(error, ConnectorCredentialError):
+        return "connector_credential_unavailable"
     if isinstance(error, RetriableError):
         return f"graph_unavailable ({error.status or 'transport'})"
     if isinstance(error, CursorExpiredError):
@@ -54,10 +57,11 @@ def after_failure(
 ) -> dict[str, Any]:
     """The ``quarantine`` status patch after a failed poll.
 
-    A rejected *connector* credential fails every tenant alike until an operator fixes Key Vault: it is recorded
-    and retried at the normal interval, but it does not lengthen the tenant's streak towards quarantine.
+    A *connector* credential fault (secret missing, unreadable, malformed or rejected) fails every tenant alike
+    until an operator fixes Key Vault: it is recorded and retried at the normal interval, but it does not lengthen
+    the tenant's streak towards quarantine.
     """
-    if isinstance(error, CredentialRejectedError):
+    if isinstance(error, ConnectorCredentialError):
         failures = int(previous.get("failures") or 0)
         return {
             "state": previous.get("state") or "backoff",

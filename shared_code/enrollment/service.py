@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from shared_code.bootstrap import Container
+from shared_code.connector_status import ConnectorStatus, build_connector_status
 from shared_code.domain.ids import is_guid
 from shared_code.domain.timestamps import utc_iso
 from shared_code.enrollment import quarantine
@@ -26,7 +27,7 @@ from shared_code.enrollment.cursors import CursorStore, TableCursorStore
 from shared_code.enrollment.engine import PollEngine, PollOutcome, usage_of
 from shared_code.enrollment.leases import Lease, LeaseStore, TableLeaseStore
 from shared_code.enrollment.store import EnrollmentStore, TableEnrollmentStore
-from shared_code.errors import ConflictError, NotFoundError, RetriableError, ValidationError
+from shared_code.errors import ConflictError, ConnectorCredentialError, NotFoundError, RetriableError, ValidationError
 from shared_code.tenants import TenantRecord, TenantRepository
 
 log = logging.getLogger("connector.enrollment")
@@ -191,8 +192,10 @@ class EnrollmentService:
         quarantine_after: int = 5,
         default_interval_minutes: int = 5,
         dry_run_seconds: float = DRY_RUN_SECONDS,
+        connector_status: ConnectorStatus | None = None,
     ) -> None:
         self.tenants = tenants
+        self.connector_status = connector_status
         self.store = store
         self.cursors = cursors
         self.leases = leases
@@ -302,6 +305,8 @@ class EnrollmentService:
                 return {"tenantId": tenant_id, "result": "conflict"}
             except Exception as exc:  # noqa: BLE001 - any failure is this tenant's alone: record it, never rethrow
                 return await self._record_failure(record, exc, usage_of(exc))
+            if self.connector_status is not None:
+                await self.connector_status.succeeded()
             patch = quarantine.after_success(record.status.get("quarantine", {}), self._clock())
             if patch is not None:
                 await self.tenants.update_status(tenant_id, "quarantine", patch)
@@ -316,6 +321,8 @@ class EnrollmentService:
     ) -> dict[str, Any]:
         tid = record.config.tenant_id
         now = self._clock()
+        if isinstance(exc, ConnectorCredentialError):
+            return await self._record_connector_failure(record, exc, usage)
         patch = quarantine.after_failure(
             record.status.get("quarantine", {}),
             exc,
@@ -343,6 +350,31 @@ class EnrollmentService:
             "retries": usage.get("retries", 0),
         })
         return {"tenantId": tid, "result": "failed", "reason": patch["reason"], "state": patch["state"]}
+
+    async def _record_connector_failure(
+        self, record: TenantRecord, exc: ConnectorCredentialError, usage: dict[str, int]
+    ) -> dict[str, Any]:
+        """The connector's own credential failed: one connector-level state, nothing counted against the tenant.
+
+        The tenant's ``quarantine`` section is left alone (no streak, no backoff), so the first scheduled poll after
+        an operator fixes Key Vault runs for every tenant and succeeds.
+        """
+        tid = record.config.tenant_id
+        reason = quarantine.failure_reason(exc)
+        log.warning("tenant %s: poll failed on the connector's own credential (%s): %s", tid, reason, exc)
+        if self.connector_status is not None:
+            await self.connector_status.failed(reason)
+        await self.tenants.update_status(tid, "poll", {
+            "result": "failed",
+            "lastError": reason,
+            "lastErrorAt": utc_iso(self._clock()),
+            "requests": usage.get("requests", 0),
+            "resourceUnits": usage.get("resourceUnits", 0),
+            "throttled": usage.get("throttled", 0),
+            "retries": usage.get("retries", 0),
+        })
+        state = record.status.get("quarantine", {}).get("state") or "ok"
+        return {"tenantId": tid, "result": "failed", "reason": reason, "state": state, "connectorFault": True}
 
     # ---- console ----------------------------------------------------------------------------------------------
 
@@ -477,4 +509,5 @@ def build_enrollment_service(c: Container) -> EnrollmentService:
         clock=c.clock.now,
         quarantine_after=c.settings.quarantine_after_failures,
         default_interval_minutes=c.settings.poll_interval_minutes,
+        connector_status=c.service(build_connector_status),
     )

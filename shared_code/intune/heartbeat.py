@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared_code.adapters.intune import IntuneClient, IntuneNotProvisionedError
-from shared_code.errors import ConsentRequiredError, FatalError, PermissionMissingError, RetriableError
+from shared_code.errors import (
+    ConnectorCredentialError,
+    ConsentRequiredError,
+    FatalError,
+    PermissionMissingError,
+    RetriableError,
+)
 from shared_code.intune.discovery import DiscoveryService
 from shared_code.intune.provisioning import ProvisioningService
 from shared_code.intune.status import (
@@ -166,6 +172,10 @@ class HeartbeatService:
             )
         except ConsentRequiredError as exc:
             return await self._failed(record, attempt_at, failures, f"consent_required: {exc}", "consent_required")
+        except ConnectorCredentialError as exc:
+            # The connector's own credential (Key Vault), not this tenant: recorded without lengthening its backoff
+            # (failures - 1 + 1), so the first run after the fix beats for every tenant.
+            return await self._failed(record, attempt_at, failures - 1, f"connector_credential: {exc}", "failing")
         except (RetriableError, FatalError) as exc:
             return await self._failed(record, attempt_at, failures, f"{type(exc).__name__}: {exc}", "failing")
         patch: dict[str, Any] = {

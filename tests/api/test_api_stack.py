@@ -262,6 +262,9 @@ async def test_valid_manage_token_approves_a_staged_mass_deactivation_and_delete
     await stack.call("PUT", "/tenants/{tenantId}", token=stack.manage, ids=ids, expect=201,
                      json={"enrollmentGroups": [root]})  # default guard: 500 / 20 %
     await _poll(stack, devhost, tid)
+    # The connector's own credential worked: the connector-level state says so (issue 11 §4).
+    connector = (await stack.call("GET", "/connector", token=stack.read, expect=200)).json()
+    assert connector["credential"]["state"] == "ok", connector
     page = (await stack.call("GET", "/tenants/{tenantId}/devices", token=stack.read, ids=ids, expect=200)).json()
     enrolled = [d for d in page["devices"] if d.get("state") == "enrolled"]
     # Owner transitively in the group (truth), plus owned devices that are direct members of it.

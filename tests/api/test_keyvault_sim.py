@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from shared_code.adapters.keyvault import KeyVaultSecret, is_azure_vault, vault_credential
-from shared_code.errors import FatalError
+from shared_code.errors import ConnectorCredentialError
 from shared_code.settings import Settings
 
 
@@ -66,11 +66,11 @@ async def test_secret_is_read_once_cached_for_the_ttl_and_reread_after_invalidat
         await source.close()
 
 
-async def test_missing_secret_is_a_fatal_error_without_the_value(sim, connector_env):
+async def test_missing_secret_is_a_connector_credential_error_without_the_value(sim, connector_env):
     settings = _settings(sim, connector_env, "no-such-secret")
     source = KeyVaultSecret(settings, credential=vault_credential(settings, vault_env(sim)))
     try:
-        with pytest.raises(FatalError, match="not found"):
+        with pytest.raises(ConnectorCredentialError, match="not found"):
             await source.get_secret()
     finally:
         await source.close()

@@ -13,7 +13,7 @@ from cryptography.x509 import load_pem_x509_certificate
 from shared_code.adapters.credentials import TenantCredentials, certificate_bytes
 from shared_code.adapters.graph import GRAPH_SCOPE
 from shared_code.adapters.keyvault import KeyVaultSecret, vault_credential
-from shared_code.errors import ConsentRequiredError
+from shared_code.errors import ConnectorCredentialError
 from shared_code.settings import Settings, SettingsError
 
 
@@ -85,5 +85,5 @@ def test_unknown_credential_type_is_named(connector_env: dict[str, str]) -> None
 
 
 def test_material_that_is_neither_pem_nor_base64_is_refused_clearly() -> None:
-    with pytest.raises(ConsentRequiredError, match="neither PEM nor base64"):
+    with pytest.raises(ConnectorCredentialError, match="neither PEM nor base64"):
         certificate_bytes("not a certificate!")
