@@ -1,7 +1,8 @@
 """Enrollment routes: sync now / dry run, device list, change feed, approve staged deactivations.
 
 ``POST /api/tenants/{tenantId}/sync[?dryRun=true][&full=true]`` · ``GET /api/tenants/{tenantId}/devices`` ·
-``GET /api/tenants/{tenantId}/events?after=&limit=`` · ``POST /api/tenants/{tenantId}/deactivations/approve``.
+``GET /api/tenants/{tenantId}/events?after=&limit=`` · ``POST /api/tenants/{tenantId}/deactivations/approve`` ·
+``POST /api/tenants/{tenantId}/poison/requeue``.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import azure.functions as func
 
 from functions.http_support import MANAGE, READ, RequestContext, handle, json_response
+from shared_code.enrollment.poison import build_poison_service
 from shared_code.enrollment.service import MAX_PAGE, EnrollmentService, build_enrollment_service
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
@@ -44,10 +46,20 @@ async def _events(ctx: RequestContext) -> func.HttpResponse:
     return json_response(await _service(ctx).list_events(tenant_id, after or None, limit))
 
 
+def _caller(ctx: RequestContext) -> str:
+    return str(ctx.caller.get("oid") or ctx.caller.get("azp") or ctx.caller.get("sub") or "console")
+
+
 async def _approve(ctx: RequestContext) -> func.HttpResponse:
     tenant_id = ctx.guid("tenantId")
-    caller = str(ctx.caller.get("oid") or ctx.caller.get("azp") or ctx.caller.get("sub") or "console")
-    return json_response(await _service(ctx).approve(tenant_id, caller), status=202)
+    return json_response(await _service(ctx).approve(tenant_id, _caller(ctx)), status=202)
+
+
+async def _requeue(ctx: RequestContext) -> func.HttpResponse:
+    tenant_id = ctx.guid("tenantId")
+    ctx.allow_query()
+    poison = ctx.services.service(build_poison_service)
+    return json_response(await poison.requeue(tenant_id=tenant_id, caller=_caller(ctx)), status=202)
 
 
 @bp.route(route="tenants/{tenantId}/sync", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
@@ -72,3 +84,9 @@ async def list_events(req: func.HttpRequest) -> func.HttpResponse:
 async def approve_deactivations(req: func.HttpRequest) -> func.HttpResponse:
     """Release deactivations the guard staged (applied by the poll this enqueues)."""
     return await handle(req, MANAGE, _approve)
+
+
+@bp.route(route="tenants/{tenantId}/poison/requeue", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+async def requeue_poison(req: func.HttpRequest) -> func.HttpResponse:
+    """Move the tenant's poll messages from the poison queue back to the poll queue (after fixing the cause)."""
+    return await handle(req, MANAGE, _requeue)
