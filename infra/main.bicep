@@ -11,8 +11,50 @@ targetScope = 'subscription'
 @description('azd environment name; seeds resource names and tags.')
 param environmentName string
 
+// The regions that offer Flex Consumption, as in Microsoft's Flex quickstart template
+// (Azure-Samples/functions-quickstart-python-http-azd, infra/main.bicep); the live list is
+// `az functionapp list-flexconsumption-locations -o table` (docs/deploy.md, "Prerequisites").
 @minLength(1)
-@description('Azure region for all resources (must offer Flex Consumption).')
+@description('Azure region for all resources: one that offers Flex Consumption.')
+@allowed([
+  'australiaeast'
+  'australiasoutheast'
+  'brazilsouth'
+  'canadacentral'
+  'centralindia'
+  'centralus'
+  'eastasia'
+  'eastus'
+  'eastus2'
+  'eastus2euap'
+  'francecentral'
+  'germanywestcentral'
+  'italynorth'
+  'japaneast'
+  'koreacentral'
+  'northcentralus'
+  'northeurope'
+  'norwayeast'
+  'southafricanorth'
+  'southcentralus'
+  'southeastasia'
+  'southindia'
+  'spaincentral'
+  'swedencentral'
+  'uaenorth'
+  'uksouth'
+  'ukwest'
+  'westcentralus'
+  'westeurope'
+  'westus'
+  'westus2'
+  'westus3'
+])
+@metadata({
+  azd: {
+    type: 'location'
+  }
+})
 param location string
 
 @description('Resource group name (default rg-<environmentName>).')
@@ -58,16 +100,26 @@ param consoleApiAudience string = ''
 param consoleApiTenantId string = subscription().tenantId
 
 // ---------------------------------------------------------------------------------------------------------------
-// Microsoft cloud endpoints and Intune partner services (defaults = public cloud; see shared_code/settings.py)
+// Microsoft cloud endpoints and Intune partner services (defaults: the cloud this deployment runs in; see
+// shared_code/cloud.py and docs/deploy.md "Azure clouds")
 // ---------------------------------------------------------------------------------------------------------------
-@description('Entra ID authority host (AZURE_AUTHORITY_HOST).')
-param authorityHost string = 'https://login.microsoftonline.com'
+@allowed([
+  'public'
+  'usgov'
+  'usgovdod'
+  'china'
+])
+@description('Microsoft cloud of the customer tenants (AZURE_CLOUD): picks the Graph, Intune and Entra defaults. Default: from the ARM environment this deployment runs in; choose usgovdod yourself (DoD shares Azure Government\'s ARM environment).')
+param azureCloud string = environment().name == 'AzureUSGovernment' ? 'usgov' : (environment().name == 'AzureChinaCloud' ? 'china' : 'public')
 
-@description('Microsoft Graph root (GRAPH_BASE_URL).')
-param graphBaseUrl string = 'https://graph.microsoft.com'
+@description('Entra ID authority host (AZURE_AUTHORITY_HOST). Default: this ARM environment\'s login endpoint.')
+param authorityHost string = environment().authentication.loginEndpoint
 
-@description('Token audience for Intune partner services (INTUNE_RESOURCE).')
-param intuneResource string = 'https://api.manage.microsoft.com/'
+@description('Microsoft Graph root (GRAPH_BASE_URL). Empty = the azureCloud default.')
+param graphBaseUrl string = ''
+
+@description('Token audience for Intune partner services (INTUNE_RESOURCE). Empty = the azureCloud default.')
+param intuneResource string = ''
 
 @description('Intune partner tenant service providerName (INTUNE_TENANT_SYNC_PROVIDER).')
 param intuneTenantSyncProvider string = 'PartnerTenantDataSyncService'
@@ -117,10 +169,10 @@ param extraAppSettings object = {}
 @description('Flex Consumption instance memory in MB.')
 param instanceMemoryMB int = 2048
 
-@minValue(1)
-@maxValue(1000)
-@description('Flex Consumption maximum instance count (caps cost and the load on Graph/Intune).')
-param maximumInstanceCount int = 100
+@minValue(6)
+@maxValue(6000)
+@description('Most tenant polls that may run at once across the app: the cap on the load this app registration puts on Graph and Intune. Sets maximumInstanceCount = ceil(maxConcurrentPolls / pollsPerInstance).')
+param maxConcurrentPolls int = 120
 
 @allowed([
   'Standard_LRS'
@@ -136,8 +188,49 @@ param storageSkuName string = 'Standard_GRS'
 @description('Deploy a VNet, integrate the app with it and reach storage and Key Vault only through private endpoints.')
 param enablePrivateNetworking bool = false
 
-@description('Zone-redundant Flex Consumption plan (only where the region offers it).')
+@description('Zone-redundant Flex Consumption plan. Only in flexZoneRedundantRegions; the platform then keeps at least two always-ready instances per scale group (billed as always-ready).')
 param zoneRedundant bool = false
+
+@description('Regions where Flex Consumption offers zone redundancy; zoneRedundant=true anywhere else is refused. Default: the Flex regions above that have availability zones (learn.microsoft.com/azure/reliability/regions-list). Check the live list with `az functionapp list-flexconsumption-locations --zone-redundant=true` and pass it here if it differs.')
+param flexZoneRedundantRegions array = [
+  'australiaeast'
+  'brazilsouth'
+  'canadacentral'
+  'centralindia'
+  'centralus'
+  'eastasia'
+  'eastus'
+  'eastus2'
+  'francecentral'
+  'germanywestcentral'
+  'italynorth'
+  'japaneast'
+  'koreacentral'
+  'northeurope'
+  'norwayeast'
+  'southafricanorth'
+  'southcentralus'
+  'southeastasia'
+  'spaincentral'
+  'swedencentral'
+  'uaenorth'
+  'uksouth'
+  'westeurope'
+  'westus2'
+  'westus3'
+]
+
+@minValue(7)
+@maxValue(90)
+@description('Key Vault soft-delete retention in days (7-90). Fixed once the vault exists; with purge protection the vault name stays taken this long after deletion (docs/deploy.md §7).')
+param keyVaultSoftDeleteRetentionInDays int = 90
+
+@allowed([
+  'default'
+  'recover'
+])
+@description('"recover" re-attaches the soft-deleted vault of an earlier `azd down` in this environment (purge protection keeps its name taken for the retention period); "default" creates a new vault.')
+param keyVaultCreateMode string = 'default'
 
 @description('Optional e-mail address for the alerts.')
 param alertEmail string = ''
@@ -151,6 +244,11 @@ var tags = {
   application: 'intune-mtd-connector'
 }
 var functionAppName = 'func-${resourceToken}'
+// Polls one instance runs at once: host.json queues.batchSize (4) + newBatchThreshold (2); tests/infra keeps the two in
+// step. Flex applies maximumInstanceCount to each scale group (the poll queue function has its own), so the poll
+// group runs at most maximumInstanceCount x pollsPerInstance polls (docs/deploy.md, "Sizing").
+var pollsPerInstance = 6
+var maximumInstanceCount = (maxConcurrentPolls + pollsPerInstance - 1) / pollsPerInstance
 var deploymentContainerName = 'deployment-package'
 
 // The connector's tables (ARCHITECTURE §4); TABLE_PREFIX is prepended exactly as the app does.
@@ -170,10 +268,21 @@ var queueNames = [
   '${pollQueueName}-poison'
 ]
 
+// Refuse what no @allowed list can: zone redundancy where Flex Consumption does not offer it (modules/preflight.bicep).
+module preflight 'modules/preflight.bicep' = {
+  name: 'preflight'
+  params: {
+    zoneRedundancy: (zoneRedundant && !contains(flexZoneRedundantRegions, location)) ? 'zoneRedundant=true is refused: Flex Consumption zone redundancy is not offered in ${location} (flexZoneRedundantRegions)' : 'ok'
+  }
+}
+
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: empty(resourceGroupName) ? 'rg-${environmentName}' : resourceGroupName
   location: location
   tags: tags
+  dependsOn: [
+    preflight
+  ]
 }
 
 module identity 'modules/identity.bicep' = {
@@ -226,7 +335,11 @@ module keyVault 'modules/keyvault.bicep' = {
     deployerPrincipalId: principalId
     deployerPrincipalType: principalType
     secretName: connectorSecretName
+    credentialType: connectorCredentialType
     connectorClientSecret: connectorClientSecret
+    softDeleteRetentionInDays: keyVaultSoftDeleteRetentionInDays
+    createMode: keyVaultCreateMode
+    logAnalyticsId: monitoring.outputs.logAnalyticsId
     publicNetworkAccess: enablePrivateNetworking ? 'Disabled' : 'Enabled'
     networkDefaultAction: enablePrivateNetworking ? 'Deny' : 'Allow'
   }
@@ -263,6 +376,7 @@ var appSettings = union({
   KEY_VAULT_URL: keyVault.outputs.uri
   CONNECTOR_SECRET_NAME: connectorSecretName
   CONNECTOR_CREDENTIAL_TYPE: connectorCredentialType
+  AZURE_CLOUD: azureCloud
   AZURE_AUTHORITY_HOST: authorityHost
   GRAPH_BASE_URL: graphBaseUrl
   INTUNE_RESOURCE: intuneResource
@@ -324,3 +438,4 @@ output KEY_VAULT_URL string = keyVault.outputs.uri
 output CONNECTOR_SECRET_NAME string = connectorSecretName
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output AZURE_USER_ASSIGNED_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+output MAXIMUM_INSTANCE_COUNT int = maximumInstanceCount

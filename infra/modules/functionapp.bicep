@@ -72,6 +72,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   // checkov:skip=CKV_AZURE_17: callers authenticate with Entra ID bearer tokens, not client certificates
   // checkov:skip=CKV_AZURE_212: Flex Consumption scales each function from zero on demand (numberOfWorkers is not a Flex property); failover capacity is the platform's, capped by maximumInstanceCount
   // checkov:skip=CKV_AZURE_213: App Service health-check eviction does not apply to Flex Consumption, whose instances the platform manages; /api/health is exposed for external availability probes
+  // checkov:skip=CKV_AZURE_78: ARM refuses siteConfig.ftpsState on Flex Consumption sites (error 51021; the Azure Verified Modules web/site module dropped it for Flex), so FTP and FTPS are switched off by the basicPublishingCredentialsPolicies 'ftp' resource below (allow: false) and tests/infra asserts both
   // checkov:skip=CKV_AZURE_222: the HTTP API is called by the vendor console over the internet by design; every route but /api/health requires an Entra ID token
   name: name
   location: location
@@ -93,7 +94,8 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     siteConfig: {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
-      ftpsState: 'Disabled'
+      // No ftpsState: ARM rejects it on Flex Consumption sites (error 51021, "FtpsState ... for Flex Consumption sites
+      // is invalid"); FTP is off through the basicPublishingCredentialsPolicies below.
       http20Enabled: true
       // Set with the site (not a separate sites/config resource) so the host never starts without its settings.
       appSettings: [for setting in items(appSettings): {

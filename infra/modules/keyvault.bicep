@@ -29,6 +29,23 @@ param deployerPrincipalType string = 'User'
 @description('Name of the secret that holds the connector credential (CONNECTOR_SECRET_NAME).')
 param secretName string
 
+@description('What secretName holds (CONNECTOR_CREDENTIAL_TYPE): "certificate" also gives the deployer Key Vault Certificates Officer, to create the certificate and download its public part.')
+@allowed([
+  'secret'
+  'certificate'
+])
+param credentialType string = 'secret'
+
+@description('"recover" re-attaches a soft-deleted vault of the same name (after `azd down`: purge protection keeps the name taken); "default" creates a vault.')
+@allowed([
+  'default'
+  'recover'
+])
+param createMode string = 'default'
+
+@description('Resource id of the Log Analytics workspace that receives the vault\'s AuditEvent logs (every secret read).')
+param logAnalyticsId string
+
 @description('Optional: the connector client secret. Leave empty (default) and set it out of band; see docs/deploy.md.')
 @secure()
 param connectorClientSecret string = ''
@@ -61,6 +78,8 @@ var roles = {
   keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6'
   // Key Vault Secrets Officer: create/rotate secrets (the deployer, to set the connector credential).
   keyVaultSecretsOfficer: 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
+  // Key Vault Certificates Officer: create certificates and read their public part (certificate mode, deployer).
+  keyVaultCertificatesOfficer: 'a4417e6f-fecd-4de8-b567-7b0420556985'
 }
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
@@ -70,6 +89,8 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   location: location
   tags: tags
   properties: {
+    // 'recover' undeletes the vault soft-deleted by an earlier `azd down` (its secrets come back with it).
+    createMode: createMode
     tenantId: subscription().tenantId
     sku: {
       family: 'A'
@@ -121,6 +142,35 @@ resource deployerSecretsOfficer 'Microsoft.Authorization/roleAssignments@2022-04
     principalId: deployerPrincipalId
     principalType: deployerPrincipalType
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsOfficer)
+  }
+}
+
+// Key Vault Certificates Officer for the deployer in certificate mode: `az keyvault certificate create` and
+// `download` need certificate permissions, which Secrets Officer does not include. Re-provision after switching
+// CONNECTOR_CREDENTIAL_TYPE so this assignment exists (docs/deploy.md §3).
+resource deployerCertificatesOfficer 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(deployerPrincipalId) && credentialType == 'certificate') {
+  name: guid(vault.id, deployerPrincipalId, roles.keyVaultCertificatesOfficer)
+  scope: vault
+  properties: {
+    principalId: deployerPrincipalId
+    principalType: deployerPrincipalType
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultCertificatesOfficer)
+  }
+}
+
+// Audit every data-plane operation (secret reads by the app, sets by operators) to Log Analytics
+// (learn.microsoft.com/azure/key-vault/general/logging: category AuditEvent).
+resource auditLogs 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'audit-to-log-analytics'
+  scope: vault
+  properties: {
+    workspaceId: logAnalyticsId
+    logs: [
+      {
+        category: 'AuditEvent'
+        enabled: true
+      }
+    ]
   }
 }
 

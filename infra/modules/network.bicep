@@ -124,8 +124,10 @@ resource storageEndpointDns 'Microsoft.Network/privateEndpoints/privateDnsZoneGr
   }
 }]
 
+// privatelink.vaultcore.<cloud suffix>: keyvaultDns is '.vault.azure.net' (public), '.vault.usgovcloudapi.net',
+// '.vault.azure.cn' (learn.microsoft.com/azure/private-link/private-endpoint-dns, "Key Vault").
 resource vaultDnsZone 'Microsoft.Network/privateDnsZones@2020-06-01' = {
-  name: 'privatelink.vaultcore.azure.net'
+  name: 'privatelink${replace(environment().suffixes.keyvaultDns, '.vault.', '.vaultcore.')}'
   location: 'global'
   tags: tags
 }

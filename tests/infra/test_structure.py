@@ -192,7 +192,8 @@ def test_flex_consumption_plan_and_site(parsed: dict[str, dict[str, Any]]) -> No
     assert site_body["identity"]["type"] == "UserAssigned"
     props = site_body["properties"]
     assert props["httpsOnly"] is True
-    assert props["siteConfig"]["ftpsState"] == "Disabled"
+    # ARM rejects ftpsState on Flex Consumption sites (error 51021): FTP is off via basicPublishingCredentialsPolicies.
+    assert not any(k.lower() == "ftpsstate" for k in props["siteConfig"]), "ftpsState breaks `azd up` on Flex"
     config = props["functionAppConfig"]
     tree = parsed[file]
     assert config["runtime"]["name"] == "python"
@@ -211,7 +212,9 @@ def test_flex_consumption_plan_and_site(parsed: dict[str, dict[str, Any]]) -> No
 def test_main_exposes_memory_and_instance_parameters(main: dict[str, Any]) -> None:
     params = body(main["modules"]["functionApp"])["params"]
     assert params["instanceMemoryMB"] == "instanceMemoryMB"
+    # maximumInstanceCount is derived from the documented cap on concurrent polls, not a free knob.
     assert params["maximumInstanceCount"] == "maximumInstanceCount"
+    assert "maximumInstanceCount" in main["variables"] and "maximumInstanceCount" not in main["parameters"]
     assert _decorator(main["parameters"]["instanceMemoryMB"], "allowed") == [512, 2048, 4096]
     assert params["appSettings"] == "appSettings"
 
@@ -243,6 +246,60 @@ def test_no_settings_flex_rejects_or_secrets(app_settings: dict[str, Any]) -> No
     # The credential is read from Key Vault at run time, never put in settings.
     assert "CONNECTOR_CLIENT_SECRET" not in app_settings
     assert "AccountKey" not in repr(app_settings)
+
+
+def test_flex_site_sets_no_property_flex_refuses(parsed: dict[str, dict[str, Any]]) -> None:
+    # Properties ARM refuses on Flex Consumption sites (functionAppConfig replaces them): any of them fails `azd up`.
+    _, _, site = _one(parsed, "Microsoft.Web/sites")
+    site_config = {k.lower() for k in body(site)["properties"]["siteConfig"]}
+    refused = {"ftpsstate", "linuxfxversion", "alwayson", "use32bitworkerprocess", "javaversion", "numberofworkers"}
+    assert not site_config & refused
+
+
+def test_location_is_a_flex_region_with_azd_prompt(main: dict[str, Any]) -> None:
+    location = main["parameters"]["location"]
+    allowed = _decorator(location, "allowed")
+    assert allowed and "westeurope" in allowed and "eastus" in allowed
+    assert all(re.fullmatch(r"[a-z0-9]+", r) for r in allowed), allowed
+    assert len(set(allowed)) == len(allowed)
+    assert _decorator(location, "metadata") == {"azd": {"type": "location"}}
+
+
+def test_zone_redundancy_refused_outside_its_regions(parsed: dict[str, dict[str, Any]], main: dict[str, Any]) -> None:
+    flex = set(_decorator(main["parameters"]["location"], "allowed"))
+    zr = main["parameters"]["flexZoneRedundantRegions"]["default"]
+    assert zr and set(zr) <= flex, set(zr) - flex
+    assert main["parameters"]["zoneRedundant"]["default"] is False
+    # Regions without availability zones are never zone redundant (learn.microsoft.com/azure/reliability/regions-list).
+    assert not set(zr) & {"australiasoutheast", "northcentralus", "southindia", "ukwest", "westcentralus", "westus"}
+    # The guard: a module whose only parameter allows 'ok', fed 'ok' or the refusal sentence; the resource group
+    # (and so everything) waits for it.
+    guard = parsed["modules/preflight.bicep"]["parameters"]["zoneRedundancy"]
+    assert _decorator(guard, "allowed") == ["ok"]
+    value = body(main["modules"]["preflight"])["params"]["zoneRedundancy"]["operator"]
+    assert value["type"] == "conditional" and value["operands"]["false_value"] == "ok"
+    condition = repr(value["operands"]["condition"])
+    assert "zoneRedundant" in condition and "flexZoneRedundantRegions" in condition and "location" in condition
+    assert "refused" in value["operands"]["true_value"]
+    assert "preflight" in repr(body(main["resources"]["rg"]).get("dependsOn", main["resources"]["rg"]))
+    assert body(parsed["modules/functionapp.bicep"]["resources"]["plan"])["properties"]["zoneRedundant"] == (
+        "zoneRedundant"
+    )
+
+
+def test_poll_concurrency_cap_matches_host_json(main: dict[str, Any]) -> None:
+    import json
+
+    queues = json.loads((ROOT / "host.json").read_text())["extensions"]["queues"]
+    per_instance = queues["batchSize"] + queues["newBatchThreshold"]
+    assert main["variables"]["pollsPerInstance"]["value"] == per_instance
+    cap = main["parameters"]["maxConcurrentPolls"]
+    assert _decorator(cap, "min_value") >= per_instance
+    derived = repr(main["variables"]["maximumInstanceCount"]["value"])
+    assert "maxConcurrentPolls" in derived and "pollsPerInstance" in derived
+    doc = (ROOT / "docs" / "deploy.md").read_text()
+    assert f"{per_instance} polls per instance" in doc
+    assert f"`maxConcurrentPolls` (default {cap['default']})" in doc
 
 
 # --- role assignments ------------------------------------------------------------------------------------------
@@ -309,6 +366,35 @@ def test_no_role_assignment_at_subscription_or_group_scope(parsed: dict[str, dic
             assert accessor(conf["scope"])[0] not in ("subscription()", "resourceGroup()"), f"{file}:{name}"
 
 
+def test_deployer_gets_certificates_officer_only_in_certificate_mode(parsed: dict[str, dict[str, Any]]) -> None:
+    kv = parsed["modules/keyvault.bicep"]
+    assert kv["variables"]["roles"]["value"]["keyVaultCertificatesOfficer"] == "a4417e6f-fecd-4de8-b567-7b0420556985"
+    res = kv["resources"]["deployerCertificatesOfficer"]["config"]
+    condition = repr(res["condition"])
+    assert "deployerPrincipalId" in condition and "credentialType" in condition and "certificate" in condition
+    props = body(kv["resources"]["deployerCertificatesOfficer"])["properties"]
+    assert props["principalId"] == "deployerPrincipalId"
+    assert accessor(body(kv["resources"]["deployerCertificatesOfficer"])["scope"]) == ["vault"]
+
+
+def test_key_vault_retention_recover_and_audit(parsed: dict[str, dict[str, Any]], main: dict[str, Any]) -> None:
+    params = body(main["modules"]["keyVault"])["params"]
+    # Retention can never change once the vault exists: it is a main.bicep parameter, not a module default.
+    assert params["softDeleteRetentionInDays"] == "keyVaultSoftDeleteRetentionInDays"
+    assert params["createMode"] == "keyVaultCreateMode"
+    assert params["credentialType"] == "connectorCredentialType"
+    assert _decorator(main["parameters"]["keyVaultCreateMode"], "allowed") == ["default", "recover"]
+    assert main["parameters"]["keyVaultCreateMode"]["default"] == "default"
+    kv = parsed["modules/keyvault.bicep"]
+    assert body(kv["resources"]["vault"])["properties"]["createMode"] == "createMode"
+    # Every secret read is audited to Log Analytics.
+    diag = body(kv["resources"]["auditLogs"])
+    assert accessor(diag["scope"]) == ["vault"]
+    assert diag["properties"]["workspaceId"] == "logAnalyticsId"
+    assert {"category": "AuditEvent", "enabled": True} in diag["properties"]["logs"]
+    assert accessor(params["logAnalyticsId"]) == ["monitoring", "outputs", "logAnalyticsId"]
+
+
 # --- networking ------------------------------------------------------------------------------------------------
 
 
@@ -354,6 +440,21 @@ def test_alert_rules_cover_poison_heartbeat_quarantine(parsed: dict[str, dict[st
     assert rule_res["properties"]["scopes"] == ["applicationInsightsId"]
 
 
+def test_sampling_never_drops_what_alerts_read(parsed: dict[str, dict[str, Any]]) -> None:
+    import json
+
+    # App Insights table -> host.json sampling type (customMetrics are pre-aggregated and never sampled).
+    sampled_types = {"traces": "Trace", "customEvents": "Event", "requests": "Request", "exceptions": "Exception",
+                     "dependencies": "Dependency"}
+    rules = parsed["modules/alerts.bicep"]["variables"]["rules"]["value"]
+    tables = {t for rule in rules for t in re.findall(r"\(\s*(\w+)\s*\|", rule["query"])}
+    assert {"traces", "customEvents"} <= tables
+    sampling = json.loads((ROOT / "host.json").read_text())["logging"]["applicationInsights"]["samplingSettings"]
+    excluded = set(sampling["excludedTypes"].split(";"))
+    for table in tables - {"customMetrics"}:
+        assert sampled_types[table] in excluded, f"alerts read {table} but host.json may sample it away"
+
+
 def test_deploy_doc_states_the_telemetry_contract(parsed: dict[str, dict[str, Any]]) -> None:
     doc = (ROOT / "docs" / "deploy.md").read_text()
     variables = {k: v["value"] for k, v in parsed["modules/alerts.bicep"]["variables"].items()}
@@ -371,3 +472,44 @@ def test_every_checkov_suppression_has_a_reason() -> None:
                 match = re.search(r"checkov:skip=([A-Z0-9_]+):\s*(.*)$", line)
                 assert match, f"{path.name}: suppression without reason: {line.strip()}"
                 assert len(match.group(2)) >= 20, f"{path.name}: reason too short: {line.strip()}"
+
+
+# --- Azure clouds ----------------------------------------------------------------------------------------------
+
+
+def _cloud_profiles() -> dict[str, dict[str, Any]]:
+    """shared_code/cloud.py's CLOUDS, read with ast (the app is not importable in .venv-infra)."""
+    import ast
+
+    tree = ast.parse((ROOT / "shared_code" / "cloud.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == "CLOUDS":
+            assert isinstance(node.value, ast.Dict)
+            out = {}
+            for key, call in zip(node.value.keys, node.value.values, strict=True):
+                assert isinstance(key, ast.Constant) and isinstance(call, ast.Call)
+                out[key.value] = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+            return out
+    raise AssertionError("shared_code/cloud.py has no CLOUDS table")
+
+
+def test_bicep_passes_the_cloud_from_the_arm_environment(main: dict[str, Any], app_settings: dict[str, Any]) -> None:
+    profiles = _cloud_profiles()
+    param = main["parameters"]["azureCloud"]
+    assert _decorator(param, "allowed") == list(profiles)
+    assert app_settings["AZURE_CLOUD"] == "azureCloud"
+    # The default maps environment().name to the profile whose arm_environment it is (DoD must be chosen).
+    default = repr(param["default"])
+    for name, profile in profiles.items():
+        if name in ("public", "usgovdod"):
+            continue
+        assert profile["arm_environment"] in default and f"'{name}'" in default, name
+    assert "environment" in repr(main["parameters"]["authorityHost"]["default"])
+    # Graph and Intune defaults come from the app's cloud profile unless set explicitly.
+    assert main["parameters"]["graphBaseUrl"]["default"] == ""
+    assert main["parameters"]["intuneResource"]["default"] == ""
+    # Private DNS zones follow the cloud's suffixes, never the public-cloud literals.
+    network = (INFRA / "modules" / "network.bicep").read_text()
+    code = "\n".join(line.split("//", 1)[0] for line in network.splitlines())
+    assert "core.windows.net" not in code and "azure.net'" not in code
+    assert "environment().suffixes.storage" in code and "environment().suffixes.keyvaultDns" in code
