@@ -93,7 +93,12 @@ class Container:
     def storage(self) -> StorageClients:
         """Tables and queues."""
         if self._storage is None:
-            self._storage = StorageClients(self.settings.storage_connection, table_prefix=self.settings.table_prefix)
+            self._storage = StorageClients(
+                self.settings.storage_connection,
+                table_prefix=self.settings.table_prefix,
+                table_service_uri=self.settings.table_service_uri,
+                queue_service_uri=self.settings.queue_service_uri,
+            )
         return self._storage
 
     @property

@@ -12,9 +12,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from shared_code.cloud import CloudProfile, UnknownCloudError, cloud_profile
+
 # Names of every setting the connector reads (ARCHITECTURE §5 plus the operational knobs).
 SETTING_NAMES: tuple[str, ...] = (
     "AzureWebJobsStorage",
+    "AzureWebJobsStorage__tableServiceUri",
+    "AzureWebJobsStorage__queueServiceUri",
+    "AZURE_CLOUD",
     "CONNECTOR_CLIENT_ID",
     "CONNECTOR_CLIENT_SECRET",
     "KEY_VAULT_URL",
@@ -45,6 +50,9 @@ SETTING_NAMES: tuple[str, ...] = (
 
 # Documented defaults. Settings absent here are required (or, for the credential, one of two forms is).
 SETTING_DEFAULTS: dict[str, str] = {
+    # public | usgov | usgovdod | china (shared_code/cloud.py). The next three defaults are the public cloud's; with
+    # another AZURE_CLOUD the defaults are that cloud's profile, and an explicit setting still wins.
+    "AZURE_CLOUD": "public",
     "AZURE_AUTHORITY_HOST": "https://login.microsoftonline.com",
     "GRAPH_BASE_URL": "https://graph.microsoft.com",
     "INTUNE_RESOURCE": "https://api.manage.microsoft.com/",
@@ -90,12 +98,25 @@ def _str(env: Mapping[str, str], name: str) -> str:
     return env.get(name) or SETTING_DEFAULTS.get(name, "")
 
 
+def _storage_uri(env: Mapping[str, str], service: str, cloud: CloudProfile) -> str:
+    explicit = env.get(f"AzureWebJobsStorage__{service}ServiceUri", "")
+    if explicit:
+        return explicit.rstrip("/")
+    account = env.get("AzureWebJobsStorage__accountName", "")
+    return f"https://{account}.{service}.{cloud.storage_suffix}" if account else ""
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every knob of the connector. Build with :meth:`from_env`; tests build it directly."""
 
     storage_connection: str
     client_id: str
+    # Identity-based storage (Azure): service URIs, from the Bicep's AzureWebJobsStorage__*ServiceUri or built from
+    # the account name and the cloud's storage suffix. Empty when storage_connection is a connection string.
+    table_service_uri: str = ""
+    queue_service_uri: str = ""
+    cloud: str = SETTING_DEFAULTS["AZURE_CLOUD"]
     client_secret: str = field(default="", repr=False)
     key_vault_url: str = ""
     secret_name: str = SETTING_DEFAULTS["CONNECTOR_SECRET_NAME"]
@@ -127,12 +148,21 @@ class Settings:
             SettingsError: a required setting is missing or a number is malformed.
         """
         env = os.environ if env is None else env
+        try:
+            cloud = cloud_profile(env.get("AZURE_CLOUD"))
+        except UnknownCloudError as exc:
+            raise SettingsError(str(exc)) from None
         storage = env.get("AzureWebJobsStorage", "")
-        if not storage and env.get("AzureWebJobsStorage__accountName"):
-            # Identity-based connection (Azure): the adapters build service URIs from the account name.
-            storage = "accountName=" + env["AzureWebJobsStorage__accountName"]
+        table_uri = queue_uri = ""
         if not storage:
-            msg = "setting AzureWebJobsStorage (or AzureWebJobsStorage__accountName) is required"
+            # Identity-based connection (Azure): the service URIs the Bicep sets, else the account in this cloud.
+            table_uri = _storage_uri(env, "table", cloud)
+            queue_uri = _storage_uri(env, "queue", cloud)
+        if not storage and not (table_uri and queue_uri):
+            msg = (
+                "setting AzureWebJobsStorage (or AzureWebJobsStorage__accountName / "
+                "AzureWebJobsStorage__tableServiceUri + __queueServiceUri) is required"
+            )
             raise SettingsError(msg)
         client_id = env.get("CONNECTOR_CLIENT_ID", "")
         if not client_id:
@@ -152,14 +182,17 @@ class Settings:
             raise SettingsError(msg)
         return cls(
             storage_connection=storage,
+            table_service_uri=table_uri,
+            queue_service_uri=queue_uri,
+            cloud=cloud.name,
             credential_type=credential_type,
             client_id=client_id,
             client_secret=secret,
             key_vault_url=vault,
             secret_name=_str(env, "CONNECTOR_SECRET_NAME"),
-            authority_host=_str(env, "AZURE_AUTHORITY_HOST").rstrip("/"),
-            graph_base_url=_str(env, "GRAPH_BASE_URL").rstrip("/"),
-            intune_resource=_str(env, "INTUNE_RESOURCE"),
+            authority_host=(env.get("AZURE_AUTHORITY_HOST") or cloud.authority_host).rstrip("/"),
+            graph_base_url=(env.get("GRAPH_BASE_URL") or cloud.graph_base_url).rstrip("/"),
+            intune_resource=env.get("INTUNE_RESOURCE") or cloud.intune_resource,
             console_audience=_str(env, "CONSOLE_API_AUDIENCE"),
             console_tenant_id=_str(env, "CONSOLE_API_TENANT_ID"),
             intune_tenant_provider=_str(env, "INTUNE_TENANT_SYNC_PROVIDER"),

@@ -1,7 +1,8 @@
 """Azure Storage clients (Tables and Queues) from ``AzureWebJobsStorage``.
 
-Locally that is a connection string (Azurite); in Azure it is identity-based (``AzureWebJobsStorage__accountName`` +
-``__credential=managedidentity`` + ``__clientId``), so shared keys can stay disabled on the account.
+Locally that is a connection string (Azurite); in Azure it is identity-based (``__credential=managedidentity`` +
+``__clientId``, with the service URIs the Bicep sets or the account name in the configured cloud, see
+``Settings.table_service_uri``), so shared keys can stay disabled on the account.
 """
 
 from __future__ import annotations
@@ -27,8 +28,16 @@ def _managed_identity() -> Any:
 class StorageClients:
     """Builds and caches storage clients for one process."""
 
-    def __init__(self, connection: str, *, table_prefix: str = "") -> None:
+    def __init__(
+        self, connection: str, *, table_prefix: str = "", table_service_uri: str = "", queue_service_uri: str = ""
+    ) -> None:
+        """Use ``connection`` (a connection string) or, when it is empty, the two service URIs with the identity."""
+        if not connection and not (table_service_uri and queue_service_uri):
+            msg = "storage needs a connection string or both service URIs"
+            raise ValueError(msg)
         self._connection = connection
+        self._table_uri = table_service_uri
+        self._queue_uri = queue_service_uri
         self._prefix = table_prefix
         self._tables: dict[str, TableClient] = {}
         self._service: TableServiceClient | None = None
@@ -47,11 +56,8 @@ class StorageClients:
 
     def _table_service(self) -> TableServiceClient:
         if self._service is None:
-            if self._connection.startswith("accountName="):
-                account = self._connection.split("=", 1)[1]
-                self._service = TableServiceClient(
-                    endpoint=f"https://{account}.table.core.windows.net", credential=self._credential()
-                )
+            if not self._connection:
+                self._service = TableServiceClient(endpoint=self._table_uri, credential=self._credential())
             else:
                 self._service = TableServiceClient.from_connection_string(self._connection)
         return self._service
@@ -71,10 +77,9 @@ class StorageClients:
 
     def queue(self, name: str) -> QueueClient:
         """A queue client that base64-encodes messages, as the Functions queue trigger expects (azure.md §8)."""
-        if self._connection.startswith("accountName="):
-            account = self._connection.split("=", 1)[1]
+        if not self._connection:
             return QueueClient(
-                f"https://{account}.queue.core.windows.net",
+                self._queue_uri,
                 name,
                 credential=self._credential(),
                 message_encode_policy=TextBase64EncodePolicy(),

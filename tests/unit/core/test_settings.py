@@ -37,9 +37,67 @@ def test_malformed_number_is_named() -> None:
         Settings.from_env(BASE | {"FULL_RECONCILE_HOURS": "daily"})
 
 
-def test_identity_based_storage_connection() -> None:
-    env = {k: v for k, v in BASE.items() if k != "AzureWebJobsStorage"} | {"AzureWebJobsStorage__accountName": "acct"}
-    assert Settings.from_env(env).storage_connection == "accountName=acct"
+IDENTITY = {k: v for k, v in BASE.items() if k != "AzureWebJobsStorage"}
+
+
+def test_identity_based_storage_uses_the_service_uris_the_bicep_sets() -> None:
+    env = IDENTITY | {
+        "AzureWebJobsStorage__accountName": "acct",
+        "AzureWebJobsStorage__tableServiceUri": "https://acct.table.storage.example/",
+        "AzureWebJobsStorage__queueServiceUri": "https://acct.queue.storage.example/",
+    }
+    settings = Settings.from_env(env)
+    assert settings.storage_connection == ""
+    assert settings.table_service_uri == "https://acct.table.storage.example"
+    assert settings.queue_service_uri == "https://acct.queue.storage.example"
+
+
+@pytest.mark.parametrize(
+    ("cloud", "suffix"),
+    [("public", "core.windows.net"), ("usgov", "core.usgovcloudapi.net"), ("usgovdod", "core.usgovcloudapi.net"),
+     ("china", "core.chinacloudapi.cn")],
+)
+def test_account_name_alone_uses_the_clouds_storage_suffix(cloud: str, suffix: str) -> None:
+    settings = Settings.from_env(IDENTITY | {"AzureWebJobsStorage__accountName": "acct", "AZURE_CLOUD": cloud})
+    assert settings.table_service_uri == f"https://acct.table.{suffix}"
+    assert settings.queue_service_uri == f"https://acct.queue.{suffix}"
+
+
+def test_cloud_profile_supplies_defaults_and_explicit_settings_win() -> None:
+    gov = Settings.from_env(BASE | {"AZURE_CLOUD": "usgov"})
+    assert (gov.cloud, gov.authority_host, gov.graph_base_url, gov.intune_resource) == (
+        "usgov", "https://login.microsoftonline.us", "https://graph.microsoft.us", "https://api.manage.microsoft.us/"
+    )
+    assert Settings.from_env(BASE | {"AZURE_CLOUD": "usgovdod"}).graph_base_url == "https://dod-graph.microsoft.us"
+    china = Settings.from_env(BASE | {"AZURE_CLOUD": "China"})
+    assert china.authority_host == "https://login.chinacloudapi.cn"
+    assert china.graph_base_url == "https://microsoftgraph.chinacloudapi.cn"
+    explicit = Settings.from_env(
+        BASE | {"AZURE_CLOUD": "usgov", "GRAPH_BASE_URL": "https://graph.local:8443/", "AZURE_AUTHORITY_HOST": "https://a/"}
+    )
+    assert explicit.graph_base_url == "https://graph.local:8443"
+    assert explicit.authority_host == "https://a"
+    assert explicit.intune_resource == "https://api.manage.microsoft.us/"
+    public = Settings.from_env(BASE)
+    assert (public.cloud, public.authority_host) == ("public", SETTING_DEFAULTS["AZURE_AUTHORITY_HOST"])
+
+
+def test_unknown_cloud_is_named() -> None:
+    with pytest.raises(SettingsError, match="AZURE_CLOUD must be one of public, usgov, usgovdod, china"):
+        Settings.from_env(BASE | {"AZURE_CLOUD": "germany"})
+
+
+def test_storage_clients_use_the_service_uris() -> None:
+    from shared_code.adapters.storage import StorageClients
+
+    clients = StorageClients(
+        "", table_service_uri="https://acct.table.core.usgovcloudapi.net",
+        queue_service_uri="https://acct.queue.core.usgovcloudapi.net",
+    )
+    assert clients.queue("tenant-polls").url == "https://acct.queue.core.usgovcloudapi.net/tenant-polls"
+    assert clients._table_service().url.startswith("https://acct.table.core.usgovcloudapi.net")
+    with pytest.raises(ValueError, match="service URIs"):
+        StorageClients("", table_service_uri="https://acct.table.core.windows.net")
 
 
 def test_secret_is_not_in_repr() -> None:
