@@ -14,6 +14,11 @@ Each route function stays thin:
         body = ctx.body(TENANT_BODY)                            # 400 unknown-field / validation-error, 413, 415
         ...
 
+Bodies are declared with the specs of ``shared_code/validation.py`` (the API's one validation mechanism, shared
+with the poll, which re-checks stored configuration with the same specs); query parameters and headers pass the same
+text rule. Every string the API stores is valid Unicode text (no lone surrogates, noncharacters, bidi overrides or
+isolates, C0/C1 controls).
+
 ``handle`` authenticates the bearer token (``shared_code.adapters.console_auth``) *before* anything else (so an
 anonymous caller learns nothing, not even whether an id is well-formed), caps the body size, runs the action, and maps
 the taxonomy in ``shared_code.errors`` to HTTP in this one place. Every 4xx/5xx is ``application/problem+json``
@@ -26,12 +31,10 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any
 
 import azure.functions as func
@@ -40,6 +43,7 @@ from shared_code.bootstrap import Container, container
 from shared_code.domain.ids import is_guid
 from shared_code.errors import (
     AuthenticationError,
+    ConfigInvalidError,
     ConflictError,
     ConsentRequiredError,
     FatalError,
@@ -49,6 +53,7 @@ from shared_code.errors import (
     RetriableError,
     ValidationError,
 )
+from shared_code.validation import Obj, Prop, check_text, safe_name
 
 READ = "Console.Read"
 MANAGE = "Console.Manage"
@@ -68,6 +73,7 @@ PROBLEM_TYPES: dict[str, str] = {
     "body-too-large": "Body too large",
     "not-found": "Not found",
     "conflict": "Conflict",
+    "config-invalid": "Stored configuration invalid",
     "connector-not-ready": "Intune connector not ready",
     "user-token-rejected": "User token rejected",
     "permission-missing": "Permission missing",
@@ -92,9 +98,9 @@ class ApiError(Exception):
         self.extra = extra
 
 
-def invalid(field_: str, detail: str, type_: str = "validation-error") -> ApiError:
-    """A 400 naming the offending field."""
-    return ApiError(400, type_, detail, field=field_)
+def invalid(field_: str, detail: str, type_: str = "validation-error") -> ValidationError:
+    """A 400 naming the offending field (the same error the shared specs raise)."""
+    return ValidationError(detail, field=field_, kind=type_)
 
 
 # ---- scalar validators (usable outside a RequestContext too) ------------------------------------------------------
@@ -102,7 +108,7 @@ def parse_guid(value: Any, field_: str) -> str:
     """``value`` as a canonical lower-case GUID string.
 
     Raises:
-        ApiError: 400 ``invalid-parameter`` naming ``field_``.
+        ValidationError: 400 ``invalid-parameter`` naming ``field_``.
     """
     if not is_guid(value):
         raise invalid(field_, f"{field_} must be a GUID (8-4-4-4-12 hexadecimal digits)", "invalid-parameter")
@@ -127,197 +133,11 @@ def parse_bool(raw: str, field_: str) -> bool:
     return lowered == "true"
 
 
-# ---- a small body schema: strict objects, sized strings and lists -------------------------------------------------
-class Spec:
-    """A value specification; ``check`` returns the (normalised) value or raises a 400 naming ``path``."""
-
-    def check(self, value: Any, path: str) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class Str(Spec):
-    """A string with a length range, optional pattern and allowed values. Control characters are refused."""
-
-    max_length: int = 256
-    min_length: int = 1
-    pattern: str | None = None
-    enum: tuple[str, ...] | None = None
-    strip: bool = True
-
-    def check(self, value: Any, path: str) -> str:
-        if not isinstance(value, str):
-            raise invalid(path, f"{path} must be a string")
-        text = value.strip() if self.strip else value
-        if self.enum is not None:
-            if text not in self.enum:
-                raise invalid(path, f"{path} must be one of: {', '.join(self.enum)}")
-            return text
-        if len(text) < self.min_length or len(text) > self.max_length:
-            raise invalid(path, f"{path} must be {self.min_length} to {self.max_length} characters")
-        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
-            raise invalid(path, f"{path} must not contain control characters")
-        if self.pattern is not None and not re.fullmatch(self.pattern, text):
-            raise invalid(path, f"{path} has an invalid format")
-        return text
-
-
-@dataclass(frozen=True)
-class Guid(Spec):
-    """A GUID string (normalised to lower case)."""
-
-    def check(self, value: Any, path: str) -> str:
-        if not is_guid(value):
-            raise invalid(path, f"{path} must be a GUID")
-        return str(value).lower()
-
-
-@dataclass(frozen=True)
-class Int(Spec):
-    """An integer (JSON number without fraction; booleans refused) in [minimum, maximum]."""
-
-    minimum: int = 0
-    maximum: int = 2**31 - 1
-
-    def check(self, value: Any, path: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise invalid(path, f"{path} must be an integer")
-        if isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()):
-            raise invalid(path, f"{path} must be an integer")
-        number = int(value)
-        if not self.minimum <= number <= self.maximum:
-            raise invalid(path, f"{path} must be between {self.minimum} and {self.maximum}")
-        return number
-
-
-@dataclass(frozen=True)
-class Num(Spec):
-    """A finite number in [minimum, maximum] (booleans refused)."""
-
-    minimum: float = 0.0
-    maximum: float = 1e9
-
-    def check(self, value: Any, path: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise invalid(path, f"{path} must be a number")
-        if not self.minimum <= value <= self.maximum:
-            raise invalid(path, f"{path} must be between {self.minimum:g} and {self.maximum:g}")
-        return float(value)
-
-
-@dataclass(frozen=True)
-class Bool(Spec):
-    """A JSON boolean."""
-
-    def check(self, value: Any, path: str) -> bool:
-        if not isinstance(value, bool):
-            raise invalid(path, f"{path} must be true or false")
-        return value
-
-
-@dataclass(frozen=True)
-class DateTime(Spec):
-    """An RFC 3339 date-time with a time zone (``Z`` or an offset); returned as the original string."""
-
-    def check(self, value: Any, path: str) -> str:
-        if not isinstance(value, str) or len(value) > 40:
-            raise invalid(path, f"{path} must be an RFC 3339 date-time")
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-        except ValueError:
-            raise invalid(path, f"{path} must be an RFC 3339 date-time") from None
-        if parsed.tzinfo is None or "T" not in value.upper():
-            raise invalid(path, f"{path} must be an RFC 3339 date-time with a time zone")
-        return value
-
-
-@dataclass(frozen=True)
-class List(Spec):
-    """A JSON array of ``item`` with a size range; ``unique`` refuses duplicates (after normalisation)."""
-
-    item: Spec
-    max_items: int = 100
-    min_items: int = 0
-    unique: bool = False
-
-    def check(self, value: Any, path: str) -> list[Any]:
-        if not isinstance(value, list):
-            raise invalid(path, f"{path} must be an array")
-        if len(value) < self.min_items or len(value) > self.max_items:
-            raise invalid(path, f"{path} must have {self.min_items} to {self.max_items} items")
-        out = [self.item.check(v, f"{path}[{i}]") for i, v in enumerate(value)]
-        if self.unique:
-            seen: set[str] = set()
-            for i, v in enumerate(out):
-                key = json.dumps(v, sort_keys=True)
-                if key in seen:
-                    raise invalid(f"{path}[{i}]", f"{path} must not contain duplicates")
-                seen.add(key)
-        return out
-
-
-@dataclass(frozen=True)
-class Prop:
-    """A property of an :class:`Obj`: its spec, whether it is required, whether ``null`` is allowed."""
-
-    spec: Spec
-    required: bool = False
-    nullable: bool = False
-
-
-@dataclass(frozen=True)
-class Obj(Spec):
-    """A JSON object with exactly the listed properties: unknown ones are refused (400 ``unknown-field``)."""
-
-    props: Mapping[str, Prop] = field(default_factory=dict)
-    max_properties: int | None = None
-    # For maps (e.g. role mappings) rather than records: every key must match ``key`` and every value ``values``.
-    values: Spec | None = None
-    key: Str | None = None
-
-    def check(self, value: Any, path: str) -> dict[str, Any]:
-        where = path or "body"
-        if not isinstance(value, dict):
-            raise invalid(where, f"{where} must be a JSON object", "invalid-body" if not path else "validation-error")
-        if self.max_properties is not None and len(value) > self.max_properties:
-            raise invalid(where, f"{where} must have at most {self.max_properties} properties")
-        out: dict[str, Any] = {}
-        if self.values is not None:
-            key_spec = self.key or Str(max_length=256)
-            for k, v in value.items():
-                sub = _join(path, k)
-                key_spec.check(k, sub)
-                out[k] = self.values.check(v, sub)
-            return out
-        for name in value:
-            if name not in self.props:
-                raise invalid(_join(path, name), f"unknown field {_join(path, name)!r}", "unknown-field")
-        for name, prop in self.props.items():
-            sub = _join(path, name)
-            if name not in value:
-                if prop.required:
-                    raise invalid(sub, f"{sub} is required")
-                continue
-            if value[name] is None:
-                if not prop.nullable:
-                    raise invalid(sub, f"{sub} must not be null")
-                out[name] = None
-                continue
-            out[name] = prop.spec.check(value[name], sub)
-        return out
-
-
-def _join(path: str, name: str) -> str:
-    # The API's one field-path convention (as in shared_code/intune/tenant_api.py): ``guard.maxPercent``,
-    # ``roleMappings[2].groupId``. Long names are cut to keep details small.
-    return f"{path}.{name[:64]}" if path else name[:64]
-
-
 def strict_object(body: Any, schema: Obj | Mapping[str, Prop]) -> dict[str, Any]:
     """Validate ``body`` against ``schema`` (unknown fields refused) and return the normalised copy.
 
     Raises:
-        ApiError: 400 ``invalid-body`` / ``unknown-field`` / ``validation-error`` naming the field.
+        ValidationError: 400 ``invalid-body`` / ``unknown-field`` / ``validation-error`` naming the field.
     """
     spec = schema if isinstance(schema, Obj) else Obj(props=schema)
     return spec.check(body, "")
@@ -351,7 +171,17 @@ class RequestContext:
             return None
         if len(raw) > max_length:
             raise invalid(name, f"{name} must be at most {max_length} characters", "invalid-parameter")
-        return raw
+        return check_text(raw, name, "invalid-parameter")
+
+    def header(self, name: str, *, max_length: int) -> str | None:
+        """A request header (``None`` when absent): 1..``max_length`` characters of valid text, else 400
+        ``invalid-parameter`` naming the header."""
+        raw: str | None = self.req.headers.get(name)
+        if raw is None:
+            return None
+        if not 1 <= len(raw) <= max_length:
+            raise invalid(name, f"{name} must be 1..{max_length} characters", "invalid-parameter")
+        return check_text(raw, name, "invalid-parameter")
 
     def query_int(self, name: str, *, default: int, minimum: int, maximum: int) -> int:
         """An integer query parameter within [minimum, maximum]; ``default`` when absent."""
@@ -379,7 +209,7 @@ class RequestContext:
         """Refuse query parameters other than ``names`` (400 ``invalid-parameter``)."""
         for name in self.req.params:
             if name not in names:
-                raise invalid(name[:64], f"unknown query parameter {name[:64]!r}", "invalid-parameter")
+                raise invalid(safe_name(name), f"unknown query parameter {safe_name(name)!r}", "invalid-parameter")
 
     def json_body(self) -> dict[str, Any]:
         """The body as a JSON object.
@@ -461,9 +291,11 @@ async def handle(req: func.HttpRequest, role: str, action: Action) -> func.HttpR
     except ApiError as exc:
         return problem(exc.status, exc.type, exc.detail, field=exc.field, **exc.extra)
     except ValidationError as exc:
-        return problem(400, "validation-error", str(exc), field=exc.field)
+        return problem(400, exc.kind, str(exc), field=exc.field)
     except NotFoundError as exc:
         return problem(404, "not-found", str(exc))
+    except ConfigInvalidError as exc:
+        return problem(409, "config-invalid", str(exc), field=exc.field)
     except ConflictError as exc:
         return problem(409, "conflict", str(exc))
     except PermissionMissingError as exc:

@@ -8,21 +8,11 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from functions.http_support import (
-    READ,
-    ApiError,
-    Guid,
-    Obj,
-    Prop,
-    RequestContext,
-    Str,
-    handle,
-    invalid,
-    json_response,
-)
+from functions.http_support import READ, ApiError, RequestContext, handle, invalid, json_response
 from shared_code.domain.ids import is_guid
 from shared_code.identity.sso import MAX_TOKEN_CHARS, UserTokenRejectedError, token_tenant
 from shared_code.intune.wiring import build_intune
+from shared_code.validation import Guid, Obj, Prop, Str
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 

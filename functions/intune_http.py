@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable
 import azure.functions as func
 
 from functions.http_support import MANAGE, READ, ApiError, RequestContext, handle, json_response
-from shared_code.errors import NotFoundError, ValidationError
+from shared_code.errors import NotFoundError
 from shared_code.intune.messages import ConnectorNotReadyError
-from shared_code.intune.threat import LEVELS, MAX_KEY_CHARS
+from shared_code.intune.threat import MAX_KEY_CHARS
 from shared_code.intune.wiring import build_intune
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
@@ -38,14 +38,7 @@ async def _put_threat(ctx: RequestContext) -> func.HttpResponse:
     tenant_id = ctx.guid("tenantId")
     device_id = ctx.guid("deviceId")
     body = ctx.json_body()
-    level = body.get("level")
-    # The console contract is strict: levels are lower case exactly as openapi.yaml lists them (no case folding).
-    if isinstance(level, str) and level not in LEVELS:
-        raise ValidationError(f"level must be one of {', '.join(LEVELS)} (lower case)", field="level")
-    header_key = ctx.req.headers.get("Idempotency-Key")
-    if header_key is not None and not 1 <= len(header_key) <= MAX_KEY_CHARS:
-        raise ApiError(400, "invalid-parameter", f"Idempotency-Key must be 1..{MAX_KEY_CHARS} characters",
-                       field="Idempotency-Key")
+    header_key = ctx.header("Idempotency-Key", max_length=MAX_KEY_CHARS)
     threat = ctx.services.service(build_intune).threat
     upload, replayed = await threat.report(tenant_id, device_id, body, idempotency_key=header_key)
     return json_response({**upload.public(), "replayed": replayed}, status=202)

@@ -11,8 +11,9 @@ import azure.functions as func
 
 from functions.http_support import MANAGE, READ, RequestContext, handle, json_response
 from shared_code.errors import NotFoundError
-from shared_code.intune.tenant_api import parse_tenant_body, tenant_document
+from shared_code.intune.tenant_api import tenant_document
 from shared_code.intune.wiring import build_intune
+from shared_code.tenant_config import parse_tenant_body
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 

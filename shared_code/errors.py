@@ -84,12 +84,23 @@ class ConflictError(FatalError):
     """The request conflicts with current state (ETag mismatch, connector not enabled, …)."""
 
 
-class ValidationError(ConnectorError):
-    """Input is malformed. ``field`` names the offending field (JSON pointer–like path)."""
+class ConfigInvalidError(ConflictError):
+    """The tenant's *stored* configuration cannot be used (written before a validation rule existed): nothing runs
+    for the tenant until the console PUTs a valid one. ``field`` names the offending field."""
 
     def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message, status=409, code="config_invalid")
+        self.field = field
+
+
+class ValidationError(ConnectorError):
+    """Input is malformed. ``field`` names the offending field (JSON pointer–like path); ``kind`` is the problem type
+    the HTTP layer answers (``validation-error``, ``unknown-field``, ``invalid-body``, ``invalid-parameter``)."""
+
+    def __init__(self, message: str, *, field: str, kind: str = "validation-error") -> None:
         super().__init__(message)
         self.field = field
+        self.kind = kind
 
 
 class AuthenticationError(ConnectorError):

@@ -27,7 +27,15 @@ from shared_code.enrollment.cursors import CursorStore, TableCursorStore
 from shared_code.enrollment.engine import PollEngine, PollOutcome, usage_of
 from shared_code.enrollment.leases import Lease, LeaseStore, TableLeaseStore
 from shared_code.enrollment.store import EnrollmentStore, TableEnrollmentStore
-from shared_code.errors import ConflictError, ConnectorCredentialError, NotFoundError, RetriableError, ValidationError
+from shared_code.errors import (
+    ConfigInvalidError,
+    ConflictError,
+    ConnectorCredentialError,
+    NotFoundError,
+    RetriableError,
+    ValidationError,
+)
+from shared_code.tenant_config import CONFIG, CONFIG_INVALID, config_invalid, config_problem
 from shared_code.tenants import TenantRecord, TenantRepository
 
 log = logging.getLogger("connector.enrollment")
@@ -220,6 +228,8 @@ class EnrollmentService:
         due: list[str] = []
         for record in await self.tenants.list_active():
             tid = record.config.tenant_id
+            if config_invalid(record) is not None:
+                continue  # nothing to retry until the console PUTs a valid configuration
             info = leases.get(tid)
             if quarantine.is_due(
                 now,
@@ -298,6 +308,13 @@ class EnrollmentService:
             record = await self.tenants.get(tenant_id)
             if record is None or record.state != "active":
                 return {"tenantId": tenant_id, "result": "not_active"}
+            problem = config_problem(record.config)
+            if problem is not None:
+                return await self._record_config_invalid(record, problem)
+            if record.status.get(CONFIG, {}).get("state") == CONFIG_INVALID:
+                await self.tenants.update_status(tenant_id, CONFIG, {
+                    "state": "valid", "field": None, "detail": None, "clearedAt": utc_iso(self._clock()),
+                })
             try:
                 outcome = await self.engine.poll(tenant_id, force_full=force_full, keepalive=keeper.keepalive)
             except ConflictError as exc:
@@ -315,6 +332,20 @@ class EnrollmentService:
             return {"tenantId": tenant_id, "result": "ok", **outcome.summary(0)}
         finally:
             await self.leases.release(keeper.lease, self._clock())
+
+    async def _record_config_invalid(self, record: TenantRecord, problem: ValidationError) -> dict[str, Any]:
+        """A stored configuration the poll cannot use: record ``config_invalid`` naming the field, once per config
+        version, and stop — no Graph call, no failure streak, no quarantine (retrying cannot fix it; a PUT can)."""
+        tid = record.config.tenant_id
+        result = {"tenantId": tid, "result": CONFIG_INVALID, "field": problem.field}
+        if config_invalid(record) is not None:
+            return result
+        log.error("connector.tenant.config_invalid tenant=%s field=%s: %s", tid, problem.field, problem)
+        await self.tenants.update_status(tid, CONFIG, {
+            "state": CONFIG_INVALID, "field": problem.field, "detail": str(problem),
+            "configVersion": record.config.config_version, "since": utc_iso(self._clock()),
+        })
+        return result
 
     async def _record_failure(
         self, record: TenantRecord, exc: BaseException, usage: dict[str, int]
@@ -384,13 +415,30 @@ class EnrollmentService:
             raise NotFoundError(f"tenant {tenant_id} is not provisioned", status=404)
         return record
 
+    async def _usable_tenant(self, tenant_id: str) -> TenantRecord:
+        """The tenant, when its stored configuration can be polled.
+
+        Raises:
+            NotFoundError: unknown tenant.
+            ConfigInvalidError: the stored configuration cannot be used (409 naming the field).
+        """
+        record = await self._tenant(tenant_id)
+        problem = config_problem(record.config)
+        if problem is not None:
+            raise ConfigInvalidError(
+                f"the stored configuration cannot be used ({problem}); PUT a valid configuration",
+                field=problem.field,
+            )
+        return record
+
     async def request_sync(self, tenant_id: str, *, full: bool = False) -> dict[str, Any]:
         """Enqueue a poll now.
 
         Raises:
             NotFoundError: unknown tenant.
+            ConfigInvalidError: the stored configuration cannot be used.
         """
-        await self._tenant(tenant_id)
+        await self._usable_tenant(tenant_id)
         await self._send(PollMessage(tenant_id, "manual", full=full, enqueued_at=self._clock()).to_json())
         return {"tenantId": tenant_id, "queued": True, "full": full}
 
@@ -402,11 +450,12 @@ class EnrollmentService:
 
         Raises:
             NotFoundError: unknown tenant.
+            ConfigInvalidError: the stored configuration cannot be used.
             ConflictError: a full dry run of a tenant this large is refused (409).
             RetriableError: the dry run did not finish in time (503; e.g. Graph is throttling the tenant).
             Graph errors as :meth:`PollEngine.poll`.
         """
-        await self._tenant(tenant_id)
+        await self._usable_tenant(tenant_id)
         try:
             async with asyncio.timeout(self._dry_run_seconds):
                 outcome: PollOutcome = await self.engine.poll(tenant_id, dry_run=True, force_full=full)

@@ -1,38 +1,19 @@
-"""The tenant document at the HTTP edge: validate ``PUT /tenants/{tenantId}`` bodies, render the document.
+"""The tenant document at the HTTP edge: tenant ids and the rendered document (the PUT body's specs live in
+``shared_code/tenant_config.py``).
 
-Pure functions (no I/O). Unknown fields are rejected so a typo never silently falls back to a default; every error
-names the offending field as a JSON-pointer-like path (``guard.maxPercent``, ``roleMappings[2].groupId``).
+Pure functions (no I/O).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from shared_code.domain.ids import is_guid
 from shared_code.errors import ValidationError
-from shared_code.tenants import DEFAULT_PLATFORMS, TenantConfig, TenantRecord
+from shared_code.tenant_config import CONFIG, CONFIG_INVALID, config_document, config_invalid
+from shared_code.tenants import TenantRecord
 
-PLATFORMS = ("iOS", "iPadOS", "Android", "Windows", "macOS")
-MAX_GROUPS = 50
-MAX_GROUP_NAME = 256
-MAX_URL = 2048
-_ROLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_OWN_SECTIONS = frozenset({"intune", "heartbeat", "permissions", "intune_activity"})
-_FIELDS = frozenset(
-    {
-        "enrollmentGroups",
-        "platforms",
-        "pollIntervalMinutes",
-        "heartbeatIntervalMinutes",
-        "guard",
-        "keepDisabledUsers",
-        "roleMappings",
-        "partnerEnrollmentUrl",
-        "partnerRemediationUrl",
-    }
-)
+_OWN_SECTIONS = frozenset({"intune", "heartbeat", "permissions", "intune_activity", CONFIG})
 
 
 def validate_tenant_id(value: str) -> str:
@@ -48,144 +29,6 @@ def validate_tenant_id(value: str) -> str:
     if not is_guid(value):
         raise ValidationError("tenantId must be a GUID (8-4-4-4-12 hexadecimal digits)", field="tenantId")
     return value.lower()
-
-
-def _as_int(value: Any) -> int | None:
-    """An integer, or None. JSON Schema counts 33.0 as an integer (zero fraction), so we accept it too."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
-
-
-def _int(body: dict[str, Any], name: str, low: int, high: int, default: int, *, field: str | None = None) -> int:
-    value = _as_int(body.get(name, default))
-    if value is None or not low <= value <= high:
-        raise ValidationError(f"{name} must be an integer between {low} and {high}", field=field or name)
-    return value
-
-
-def _url(body: dict[str, Any], name: str) -> str:
-    value = body.get(name, "")
-    if value in ("", None):
-        return ""
-    if not isinstance(value, str) or not value.startswith("https://") or len(value) > MAX_URL or " " in value:
-        raise ValidationError(f"{name} must be an https URL of at most {MAX_URL} characters", field=name)
-    # Intune shows these URLs to users and puts them in headers/pages: control characters (CR/LF, NUL, C1) never.
-    if _CONTROL.search(value):
-        raise ValidationError(f"{name} must not contain control characters", field=name)
-    return value
-
-
-def parse_tenant_body(tenant_id: str, body: dict[str, Any]) -> TenantConfig:
-    """Validate a PUT body into a :class:`TenantConfig`.
-
-    Raises:
-        ValidationError: naming the offending field.
-    """
-    for name in body:
-        if name not in _FIELDS:
-            raise ValidationError(f"unknown field '{name}'", field=name)
-
-    groups = body.get("enrollmentGroups")
-    if not isinstance(groups, list) or not 1 <= len(groups) <= MAX_GROUPS:
-        raise ValidationError(
-            f"enrollmentGroups must be a list of 1..{MAX_GROUPS} group names", field="enrollmentGroups"
-        )
-    seen: set[str] = set()
-    for index, name in enumerate(groups):
-        if not isinstance(name, str) or not name.strip() or len(name) > MAX_GROUP_NAME:
-            raise ValidationError(
-                f"a group name is a non-blank string of at most {MAX_GROUP_NAME} characters",
-                field=f"enrollmentGroups[{index}]",
-            )
-        if _CONTROL.search(name):
-            raise ValidationError(
-                "a group name must not contain control characters", field=f"enrollmentGroups[{index}]"
-            )
-        # Names are case-sensitive in Entra enrollment semantics (lookout-mtd-connector-integration.md).
-        if name in seen:
-            raise ValidationError(f"duplicate group name '{name}'", field=f"enrollmentGroups[{index}]")
-        seen.add(name)
-
-    platforms = body.get("platforms", list(DEFAULT_PLATFORMS))
-    if not isinstance(platforms, list) or not platforms:
-        raise ValidationError(f"platforms must be a non-empty subset of {', '.join(PLATFORMS)}", field="platforms")
-    for index, platform in enumerate(platforms):
-        if platform not in PLATFORMS:
-            raise ValidationError(f"platform must be one of {', '.join(PLATFORMS)}", field=f"platforms[{index}]")
-    if len(set(platforms)) != len(platforms):
-        raise ValidationError("platforms must not repeat", field="platforms")
-
-    poll = _int(body, "pollIntervalMinutes", 1, 1440, 5)
-    heartbeat = _int(body, "heartbeatIntervalMinutes", 5, 1440, 15)
-
-    guard = body.get("guard", {})
-    if not isinstance(guard, dict):
-        raise ValidationError("guard must be an object {maxDeactivations, maxPercent}", field="guard")
-    for name in guard:
-        if name not in ("maxDeactivations", "maxPercent"):
-            raise ValidationError(f"unknown field '{name}'", field=f"guard.{name}")
-    max_count = _int(guard, "maxDeactivations", 0, 1_000_000, 500, field="guard.maxDeactivations")
-    max_percent = guard.get("maxPercent", 20.0)
-    if not isinstance(max_percent, int | float) or isinstance(max_percent, bool) or not 0 <= max_percent <= 100:
-        raise ValidationError("maxPercent must be a number 0..100", field="guard.maxPercent")
-
-    keep_disabled = body.get("keepDisabledUsers", True)
-    if not isinstance(keep_disabled, bool):
-        raise ValidationError("keepDisabledUsers must be a boolean", field="keepDisabledUsers")
-
-    mappings_raw = body.get("roleMappings", [])
-    if not isinstance(mappings_raw, list) or len(mappings_raw) > 100:
-        raise ValidationError("roleMappings must be a list of at most 100 {groupId, role}", field="roleMappings")
-    mappings: list[tuple[str, str]] = []
-    for index, item in enumerate(mappings_raw):
-        where = f"roleMappings[{index}]"
-        if not isinstance(item, dict):
-            raise ValidationError("a role mapping is an object {groupId, role}", field=where)
-        for name in item:
-            if name not in ("groupId", "role"):
-                raise ValidationError(f"unknown field '{name}'", field=f"{where}.{name}")
-        group_id = str(item.get("groupId", ""))
-        if not is_guid(group_id):
-            raise ValidationError("groupId must be an Entra group object id (GUID)", field=f"{where}.groupId")
-        group_id = group_id.lower()
-        role = item.get("role")
-        if not isinstance(role, str) or not _ROLE_RE.match(role):
-            raise ValidationError("role must be a console role name like Console.Read", field=f"{where}.role")
-        mappings.append((group_id, role))
-
-    return TenantConfig(
-        tenant_id=tenant_id,
-        enrollment_groups=tuple(groups),
-        platforms=tuple(platforms),
-        poll_interval_minutes=poll,
-        heartbeat_interval_minutes=heartbeat,
-        guard_max_deactivations=max_count,
-        guard_max_percent=float(max_percent),
-        keep_disabled_users=keep_disabled,
-        role_mappings=tuple(mappings),
-        partner_enrollment_url=_url(body, "partnerEnrollmentUrl"),
-        partner_remediation_url=_url(body, "partnerRemediationUrl"),
-    )
-
-
-def config_document(config: TenantConfig) -> dict[str, Any]:
-    """The config half of the tenant document (the PUT body's shape)."""
-    return {
-        "enrollmentGroups": list(config.enrollment_groups),
-        "platforms": list(config.platforms),
-        "pollIntervalMinutes": config.poll_interval_minutes,
-        "heartbeatIntervalMinutes": config.heartbeat_interval_minutes,
-        "guard": {"maxDeactivations": config.guard_max_deactivations, "maxPercent": config.guard_max_percent},
-        "keepDisabledUsers": config.keep_disabled_users,
-        "roleMappings": [{"groupId": g, "role": r} for g, r in config.role_mappings],
-        "partnerEnrollmentUrl": config.partner_enrollment_url or None,
-        "partnerRemediationUrl": config.partner_remediation_url or None,
-    }
 
 
 def tenant_document(record: TenantRecord) -> dict[str, Any]:
@@ -208,6 +51,9 @@ def tenant_document(record: TenantRecord) -> dict[str, Any]:
     problems = sorted(found)
     if intune.get("problem") and intune.get("problem") not in problems:
         problems.append(str(intune["problem"]))
+    bad_config = config_invalid(record)
+    if bad_config is not None:
+        problems.append(f"{CONFIG_INVALID}: {bad_config.get('field')}")
     return {
         "tenantId": record.config.tenant_id,
         "state": record.state,
@@ -216,6 +62,10 @@ def tenant_document(record: TenantRecord) -> dict[str, Any]:
         "updatedAt": record.updated_at,
         "config": config_document(record.config),
         "status": {
+            "config": {
+                "state": CONFIG_INVALID, "field": bad_config.get("field"), "detail": bad_config.get("detail"),
+                "since": bad_config.get("since"),
+            } if bad_config is not None else {"state": "valid"},
             "intune": {
                 "state": intune.get("state", "unknown"),
                 "connectorState": intune.get("connectorState"),

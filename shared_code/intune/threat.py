@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -19,12 +20,12 @@ from shared_code.intune.messages import ENTITY_THREAT_LEVEL, MessageService, new
 from shared_code.intune.status import parse_iso
 from shared_code.intune.uploads import NOT_SENT, REJECTED, UploadMessage, digest
 from shared_code.permissions import call
+from shared_code.validation import Json, List, Obj, Prop, Spec, Str
 
 LEVELS = ("secured", "low", "medium", "high")
 MAX_THREATS = 100
 MAX_THREAT_CHARS = 2000
 MAX_KEY_CHARS = 128
-_FIELDS = frozenset({"level", "detectedAt", "threats", "idempotencyKey"})
 # RFC 3339 ``date-time``: full date, "T", full time with seconds, and a mandatory offset (``Z`` or ±hh:mm).
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 # detectedAt becomes Intune's LastUpdateTime, which orders messages: a far-future value would pin the device's level
@@ -35,8 +36,7 @@ MAX_FUTURE_SECONDS = 5 * 60
 def parse_detected_at(value: Any, now: float) -> float:
     """``detectedAt`` as epoch seconds: an RFC 3339 date-time with an offset, at most a few minutes ahead of ``now``.
 
-    Not ``functions.http_support.DateTime``: shared_code may not import the HTTP layer, and that spec accepts
-    minute-precision times and any future date.
+    Not ``shared_code.validation.DateTime``: that spec accepts minute-precision times and any future date.
 
     Raises:
         ValidationError: field ``detectedAt``.
@@ -59,8 +59,23 @@ def parse_detected_at(value: Any, now: float) -> float:
     return moment
 
 
-def validate_threat_body(body: dict[str, Any], *, now: float | None = None) -> dict[str, Any]:
-    """Check a threat report body; return it normalized.
+@dataclass(frozen=True)
+class DetectedAt(Spec):
+    """The ``detectedAt`` spec: :func:`parse_detected_at` against ``now``."""
+
+    now: float
+
+    def check(self, value: Any, path: str) -> str:
+        """See :class:`~shared_code.validation.Spec`."""
+        parse_detected_at(value, self.now)
+        return str(value)
+
+
+def validate_threat_body(body: Any, *, now: float | None = None) -> dict[str, Any]:
+    """Check a threat report body (openapi.yaml's ThreatInput); return it normalized.
+
+    Levels are lower case exactly as openapi.yaml lists them (no case folding). Each threat is an object or a string
+    sent to Intune as it is, so every string in it must be valid text too.
 
     Args:
         body: the PUT body.
@@ -69,27 +84,15 @@ def validate_threat_body(body: dict[str, Any], *, now: float | None = None) -> d
     Raises:
         ValidationError: naming the offending field.
     """
-    for name in body:
-        if name not in _FIELDS:
-            raise ValidationError(f"unknown field '{name}'", field=name)
-    level = body.get("level")
-    if not isinstance(level, str) or level.lower() not in LEVELS:
-        raise ValidationError(f"level must be one of {', '.join(LEVELS)}", field="level")
-    detected = body.get("detectedAt")
-    parse_detected_at(detected, time.time() if now is None else now)
-    threats = body.get("threats", [])
-    if not isinstance(threats, list) or len(threats) > MAX_THREATS:
-        raise ValidationError(f"threats must be an array of at most {MAX_THREATS} items", field="threats")
-    for index, item in enumerate(threats):
-        if not isinstance(item, dict | str):
-            raise ValidationError("each threat must be an object or a string", field=f"threats[{index}]")
-        if len(str(item)) > MAX_THREAT_CHARS:
-            raise ValidationError(f"a threat is limited to {MAX_THREAT_CHARS} characters", field=f"threats[{index}]")
-    key = body.get("idempotencyKey")
-    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY_CHARS):
-        raise ValidationError(f"idempotencyKey must be a string of 1..{MAX_KEY_CHARS} characters",
-                              field="idempotencyKey")
-    return {"level": level.lower(), "detectedAt": detected, "threats": threats, "idempotencyKey": key}
+    spec = Obj({
+        "level": Prop(Str(enum=LEVELS, strip=False), required=True),
+        "detectedAt": Prop(DetectedAt(time.time() if now is None else now), required=True),
+        "threats": Prop(List(Json(max_chars=MAX_THREAT_CHARS, types=(dict, str)), max_items=MAX_THREATS)),
+        "idempotencyKey": Prop(Str(max_length=MAX_KEY_CHARS, strip=False), nullable=True),
+    })
+    data = spec.check(body, "")
+    return {"level": data["level"], "detectedAt": data["detectedAt"], "threats": data.get("threats", []),
+            "idempotencyKey": data.get("idempotencyKey")}
 
 
 class ThreatService:

@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 
 from shared_code.errors import ValidationError
-from shared_code.intune.tenant_api import config_document, parse_tenant_body, validate_tenant_id
+from shared_code.intune.tenant_api import validate_tenant_id
 from shared_code.intune.threat import validate_threat_body
+from shared_code.tenant_config import config_document, parse_tenant_body
 
 TID = "11111111-1111-1111-1111-111111111111"
 GOOD: dict[str, Any] = {
@@ -49,7 +50,7 @@ def test_defaults() -> None:
         ({"enrollmentGroups": "MTD Users"}, "enrollmentGroups"),
         ({"platforms": ["iOS", "Symbian"]}, "platforms[1]"),
         ({"platforms": []}, "platforms"),
-        ({"platforms": ["iOS", "iOS"]}, "platforms"),
+        ({"platforms": ["iOS", "iOS"]}, "platforms[1]"),
         ({"pollIntervalMinutes": 0}, "pollIntervalMinutes"),
         ({"pollIntervalMinutes": "5"}, "pollIntervalMinutes"),
         ({"heartbeatIntervalMinutes": True}, "heartbeatIntervalMinutes"),
@@ -80,7 +81,7 @@ def test_tenant_id_must_be_a_guid() -> None:
 
 
 def test_threat_body() -> None:
-    ok = validate_threat_body({"level": "HIGH", "detectedAt": "2026-01-01T00:00:00Z", "threats": ["jailbreak"]})
+    ok = validate_threat_body({"level": "high", "detectedAt": "2026-01-01T00:00:00Z", "threats": ["jailbreak"]})
     assert ok["level"] == "high" and ok["idempotencyKey"] is None
 
 

@@ -15,9 +15,9 @@ from shared_code.errors import ConflictError, ValidationError
 from shared_code.intune.heartbeat import MAX_BACKOFF_SECONDS, HeartbeatService
 from shared_code.intune.inventory import apps_from_result, generation_of
 from shared_code.intune.status import ACTIVITY, HEARTBEAT, ActivityCounters, parse_iso
-from shared_code.intune.tenant_api import parse_tenant_body
 from shared_code.intune.threat import validate_threat_body
 from shared_code.intune.uploads import UploadMessage
+from shared_code.tenant_config import parse_tenant_body
 from shared_code.tenants import TenantConfig
 
 TID = "11111111-1111-1111-1111-111111111111"
