@@ -118,6 +118,7 @@ def build_env(info: dict[str, Any], storage: str) -> dict[str, str]:
         "AZURE_AUTHORITY_HOST": info["authority"],
         "GRAPH_BASE_URL": info["graph_base_url"],
         "INTUNE_RESOURCE": info["intune_resource"],
+        "INTUNE_SERVICE_DOMAINS": info["intune_service_domains"],
         "CONSOLE_API_AUDIENCE": info["console"]["audience"],
         "CONSOLE_API_TENANT_ID": info["console"]["tenant_id"],
         "REQUESTS_CA_BUNDLE": info["ca_path"],

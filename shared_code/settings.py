@@ -9,6 +9,7 @@ The infra tests parse these two literals (without importing the app) to prove ev
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -28,6 +29,7 @@ SETTING_NAMES: tuple[str, ...] = (
     "AZURE_AUTHORITY_HOST",
     "GRAPH_BASE_URL",
     "INTUNE_RESOURCE",
+    "INTUNE_SERVICE_DOMAINS",
     "CONSOLE_API_AUDIENCE",
     "CONSOLE_API_TENANT_ID",
     "INTUNE_TENANT_SYNC_PROVIDER",
@@ -56,6 +58,9 @@ SETTING_DEFAULTS: dict[str, str] = {
     "AZURE_AUTHORITY_HOST": "https://login.microsoftonline.com",
     "GRAPH_BASE_URL": "https://graph.microsoft.com",
     "INTUNE_RESOURCE": "https://api.manage.microsoft.com/",
+    # Hosts discovered Intune service URLs may live under (comma-separated DNS suffixes; the Intune token is never
+    # sent elsewhere). The public cloud's; another AZURE_CLOUD uses its profile's (shared_code/cloud.py).
+    "INTUNE_SERVICE_DOMAINS": "manage.microsoft.com",
     "CONNECTOR_SECRET_NAME": "connector-client-secret",
     # "secret", or "certificate": CONNECTOR_SECRET_NAME then names a Key Vault certificate (PEM or PKCS#12).
     "CONNECTOR_CREDENTIAL_TYPE": "secret",
@@ -124,6 +129,7 @@ class Settings:
     authority_host: str = SETTING_DEFAULTS["AZURE_AUTHORITY_HOST"]
     graph_base_url: str = SETTING_DEFAULTS["GRAPH_BASE_URL"]
     intune_resource: str = SETTING_DEFAULTS["INTUNE_RESOURCE"]
+    intune_service_domains: tuple[str, ...] = (SETTING_DEFAULTS["INTUNE_SERVICE_DOMAINS"],)
     console_audience: str = ""
     console_tenant_id: str = ""
     intune_tenant_provider: str = SETTING_DEFAULTS["INTUNE_TENANT_SYNC_PROVIDER"]
@@ -193,6 +199,7 @@ class Settings:
             authority_host=(env.get("AZURE_AUTHORITY_HOST") or cloud.authority_host).rstrip("/"),
             graph_base_url=(env.get("GRAPH_BASE_URL") or cloud.graph_base_url).rstrip("/"),
             intune_resource=env.get("INTUNE_RESOURCE") or cloud.intune_resource,
+            intune_service_domains=_intune_domains(env, cloud),
             console_audience=_str(env, "CONSOLE_API_AUDIENCE"),
             console_tenant_id=_str(env, "CONSOLE_API_TENANT_ID"),
             intune_tenant_provider=_str(env, "INTUNE_TENANT_SYNC_PROVIDER"),
@@ -209,3 +216,19 @@ class Settings:
             secret_cache_seconds=_int(env, "SECRET_CACHE_SECONDS"),
             graph_max_retries=_int(env, "GRAPH_MAX_RETRIES"),
         )
+
+
+def _intune_domains(env: Mapping[str, str], cloud: CloudProfile) -> tuple[str, ...]:
+    """INTUNE_SERVICE_DOMAINS (lower-case DNS suffixes), else the cloud profile's Intune service domains.
+
+    Raises:
+        SettingsError: a value that is not a list of bare host names.
+    """
+    raw = env.get("INTUNE_SERVICE_DOMAINS")
+    if not raw:
+        return cloud.intune_service_domains
+    domains = tuple(d.strip().lower().lstrip(".") for d in raw.split(",") if d.strip())
+    if not domains or not all(re.fullmatch(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?", d) for d in domains):
+        msg = f"setting INTUNE_SERVICE_DOMAINS must list DNS names separated by commas, got {raw!r}"
+        raise SettingsError(msg)
+    return domains

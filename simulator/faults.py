@@ -1,4 +1,10 @@
-"""Injected faults: latency, forced 429 storms, 5xx, connection resets, truncated bodies, token outages, delta expiry.
+"""Injected faults: latency, forced 429 storms, 5xx, connection resets, truncated bodies, token outages, delta expiry,
+redirects and non-JSON bodies.
+
+`redirect` answers a 3xx whose `Location` names another host (`https://redirected.invalid` + the same path): what a
+client that follows redirects would send its bearer token to. RFC 9110 §15.4 lets any server answer 3xx; kiota's
+RedirectHandler follows them by default. `html` answers an HTML page (default status 200), as a proxy or front door
+between the client and the service may (Azure Front Door's error pages are HTML): a client must not crash decoding it.
 
 Faults are added through `POST /_sim/faults` and consumed one request at a time (count), matched on tenant, path
 prefix and method. The core middleware applies every kind except `delta_expiry`, which the Graph delta handler
@@ -16,7 +22,8 @@ from typing import Any
 from aiohttp import web
 
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-KINDS = ("latency", "throttle", "status", "reset", "truncate", "token_outage", "delta_expiry")
+KINDS = ("latency", "throttle", "status", "reset", "truncate", "token_outage", "delta_expiry", "redirect", "html")
+_STATUS_RANGES = {"redirect": (301, 308, 302), "html": (200, 599, 200)}
 
 
 class FaultError(ValueError):
@@ -89,10 +96,10 @@ class Faults:
             raise FaultError("unlimited must be a boolean", "unlimited")
         if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 1):
             raise FaultError("count must be an integer >= 1", "count")
-        default_status = 503
+        low, high, default_status = _STATUS_RANGES.get(kind, (400, 599, 503))
         status = spec.get("status", default_status)
-        if not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 599:
-            raise FaultError("status must be an integer 400..599", "status")
+        if not isinstance(status, int) or isinstance(status, bool) or not low <= status <= high:
+            raise FaultError(f"status must be an integer {low}..{high}", "status")
         retry_after = spec.get("retry_after")
         if retry_after is not None and (
             not isinstance(retry_after, int | float) or isinstance(retry_after, bool) or not 0 <= retry_after <= 3600

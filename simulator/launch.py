@@ -29,6 +29,7 @@ def client_env(info: dict[str, Any], base: dict[str, str] | None = None) -> dict
         "GRAPH_BASE_URL": info["graph_base_url"],
         "KEY_VAULT_URL": info["key_vault_url"],
         "INTUNE_RESOURCE": info["intune_resource"],
+        "INTUNE_SERVICE_DOMAINS": info["intune_service_domains"],
         "REQUESTS_CA_BUNDLE": info["ca_path"],
         "SSL_CERT_FILE": info["ca_path"],
         "CONNECTOR_CLIENT_ID": info["connector"]["client_id"],

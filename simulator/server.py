@@ -16,6 +16,7 @@ import sys
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import trustme
 from aiohttp import web
@@ -182,8 +183,8 @@ async def core_middleware(request: web.Request, handler: Any) -> web.StreamRespo
         if lat is not None:
             await asyncio.sleep(lat.latency_ms / 1000)
         is_token = fam is None and "/oauth2/" in path
-        kinds = ("throttle", "status", "reset", "truncate", "token_outage") if is_token else (
-            "throttle", "status", "reset", "truncate")
+        kinds = ("throttle", "status", "reset", "truncate", "token_outage", "redirect", "html") if is_token else (
+            "throttle", "status", "reset", "truncate", "redirect", "html")
         f = faults.consume_any(kinds, request)
         if f is not None:
             if f.kind == "truncate":
@@ -195,6 +196,11 @@ async def core_middleware(request: web.Request, handler: Any) -> web.StreamRespo
                     resp = _throttle_response(fam, request, f.retry_after or 1.0, None, "InjectedFault", None, None)
                 elif f.kind == "reset":
                     resp = _reset(request)
+                elif f.kind == "redirect":
+                    resp = web.Response(status=f.status, headers={"Location": "https://redirected.invalid" + path})
+                elif f.kind == "html":
+                    resp = web.Response(status=f.status, content_type="text/html",
+                                        text="<html><body><h1>Service unavailable</h1></body></html>")
                 elif f.kind == "token_outage":
                     err = err_outage()
                     headers = {"Retry-After": fmt_seconds(f.retry_after)} if f.retry_after is not None else None
@@ -346,6 +352,8 @@ def build_app(base_url: str, ca_path: Path, workdir: Path, *, clock: Clock | Non
         "base_url": base_url, "ca_path": str(ca_path), "pid": None,
         "authority": base_url, "graph_base_url": base_url, "key_vault_url": base_url,
         "intune_resource": INTUNE_RESOURCE,
+        # The DNS name the discovered Intune service URLs live under here (Azure: *.manage.microsoft.com).
+        "intune_service_domains": urlsplit(base_url).hostname,
         "connector": {"client_id": entra.connector.app_id, "client_secret": entra.connector.secrets[0],
                       "secret_name": SECRET_NAME, "certificate_path": str(cert_path),
                       "certificate_thumbprint": entra.connector_thumbprint(),

@@ -1,8 +1,20 @@
-"""Microsoft Graph adapter: one client per customer tenant, real msgraph-sdk middleware, raw JSON for bulk reads.
+"""Microsoft Graph adapter: one client per customer tenant, raw JSON for bulk reads, msgraph-sdk for small calls.
 
 Why raw JSON for bulk: msgraph-sdk model deserialization costs ~7 ms per object (reference/azure.md §4); 180k devices
-would take ~20 CPU minutes. So bulk lists go through the same httpx client and middleware as the SDK (one retry
+would take ~20 CPU minutes. So bulk lists go through the same httpx client and transport as the SDK (one retry
 layer, see http_retry.py) but are parsed with orjson. Small calls may use :attr:`GraphClient.sdk` (typed models).
+
+Raw requests do **not** pass msgraph-core's middleware chain: ``AsyncGraphTransport`` runs the chain only for
+requests that carry kiota request options (``kiota_request_options``), i.e. requests built by the SDK's request
+adapter. Raw requests go straight to the retry transport; everything they need (client-request-id, the token,
+redirect and error handling) is done here.
+
+Tokens go only to Graph: :meth:`GraphClient._send_once`, the one place the bearer token is attached, refuses any
+URL whose scheme, host and port differ from ``GRAPH_BASE_URL``'s or whose path is not under ``/v1.0/`` or ``/beta/``
+(:func:`graph_url_allowed`). That covers ``$batch``, ``@odata.nextLink`` paging and links stored in the ``cursors``
+table alike; :class:`GraphUrlRejectedError` is a :class:`~shared_code.errors.CursorExpiredError`, so a stored cursor
+that fails the check starts a fresh round. Redirects are never followed (kiota's RedirectHandler is removed from the
+SDK's chain too): a 3xx is an error, not a hop to another host with our token.
 
 Errors are mapped from status to the taxonomy in exactly one place, :func:`raise_for_graph`.
 """
@@ -38,10 +50,56 @@ _RESYNC_CODES = frozenset({"syncStateNotFound", "resyncRequired", "syncStateInva
 _ODATA_SAFE = "$,'()/:@"
 
 
+class GraphUrlRejectedError(CursorExpiredError):
+    """A URL (a nextLink, a stored delta link, an absolute path) is not a Graph URL of ``GRAPH_BASE_URL``.
+
+    The token is not sent. It is a CursorExpiredError so a stored cursor holding such a link starts a fresh round.
+    """
+
+
+def graph_url_allowed(url: str, base_url: str) -> bool:
+    """Whether ``url`` may carry the Graph token: same scheme, host and port as ``base_url``, path under a version.
+
+    Dot segments (``/v1.0/../x``, also percent-encoded) and userinfo (``https://graph.microsoft.com@evil``) are
+    refused, so the check cannot be walked around.
+    """
+    try:
+        target, base = urlsplit(url), urlsplit(base_url)
+        target_port, base_port = target.port, base.port
+    except ValueError:
+        return False
+    if target.scheme.lower() != "https" or base.scheme.lower() != "https":
+        return False
+    if target.username is not None or target.password is not None:
+        return False
+    if (target.hostname or "") != (base.hostname or "").lower() or (target_port or 443) != (base_port or 443):
+        return False
+    prefix = base.path.rstrip("/")
+    if not any(target.path.startswith(f"{prefix}/{version}/") for version in ("v1.0", "beta")):
+        return False
+    segments = target.path.lower().replace("%2e", ".").split("/")
+    return not any(segment in (".", "..") for segment in segments)
+
+
+def _json_body(response: httpx.Response) -> Any:
+    """The parsed JSON body of a 2xx Graph answer.
+
+    Raises:
+        FatalError: the body is not JSON (an HTML error page of a proxy, a truncated answer).
+    """
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        content_type = response.headers.get("Content-Type", "?").split(";")[0][:60]
+        msg = f"Graph answered HTTP {response.status_code} with a body that is not JSON ({content_type})"
+        raise FatalError(msg, status=response.status_code, code="non_json_body") from None
+
+
 def raise_for_graph(response: httpx.Response, *, permission: str) -> None:
     """Map a non-2xx Graph response to the error taxonomy (the only place that does).
 
     Raises:
+        FatalError: a 3xx (redirects are not followed: the token stays with Graph).
         PermissionMissingError: 403 (the call's declared ``permission`` is not granted).
         CursorExpiredError: 410 Gone, or ``syncStateNotFound`` / ``resyncRequired``.
         NotFoundError: 404.
@@ -49,6 +107,8 @@ def raise_for_graph(response: httpx.Response, *, permission: str) -> None:
         FatalError: any other 4xx.
     """
     status = response.status_code
+    if 300 <= status < 400:
+        raise FatalError(f"Graph answered a redirect (HTTP {status}); not followed", status=status, code="redirect")
     if status < 400:
         return
     code = ""
@@ -158,10 +218,11 @@ class GraphClient:
         Raises:
             see :func:`raise_for_graph` and TenantCredentials.get_token.
         """
-        url = path_or_url if path_or_url.startswith("https://") else self.url(path_or_url, params)
+        absolute = "://" in path_or_url.split("?", 1)[0]
+        url = path_or_url if absolute else self.url(path_or_url, params)
         response = await self._send("GET", url, headers=headers, documented_ru=documented_ru)
         raise_for_graph(response, permission=permission)
-        result: dict[str, Any] = orjson.loads(response.content)
+        result: dict[str, Any] = _json_body(response)
         return result
 
     async def pages(
@@ -225,7 +286,7 @@ class GraphClient:
         # (reference/graph.md §3), and their x-ms-resource-unit headers are added below.
         response = await self._send("POST", f"{self._v1}/$batch", json_body=body, documented_ru=0)
         raise_for_graph(response, permission=permission)
-        parsed = orjson.loads(response.content)
+        parsed = _json_body(response)
         results: dict[str, dict[str, Any]] = {}
         for inner in parsed.get("responses", []):
             results[str(inner.get("id"))] = inner
@@ -264,6 +325,11 @@ class GraphClient:
         json_body: Any,
         documented_ru: int,
     ) -> httpx.Response:
+        # The one place the token is attached, so the one place it is checked (see the module docstring).
+        if not graph_url_allowed(url, self._root):
+            raise GraphUrlRejectedError(
+                f"refused to send the Graph token to a URL outside {self._root}/v1.0|beta", code="foreign_url"
+            )
         token = await self._credentials.get_token(self.tenant_id, GRAPH_SCOPE)
         request_headers = {
             "Authorization": f"Bearer {token}",
@@ -289,9 +355,11 @@ class GraphClient:
 
 
 def graph_http_client(transport: httpx.AsyncBaseTransport) -> httpx.AsyncClient:
-    """httpx client with msgraph-core's middleware chain minus kiota's RetryHandler (we retry in the transport)."""
+    """httpx client with msgraph-core's middleware chain (for SDK requests only, see the module docstring) minus
+    kiota's RetryHandler (we retry in the transport) and RedirectHandler (a redirect would carry the token to
+    wherever ``Location`` points; Graph does not redirect the calls we make)."""
     from kiota_http.kiota_client_factory import KiotaClientFactory
-    from kiota_http.middleware import RetryHandler
+    from kiota_http.middleware import RedirectHandler, RetryHandler
     from msgraph_core import GraphClientFactory
 
     client = httpx.AsyncClient(
@@ -300,6 +368,8 @@ def graph_http_client(transport: httpx.AsyncBaseTransport) -> httpx.AsyncClient:
         # trust_env keeps SSL_CERT_FILE / proxies working (the simulator's CA locally).
         trust_env=True,
     )
-    middleware = [m for m in KiotaClientFactory.get_default_middleware(None) if not isinstance(m, RetryHandler)]
+    middleware = [
+        m for m in KiotaClientFactory.get_default_middleware(None) if not isinstance(m, RetryHandler | RedirectHandler)
+    ]
     wrapped: httpx.AsyncClient = GraphClientFactory.create_with_custom_middleware(middleware=middleware, client=client)
     return wrapped

@@ -10,13 +10,20 @@ resource ``https://api.manage.microsoft.com/`` that is Fleet's double-slash scop
 ``https://api.manage.microsoft.com//.default``; azure-identity caches the token per credential and scope until
 shortly before expiry.
 
+Tokens go only to Intune: :meth:`IntuneClient._send`, the one place the token is attached, refuses a URL whose host
+is not under the configured cloud's Intune service domains (``INTUNE_SERVICE_DOMAINS``, :func:`intune_url_allowed`);
+discovery applies the same check to what Graph lists and to the copy kept in the tenant's status. Redirects are not
+followed (httpx's default) and a 3xx is an error.
+
 Status → taxonomy mapping happens once, in :func:`raise_for_intune`.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -69,6 +76,26 @@ class IntuneNotProvisionedError(ConflictError):
     """Intune says the partner tenant is not provisioned (heartbeat before PartnerTenants)."""
 
 
+class IntuneUrlRejectedError(FatalError):
+    """A service URL is not under the configured cloud's Intune service domains: the token is not sent."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=None, code="intune_url_rejected")
+
+
+def intune_url_allowed(url: str, domains: Iterable[str]) -> bool:
+    """Whether ``url`` may carry the Intune token: ``https``, no userinfo, host equal to or under one of ``domains``."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return False
+    host = (parts.hostname or "").lower()
+    if parts.scheme.lower() != "https" or not host or parts.username is not None or parts.password is not None:
+        return False
+    return any(host == d or host.endswith("." + d) for d in domains)
+
+
 def _error_parts(response: httpx.Response) -> tuple[str, str]:
     try:
         body = orjson.loads(response.content)
@@ -98,6 +125,7 @@ def raise_for_intune(response: httpx.Response, *, api_call: ApiCall) -> None:
     """Map a non-2xx Intune response to the error taxonomy (the only place that does).
 
     Raises:
+        FatalError: a 3xx (redirects are not followed: the token stays with Intune).
         IntuneUnauthorizedError: 401.
         IntuneConnectorStateError: 403 with a connector-blocked code (Not Set Up / Unavailable).
         PermissionMissingError: any other 403 (``update_device_health`` not granted).
@@ -108,6 +136,9 @@ def raise_for_intune(response: httpx.Response, *, api_call: ApiCall) -> None:
         FatalError: any other 4xx.
     """
     status = response.status_code
+    if 300 <= status < 400:
+        raise FatalError(f"Intune answered {api_call.name} with a redirect (HTTP {status}); not followed",
+                         status=status, code="redirect")
     if status < 400:
         return
     code, detail = _error_parts(response)
@@ -145,10 +176,12 @@ class IntuneClient:
         tenant_api_version: str,
         device_api_version: str,
         max_retries: int,
+        service_domains: Iterable[str],
         transport: httpx.AsyncBaseTransport | None = None,
         timeout_seconds: float = 30.0,
     ) -> None:
         self._credentials = credentials
+        self._domains = tuple(service_domains)
         # f"{resource}/.default": the double slash for the default resource is deliberate (Fleet, intune.md §2).
         self.scope = f"{resource}/.default"
         self._tenant_version = tenant_api_version
@@ -180,6 +213,9 @@ class IntuneClient:
         body: dict[str, Any] | None = None,
         meter: UsageMeter | None = None,
     ) -> dict[str, Any]:
+        # The one place the token is attached: checked again here, however the URL was stored or cached.
+        if not intune_url_allowed(url, self._domains):
+            raise IntuneUrlRejectedError(f"refused to send the Intune token outside {', '.join(self._domains)}")
         token = await self._credentials.get_token(tenant_id, self.scope)
         headers = {
             "Authorization": f"Bearer {token}",

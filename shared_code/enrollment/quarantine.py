@@ -39,7 +39,8 @@ def failure_reason(error: BaseException) -> str:
     if isinstance(error, RetriableError):
         return f"graph_unavailable ({error.status or 'transport'})"
     if isinstance(error, CursorExpiredError):
-        return "delta_token_expired"
+        # GraphUrlRejectedError: a link outside GRAPH_BASE_URL was refused (the token was not sent).
+        return "graph_link_refused" if error.code == "foreign_url" else "delta_token_expired"
     if isinstance(error, FatalError):
         return f"graph_rejected ({error.status} {error.code or ''})".strip()
     return f"internal_error ({type(error).__name__})"

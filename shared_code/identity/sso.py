@@ -14,8 +14,8 @@ The console passes the user's delegated Microsoft Graph token (scope ``User.Read
 Why not :class:`shared_code.adapters.graph.GraphClient`: it authenticates every request with the connector's own
 app token for a customer tenant (``TenantCredentials.get_token``), and on a 401 it drops and renews that token —
 neither makes sense for a token the console user handed us. So SSO sends its two requests itself, but over the very
-same HTTP stack as GraphClient: ``RetryTransport`` (the one retry layer) under msgraph-core's middleware chain
-(``graph_http_client``), and errors mapped by the same ``raise_for_graph``.
+same HTTP stack as GraphClient: ``RetryTransport`` (the one retry layer) in ``graph_http_client`` (whose msgraph-core
+middleware only runs for SDK requests, not for these raw ones), and errors mapped by the same ``raise_for_graph``.
 
 The user token is used for these two requests only: it is never stored, logged, or sent anywhere but Graph, and
 error messages never include it. The tenant is the token's ``tid`` claim, read without verification only to pick the
@@ -102,7 +102,7 @@ class SsoService:
         if record is None or record.state != "active":
             raise NotFoundError(f"tenant {tenant_id} is not provisioned", status=404)
 
-        # Built exactly as GraphClient builds its client (same retry layer, same middleware), per request because the
+        # Built exactly as GraphClient builds its client (same retry layer), per request because the
         # token is the caller's; see the module docstring for why GraphClient itself cannot be used.
         retry = RetryTransport(
             self._transport_factory(), max_retries=self._max_retries, meter_for=lambda _: self.meter

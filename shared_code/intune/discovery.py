@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from shared_code.adapters.graph import GraphClient
-from shared_code.adapters.intune import IntuneNotFoundError, IntuneUnauthorizedError, IntuneUnreachableError
+from shared_code.adapters.intune import (
+    IntuneNotFoundError,
+    IntuneUnauthorizedError,
+    IntuneUnreachableError,
+    intune_url_allowed,
+)
 from shared_code.errors import ConsentRequiredError, FatalError
 from shared_code.intune.status import INTUNE, iso, parse_iso
 from shared_code.permissions import call
@@ -105,7 +110,13 @@ class DiscoveryService:
         discovered = parse_iso(section.get("discoveredAt"))
         if discovered is None or not section.get("tenantUrl") or not section.get("deviceUrl"):
             return None
-        return IntuneEndpoints(str(section["tenantUrl"]), str(section["deviceUrl"]), discovered)
+        found = IntuneEndpoints(str(section["tenantUrl"]), str(section["deviceUrl"]), discovered)
+        # A stored copy outside the Intune service domains (tampered, or from another cloud) is rediscovered.
+        return found if self._allowed(found.tenant_url) and self._allowed(found.device_url) else None
+
+    def _allowed(self, url: str) -> bool:
+        """Whether a service URL lies under the configured cloud's Intune service domains."""
+        return intune_url_allowed(url, self._settings.intune_service_domains)
 
     async def _discover(self, tenant_id: str) -> IntuneEndpoints:
         """Find the tenant's partner service URLs in Graph (no cache).
@@ -116,7 +127,8 @@ class DiscoveryService:
         ``graph.service_principal_endpoints``).
 
         Raises:
-            IntuneServiceMissingError: no Intune service principal, or no https endpoint for a configured provider.
+            IntuneServiceMissingError: no Intune service principal, no https endpoint for a configured provider, or
+                one outside ``INTUNE_SERVICE_DOMAINS`` (the token is never sent there).
             PermissionMissingError: 403, Application.Read.All not granted.
             ConsentRequiredError: no token for the tenant (consent missing or revoked).
             RetriableError: Graph or the token endpoint unavailable after the retries.
@@ -155,6 +167,10 @@ class DiscoveryService:
         ]
         if missing:
             msg = f"the Intune service principal lists no endpoint for provider(s) {', '.join(missing)}"
+            raise IntuneServiceMissingError(msg)
+        if not self._allowed(tenant_url) or not self._allowed(device_url):
+            domains = ", ".join(self._settings.intune_service_domains)
+            msg = f"the Intune service principal lists an endpoint outside the Intune service domains ({domains})"
             raise IntuneServiceMissingError(msg)
         return IntuneEndpoints(tenant_url, device_url, self._now())
 

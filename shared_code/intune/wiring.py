@@ -63,6 +63,7 @@ def build_intune(c: Container) -> IntuneServices:
     intune = IntuneClient(
         credentials=c.credentials,
         resource=s.intune_resource,
+        service_domains=s.intune_service_domains,
         tenant_api_version=s.intune_tenant_api_version,
         device_api_version=s.intune_device_api_version,
         max_retries=s.graph_max_retries,

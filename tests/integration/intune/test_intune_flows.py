@@ -437,7 +437,7 @@ async def test_discovery_is_cached_and_rediscovered_on_404_and_unreachable(world
     assert await world.services.heartbeat.beat(record) == "sent"
     assert discovery.discoveries == before + 1
     # A host that no longer resolves/accepts connections: re-discovered the same way (after the transport retries).
-    discovery._cache[tid] = IntuneEndpoints("https://127.0.0.1:9/x", good.device_url, good.discovered_at)
+    discovery._cache[tid] = IntuneEndpoints("https://localhost:9/x", good.device_url, good.discovered_at)
     assert await world.services.heartbeat.beat(record) == "sent"
     assert discovery.discoveries == before + 2
 
@@ -455,6 +455,7 @@ async def test_intune_timeouts_are_retried(world: World) -> None:
         device_api_version=settings.intune_device_api_version,
         max_retries=2,
         timeout_seconds=0.5,
+        service_domains=settings.intune_service_domains,
     )
     endpoints = await world.services.discovery.endpoints(tid)
     prefix = f"/intune/{tid}/StatelessPartnerTenantDataSyncService/PartnerTenantHeartbeat"

@@ -120,7 +120,7 @@ async def test_malformed_result_of_one_tenant_never_blocks_another(world: World)
     client = IntuneClient(
         credentials=world.container.credentials, resource=settings.intune_resource,
         tenant_api_version=settings.intune_tenant_api_version, device_api_version=settings.intune_device_api_version,
-        max_retries=1, transport=transport,
+        max_retries=1, transport=transport, service_domains=settings.intune_service_domains,
     )
     messages, threat, inventory = world.messages(intune=client)
     try:

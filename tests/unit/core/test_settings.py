@@ -104,3 +104,15 @@ def test_secret_is_not_in_repr() -> None:
     settings = Settings.from_env(BASE | {"CONNECTOR_CLIENT_SECRET": "very-secret-value"})
     assert settings.client_secret == "very-secret-value"
     assert "very-secret-value" not in repr(settings)
+
+
+def test_intune_service_domains_default_per_cloud_and_refuse_junk() -> None:
+    assert Settings.from_env(BASE).intune_service_domains == ("manage.microsoft.com",)
+    gov = Settings.from_env(BASE | {"AZURE_CLOUD": "usgov"})
+    assert gov.intune_service_domains == ("manage.microsoft.us",)
+    china = Settings.from_env(BASE | {"AZURE_CLOUD": "china"})
+    assert china.intune_service_domains == ("manage.microsoftonline.cn",)
+    local = Settings.from_env(BASE | {"INTUNE_SERVICE_DOMAINS": " LocalHost , .example.test"})
+    assert local.intune_service_domains == ("localhost", "example.test")
+    with pytest.raises(SettingsError, match="INTUNE_SERVICE_DOMAINS"):
+        Settings.from_env(BASE | {"INTUNE_SERVICE_DOMAINS": "https://evil/"})
