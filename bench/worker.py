@@ -533,8 +533,10 @@ async def job_sync(job: dict[str, Any]) -> dict[str, Any]:
             sizes["membership_graph_mb"] = _mib(deep_size(graph))
             sizes["membership_graph_groups"] = len(graph.groups)
             sizes["membership_graph_edges"] = sum(len(g.members) for g in graph.groups.values())
-        sizes["memory_store_rows_mb"] = _mib(deep_size(store._devices.get(tid, {})))
-        sizes["memory_store_events_mb"] = _mib(deep_size(store._events.get(tid, [])))
+        # The memory store keeps the Table layout: every partition of the tenant starts with its id.
+        parts = [rows for pk, rows in store.device_rows.data.items() if pk.startswith(tid)]
+        sizes["memory_store_rows_mb"] = _mib(deep_size([v for p in parts for k, v in p.items() if k[:2] != "e|"]))
+        sizes["memory_store_events_mb"] = _mib(deep_size([v for p in parts for k, v in p.items() if k[:2] == "e|"]))
     return finish({"job": "sync", "store": job["store"], "tenant_id": tid, "phases": phases, "sizes": sizes},
                   base_rss)
 

@@ -42,7 +42,7 @@ async def _devices(ctx: RequestContext) -> func.HttpResponse:
 async def _events(ctx: RequestContext) -> func.HttpResponse:
     tenant_id = ctx.guid("tenantId")
     limit = _limit(ctx)
-    after = ctx.query_str("after", max_length=64)
+    after = ctx.query_str("after", max_length=256)
     return json_response(await _service(ctx).list_events(tenant_id, after or None, limit))
 
 

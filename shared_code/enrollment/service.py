@@ -14,7 +14,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -56,7 +56,10 @@ DRY_RUN_SECONDS = 120.0
 REQUEUE_DELAY_SECONDS = 60
 MAX_REQUEUES = 30
 DISPATCH_CONCURRENCY = 32
-_CURSOR_PREFIX = "ev1."
+_CURSOR_PREFIX = "ev2."
+_LEGACY_CURSOR_PREFIX = "ev1."
+# A cursor holds one position per partition of the tenant (≤ MAX_SHARDS, a few bytes each).
+MAX_CURSOR_CHARS = 256
 
 
 @dataclass(frozen=True)
@@ -127,29 +130,64 @@ def _number(data: dict[str, Any], name: str) -> float:
     return number
 
 
-def encode_event_cursor(tenant_id: str, seq: int) -> str:
-    """Opaque change-feed cursor (bound to the tenant so one tenant's cursor is unknown to another)."""
-    raw = f"{tenant_id[:8]}:{seq}".encode()
+def _varints(values: Sequence[int]) -> bytes:
+    out = bytearray()
+    for value in values:
+        while True:
+            byte = value & 0x7F
+            value >>= 7
+            out.append(byte | (0x80 if value else 0))
+            if not value:
+                break
+    return bytes(out)
+
+
+def _unvarints(data: bytes) -> list[int]:
+    out: list[int] = []
+    value = shift = 0
+    for byte in data:
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+        if not byte & 0x80:
+            out.append(value)
+            value = shift = 0
+    if shift:
+        raise ValueError("truncated varint")
+    return out
+
+
+def encode_event_cursor(tenant_id: str, position: Sequence[int]) -> str:
+    """Opaque change-feed cursor: the per-partition positions, bound to the tenant (another tenant's is unknown)."""
+    raw = bytes.fromhex(tenant_id[:8]) + _varints(position)
     return _CURSOR_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_event_cursor(tenant_id: str, cursor: str) -> int:
-    """Sequence of a cursor.
+def decode_event_cursor(tenant_id: str, cursor: str) -> list[int]:
+    """Per-partition positions of a cursor (a single-partition ``ev1.`` cursor of before sharding is one position).
 
     Raises:
         ValidationError: malformed, or issued for another tenant.
     """
-    if not cursor.startswith(_CURSOR_PREFIX) or len(cursor) > 64:
+    if len(cursor) > MAX_CURSOR_CHARS:
         raise ValidationError("unknown cursor", field="after")
-    body = cursor[len(_CURSOR_PREFIX) :]
     try:
-        prefix, seq = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode().split(":")
-        value = int(seq)
+        if cursor.startswith(_LEGACY_CURSOR_PREFIX):
+            body = cursor[len(_LEGACY_CURSOR_PREFIX) :]
+            prefix, seq = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode().split(":")
+            if prefix != tenant_id[:8] or int(seq) < 0:
+                raise ValueError("foreign cursor")
+            return [int(seq)]
+        if not cursor.startswith(_CURSOR_PREFIX):
+            raise ValueError("unknown prefix")
+        body = cursor[len(_CURSOR_PREFIX) :]
+        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        if raw[:4] != bytes.fromhex(tenant_id[:8]) or len(raw) < 5:
+            raise ValueError("foreign cursor")
+        return _unvarints(raw[4:])
     except (ValueError, UnicodeDecodeError):
         raise ValidationError("unknown cursor", field="after") from None
-    if prefix != tenant_id[:8] or value < 0:
-        raise ValidationError("unknown cursor", field="after")
-    return value
 
 
 class QueueSend(Protocol):
@@ -485,16 +523,15 @@ class EnrollmentService:
             ValidationError: the cursor is malformed, foreign, or beyond the feed.
         """
         await self._tenant(tenant_id)
-        seq = decode_event_cursor(tenant_id, after) if after else 0
-        if seq and seq > await self.store.head_seq(tenant_id):
-            raise ValidationError("unknown cursor", field="after")
-        events = await self.store.events(tenant_id, seq, limit + 1)
-        more = len(events) > limit
-        events = events[:limit]
-        last = events[-1].seq if events else seq
+        position = decode_event_cursor(tenant_id, after) if after else None
+        if position is not None:
+            heads = await self.store.feed_heads(tenant_id)
+            if len(position) != len(heads) or any(p > h for p, h in zip(position, heads, strict=True)):
+                raise ValidationError("unknown cursor", field="after")
+        events, position_after, more = await self.store.events(tenant_id, position, limit)
         return {
             "events": [e.to_dict() for e in events],
-            "next": encode_event_cursor(tenant_id, last),
+            "next": encode_event_cursor(tenant_id, position_after),
             "hasMore": more,
         }
 

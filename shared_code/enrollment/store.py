@@ -1,31 +1,53 @@
-"""Enrollment state per tenant: device rows, the change feed, and the membership graph.
+"""Enrollment state per tenant: device rows, the change feed, the membership graph and reconcile checkpoints.
 
-Device rows and events live in **one table partition** (table ``devices``, PartitionKey = tenant id) so each applied
-change writes its device row and its event in the same entity-group transaction (≤ 100 operations, reference/azure.md):
-either both land or neither. A ``meta`` row holds the next event sequence number and is updated in every
-transaction with its ETag, so two writers can never both append sequence N (one transaction fails as a whole).
-Events are numbered per tenant, monotonically; the event id is derived from (tenant, sequence) and never changes.
+The store is the one owner of the ``devices`` table (the Intune flows read it through :meth:`find_device`) and of
+the ``memberships`` table.
 
-Row keys: ``d|<device object id>`` (state), ``e|<sequence, 12 digits>`` (event), ``meta``, and
-``x|<Entra deviceId, lower-case>`` → ``{objectId}`` (index: the Intune flows and the console address a device by its
-Entra deviceId; the index turns that lookup into two point reads instead of a scan of the tenant's device rows).
-The index row is written in the same transaction as the device row whenever an applied change stores the device as
-enrolled (enroll or update), so a committed device row always has its index row; a deactivation leaves it in place
-(a deactivated device stays addressable). Rows written before the index existed have none: lookups fall back to
-the RowKey-range query when the point read misses.
-The membership graph (``memberships`` table) is stored compressed in binary properties of one or more rows of a
-generation; the ``graph`` head row names the live generation, so a half-written new generation is never read.
+**Shards.** A tenant's device rows are spread over ``S`` partitions of the ``devices`` table, so its write
+throughput grows with the tenant (Azure documents ~2,000 entities/s per partition; Azurite's transaction cost grows
+with the size of the partition). Every partition of a tenant has a PartitionKey that starts with the tenant id, so
+one PartitionKey range ``[tid, tid + "~")`` holds the whole tenant (purge, scans):
+
+* ``<tid>`` — the ``layout`` row (``shards`` = S, chosen once from the tenant's device count: one shard per
+  ``SHARD_TARGET_DEVICES`` devices, at most ``MAX_SHARDS``). Tenants written before sharding keep their rows here
+  (the *legacy* layout: one partition, no layout row, recognised by its ``meta`` row) and keep working unchanged.
+* ``<tid>|<nn>`` (nn = crc32(object id) mod S, two digits) — the shard of a device: its row ``d|<object id>``, its
+  events ``e|<sequence, 12 digits>``, the ``x|<Entra deviceId, lower-case>`` → ``{objectId}`` index rows of the
+  devices stored there, and the shard's ``meta`` row with its next event sequence.
+
+A change writes its device row, its event and (enroll/update) its index row in **one entity-group transaction** of
+its shard (≤ 100 operations, reference/azure.md): all land or none. The shard's ``meta`` row is updated in every
+transaction with its ETag, so two writers can never both append sequence N to a shard (one transaction fails as a
+whole). Shards are written in parallel; each shard's transactions are sequential.
+
+**Change feed.** Events are numbered per partition; an event id is a name-based UUID of (partition, sequence) and
+never changes. The feed position is a vector of per-partition sequences (the service encodes it as one opaque
+cursor). A page reads the next events of every partition and merges them by (time, partition, sequence): each
+partition's events stay in commit order (a device always lives in one shard, so its own events are in order);
+events of different devices committed concurrently in different shards have no order but a stable one. Every
+event is served exactly once, because the cursor advances each partition only past the events it returned.
+
+**Index.** A deviceId lookup reads the index row in every partition of the tenant (point reads, in parallel) and
+then the device row it names: a device's index row must live in its shard to be written in the same transaction.
+A deactivation leaves the index row in place (a deactivated device stays addressable); a moved deviceId is
+tomb-stoned (``objectId`` ""). Legacy partitions written before the index existed may lack index rows until the
+next full reconcile back-fills them (:meth:`backfill_index`); until then a lookup there falls back to the device
+rows' RowKey range — the only query a lookup ever makes, and only for legacy tenants.
+
+The membership graph and reconcile checkpoints (``memberships`` table) are stored compressed in binary properties
+of one or more rows; a head row names the live generation, so a half-written new generation is never read.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
+import heapq
 import json
+import math
 import uuid
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -45,6 +67,12 @@ from shared_code.errors import ConflictError
 MAX_OPS_PER_TRANSACTION = 100
 CHANGES_PER_TRANSACTION = (MAX_OPS_PER_TRANSACTION - 1) // 3
 INDEX_PREFIX = "x|"
+# One shard per this many devices of the tenant (a power of two at most MAX_SHARDS): Azurite's transaction cost is
+# flat below a few thousand entities per partition and a partition's documented target is 2,000 entities/s.
+SHARD_TARGET_DEVICES = 2000
+MAX_SHARDS = 32
+# Shards written at once within one apply (each shard's transactions stay sequential).
+SHARD_WRITE_CONCURRENCY = 8
 # Characters a RowKey may not contain (Table service data model); such a deviceId is simply not indexed.
 _BAD_KEY_CHARS = frozenset("/\\#?") | {chr(c) for c in range(0x20)} | {chr(c) for c in range(0x7F, 0xA0)}
 _EVENT_NS = uuid.UUID("6f1c1b7e-7c55-4c8e-9d2a-3b0f5b2f8e11")
@@ -54,13 +82,176 @@ _CHUNKS_PER_ROW = 10
 # Table Storage allows at most 15 comparisons in one filter: partition + 2 row-key bounds + 10 owners.
 OWNERS_PER_QUERY = 10
 POINT_READ_CONCURRENCY = 16
+LAYOUT_ROW = "layout"
+META_ROW = "meta"
+CHECKPOINT_HEAD = "ck"
 
 BeforeCommit = Callable[[int], None]
 
 
+class _TxnConflict(Exception):
+    """A transaction failed as a whole (412 on the meta row or 409 on an event row)."""
+
+
+# ---- rows: the minimal table operations the store needs, over Azure Tables or memory ------------------------------
+
+
+class _Rows(Protocol):
+    async def get(self, pk: str, rk: str) -> tuple[dict[str, Any], str] | None: ...
+
+    async def query(
+        self, pk: str, lo: str, hi: str, *, field: str | None = None, values: Sequence[str] = (),
+        limit: int | None = None, inclusive: bool = True,
+    ) -> list[dict[str, Any]]: ...
+
+    async def transact(self, ops: list[tuple[str, dict[str, Any], str | None]]) -> list[str | None]: ...
+
+    async def upsert(self, entity: dict[str, Any]) -> None: ...
+
+    async def delete(self, pk: str, rk: str) -> None: ...
+
+    async def keys(self, pk_lo: str, pk_hi: str) -> list[tuple[str, str]]: ...
+
+
+class _MemoryRows:
+    """One in-memory table with Table Storage's semantics the store relies on (ETags, atomic transactions)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, dict[str, tuple[int, dict[str, Any]]]] = {}
+        self.version = 0
+
+    async def get(self, pk: str, rk: str) -> tuple[dict[str, Any], str] | None:
+        await asyncio.sleep(0)
+        found = self.data.get(pk, {}).get(rk)
+        return (copy.deepcopy(found[1]), str(found[0])) if found else None
+
+    async def query(
+        self, pk: str, lo: str, hi: str, *, field: str | None = None, values: Sequence[str] = (),
+        limit: int | None = None, inclusive: bool = True,
+    ) -> list[dict[str, Any]]:
+        await asyncio.sleep(0)
+        rows = self.data.get(pk, {})
+        wanted = set(values)
+        out = []
+        for rk in sorted(rows):
+            if (rk < lo if inclusive else rk <= lo) or rk >= hi:
+                continue
+            row = rows[rk][1]
+            if field is not None and row.get(field) not in wanted:
+                continue
+            out.append(copy.deepcopy(row))
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    async def transact(self, ops: list[tuple[str, dict[str, Any], str | None]]) -> list[str | None]:
+        await asyncio.sleep(0)
+        for kind, entity, etag in ops:  # validate everything first: all or nothing
+            found = self.data.get(entity["PartitionKey"], {}).get(entity["RowKey"])
+            if kind == "create" and found is not None:
+                raise _TxnConflict
+            if kind == "update" and (found is None or str(found[0]) != etag):
+                raise _TxnConflict
+        out: list[str | None] = []
+        for _kind, entity, _etag in ops:
+            self.version += 1
+            self.data.setdefault(entity["PartitionKey"], {})[entity["RowKey"]] = (self.version, copy.deepcopy(entity))
+            out.append(str(self.version))
+        return out
+
+    async def upsert(self, entity: dict[str, Any]) -> None:
+        await self.transact([("upsert", entity, None)])
+
+    async def delete(self, pk: str, rk: str) -> None:
+        await asyncio.sleep(0)
+        self.data.get(pk, {}).pop(rk, None)
+
+    async def keys(self, pk_lo: str, pk_hi: str) -> list[tuple[str, str]]:
+        await asyncio.sleep(0)
+        return [(pk, rk) for pk in sorted(self.data) if pk_lo <= pk < pk_hi for rk in sorted(self.data[pk])]
+
+
+class _TableRows:
+    """One Azure table (aio TableClient) behind the same operations."""
+
+    def __init__(self, storage: StorageClients, logical: str) -> None:
+        self._storage = storage
+        self._logical = logical
+
+    async def _table(self) -> Any:
+        return await self._storage.table(self._logical)
+
+    async def get(self, pk: str, rk: str) -> tuple[dict[str, Any], str] | None:
+        table = await self._table()
+        try:
+            entity = await table.get_entity(pk, rk)
+        except ResourceNotFoundError:
+            return None
+        return dict(entity), str(entity.metadata.get("etag"))
+
+    async def query(
+        self, pk: str, lo: str, hi: str, *, field: str | None = None, values: Sequence[str] = (),
+        limit: int | None = None, inclusive: bool = True,
+    ) -> list[dict[str, Any]]:
+        table = await self._table()
+        params: dict[str, Any] = {"pk": pk, "lo": lo, "hi": hi}
+        query = f"PartitionKey eq @pk and RowKey {'ge' if inclusive else 'gt'} @lo and RowKey lt @hi"
+        if field is not None:
+            params.update({f"v{i}": v for i, v in enumerate(values)})
+            either = " or ".join(f"{field} eq @v{i}" for i in range(len(values)))
+            # Spaces around the parentheses: the SDK substitutes @names in space-separated words.
+            query += f" and ( {either} )"
+        out: list[dict[str, Any]] = []
+        pages = table.query_entities(query, parameters=params, results_per_page=min(limit or 1000, 1000))
+        async for entity in pages:
+            out.append(dict(entity))
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    async def transact(self, ops: list[tuple[str, dict[str, Any], str | None]]) -> list[str | None]:
+        table = await self._table()
+        batch: list[Any] = []
+        for kind, entity, etag in ops:
+            if kind == "create":
+                batch.append(("create", entity))
+            elif kind == "update":
+                batch.append(("update", entity, {"mode": UpdateMode.REPLACE, "etag": etag,
+                                                 "match_condition": MatchConditions.IfNotModified}))
+            else:
+                batch.append(("upsert", entity, {"mode": UpdateMode.REPLACE}))
+        try:
+            results = await table.submit_transaction(batch)
+        except TableTransactionError:
+            raise _TxnConflict from None
+        return [str(r.get("etag")) if r and r.get("etag") else None for r in results]
+
+    async def upsert(self, entity: dict[str, Any]) -> None:
+        table = await self._table()
+        await table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+
+    async def delete(self, pk: str, rk: str) -> None:
+        table = await self._table()
+        await table.delete_entity(pk, rk)  # idempotent: a missing entity is not an error for delete_entity
+
+    async def keys(self, pk_lo: str, pk_hi: str) -> list[tuple[str, str]]:
+        table = await self._table()
+        out: list[tuple[str, str]] = []
+        pages = table.query_entities(
+            "PartitionKey ge @lo and PartitionKey lt @hi", parameters={"lo": pk_lo, "hi": pk_hi},
+            select=["PartitionKey", "RowKey"],
+        )
+        async for entity in pages:
+            out.append((str(entity["PartitionKey"]), str(entity["RowKey"])))
+        return out
+
+
+# ---- documents ----------------------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Event:
-    """One change-feed entry."""
+    """One change-feed entry (``seq`` counts within its ``shard``; ``shard`` 0 is also the legacy partition)."""
 
     id: str
     seq: int
@@ -72,12 +263,14 @@ class Event:
     reason: str
     time: str
     operating_system: str = ""
+    shard: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """API shape."""
         return {
             "id": self.id,
             "sequence": self.seq,
+            "shard": self.shard,
             "tenantId": self.tenant_id,
             "deviceObjectId": self.device,
             "deviceId": self.device_id,
@@ -89,9 +282,58 @@ class Event:
         }
 
 
-def event_id(tenant_id: str, seq: int) -> str:
-    """Stable event id: a name-based UUID of (tenant, sequence)."""
-    return str(uuid.uuid5(_EVENT_NS, f"{tenant_id}:{seq}"))
+@dataclass(frozen=True)
+class Layout:
+    """Where a tenant's device rows live.
+
+    Attributes:
+        tenant_id: the tenant.
+        shards: number of shard partitions ``<tid>|<nn>`` (1 for the legacy single partition ``<tid>``).
+        legacy: rows live in the tenant's own partition, as before sharding.
+        indexed: every device row has its deviceId index row (always true for sharded tenants).
+    """
+
+    tenant_id: str
+    shards: int
+    legacy: bool = False
+    indexed: bool = True
+
+    def partitions(self) -> list[str]:
+        """PartitionKeys of the device shards, in feed order."""
+        if self.legacy:
+            return [self.tenant_id]
+        return [shard_partition(self.tenant_id, i) for i in range(self.shards)]
+
+    def shard_of(self, object_id: str) -> int:
+        """Shard index of a device object id (the documented rule: crc32 of the lower-case id, mod S)."""
+        if self.legacy or self.shards <= 1:
+            return 0
+        return zlib.crc32(object_id.lower().encode()) % self.shards
+
+    def partition_of(self, object_id: str) -> str:
+        """PartitionKey of a device object id's shard."""
+        return self.partitions()[self.shard_of(object_id)]
+
+
+def shard_partition(tenant_id: str, shard: int) -> str:
+    """PartitionKey of shard ``shard`` (starts with the tenant id: the range ``[tid, tid+'~')`` covers it)."""
+    return f"{tenant_id}|{shard:02d}"
+
+
+def shards_for(devices: int) -> int:
+    """Shard count for a tenant of ``devices`` devices (power of two, 1 … ``MAX_SHARDS``)."""
+    want = max(1, math.ceil(max(0, devices) / SHARD_TARGET_DEVICES))
+    return min(MAX_SHARDS, 1 << (want - 1).bit_length())
+
+
+def tenant_range(tenant_id: str) -> tuple[str, str]:
+    """The PartitionKey range holding every partition of a tenant in ``devices`` (and any other table)."""
+    return tenant_id, tenant_id + "~"
+
+
+def event_id(tenant_id: str, seq: int, partition: str | None = None) -> str:
+    """Stable event id: a name-based UUID of (partition, sequence); the legacy partition is the tenant id."""
+    return str(uuid.uuid5(_EVENT_NS, f"{partition or tenant_id}:{seq}"))
 
 
 def event_type(action: str) -> str:
@@ -99,7 +341,7 @@ def event_type(action: str) -> str:
     return {"enroll": "enrolled", "deactivate": "deactivated", "update": "updated"}[action]
 
 
-def stored_from_row(row: dict[str, Any]) -> Stored:
+def stored_from_row(row: Mapping[str, Any]) -> Stored:
     """Device row → :class:`Stored`."""
     return Stored(
         record=DeviceRecord.from_dict(json.loads(row["rec"])),
@@ -145,8 +387,8 @@ def _index_ops(item: PlanItem, previous: Stored | None) -> list[tuple[str, str]]
     new = index_key(item.record.device_id)
     old = index_key(previous.record.device_id) if previous is not None else None
     if old is not None and old != new:
-        # A tombstone, not a delete: a legacy row has no index row to delete and a failed delete fails the whole
-        # transaction. A lookup treats a tombstone as a miss and falls back to the range query.
+        # A tombstone, not a delete: a failed delete would fail the whole transaction. A lookup treats a tombstone
+        # as a miss.
         out.append((old, ""))
     if new is not None:
         out.append((new, item.record.id))
@@ -192,7 +434,7 @@ def _chunk_index(chunk: Sequence[tuple[PlanItem, list[tuple[str, str]]]]) -> dic
     return keys
 
 
-def device_view(device_object_id: str, row: dict[str, Any]) -> dict[str, Any]:
+def device_view(row: Mapping[str, Any]) -> dict[str, Any]:
     """API shape of a device row."""
     rec = json.loads(row["rec"])
     return {
@@ -205,9 +447,9 @@ def device_view(device_object_id: str, row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _event(tenant_id: str, seq: int, item: PlanItem, now: str) -> Event:
+def _event(tenant_id: str, partition: str, shard: int, seq: int, item: PlanItem, now: str) -> Event:
     return Event(
-        id=event_id(tenant_id, seq),
+        id=event_id(tenant_id, seq, partition),
         seq=seq,
         tenant_id=tenant_id,
         device=item.record.id,
@@ -217,6 +459,7 @@ def _event(tenant_id: str, seq: int, item: PlanItem, now: str) -> Event:
         reason=item.reason,
         time=now,
         operating_system=item.record.operating_system,
+        shard=shard,
     )
 
 
@@ -224,7 +467,7 @@ def _event_row(ev: Event) -> dict[str, Any]:
     return {k: v for k, v in ev.to_dict().items() if v is not None}
 
 
-def _event_from_row(row: dict[str, Any]) -> Event:
+def _event_from_row(row: Mapping[str, Any], shard: int) -> Event:
     return Event(
         id=str(row["id"]),
         seq=int(row["sequence"]),
@@ -236,424 +479,438 @@ def _event_from_row(row: dict[str, Any]) -> Event:
         reason=str(row.get("reason") or ""),
         time=str(row.get("time") or ""),
         operating_system=str(row.get("operatingSystem") or ""),
+        shard=shard,
     )
 
 
-class EnrollmentStore(Protocol):
-    """Per-tenant enrollment state.
+async def _run_all(jobs: Iterable[Callable[[], Awaitable[None]]], limit: int) -> None:
+    """Run jobs concurrently (at most ``limit`` at once); the first failure cancels the rest and is re-raised."""
+    gate = asyncio.Semaphore(limit)
 
-    ``writes`` counts write operations (tests assert quiet polls write nothing); ``rows_read`` counts device rows
-    loaded by :meth:`load_devices` / :meth:`load_devices_for` (tests assert incremental polls read few).
+    async def one(job: Callable[[], Awaitable[None]]) -> None:
+        async with gate:
+            await job()
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for job in jobs:
+                group.create_task(one(job))
+    except BaseExceptionGroup as group_error:
+        first = group_error.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+
+
+def _pack(payload: bytes) -> list[list[bytes]]:
+    """Binary payload → rows of ≤ ``_CHUNKS_PER_ROW`` properties of ≤ ``_CHUNK_BYTES`` each."""
+    parts = [payload[i : i + _CHUNK_BYTES] for i in range(0, len(payload), _CHUNK_BYTES)] or [b""]
+    return [parts[i : i + _CHUNKS_PER_ROW] for i in range(0, len(parts), _CHUNKS_PER_ROW)]
+
+
+class EnrollmentStore:
+    """Per-tenant enrollment state over two tables (``devices``, ``memberships``) of Azure Tables or memory.
+
+    ``writes`` counts entity writes (tests assert quiet polls write nothing); ``rows_read`` counts device rows loaded
+    by :meth:`load_devices` / :meth:`load_devices_for`; ``point_reads`` / ``fallback_queries`` count deviceId
+    lookups by path (tests assert a lookup never scans).
     """
 
-    writes: int
-    rows_read: int
-    before_commit: BeforeCommit | None
+    def __init__(self, devices: _Rows, memberships: _Rows) -> None:
+        self._devices = devices
+        self._memberships = memberships
+        self.writes = 0
+        self.rows_read = 0
+        self.point_reads = 0
+        self.fallback_queries = 0
+        self.before_commit: BeforeCommit | None = None
 
-    async def load_devices(self, tenant_id: str) -> dict[str, Stored]:
-        """Every device row of the tenant."""
-        ...
+    # ---- layout ---------------------------------------------------------------------------------------------------
+
+    async def layout(self, tenant_id: str) -> Layout | None:
+        """The tenant's layout, or None before its first device row."""
+        found = await self._devices.get(tenant_id, LAYOUT_ROW)
+        if found is not None:
+            row = found[0]
+            return Layout(tenant_id, int(row["shards"]), bool(row.get("legacy")), bool(row.get("indexed", True)))
+        if await self._devices.get(tenant_id, META_ROW) is not None:
+            return Layout(tenant_id, 1, legacy=True, indexed=False)
+        return None
+
+    async def ensure_layout(self, tenant_id: str, expected_devices: int) -> Layout:
+        """The tenant's layout, created for ``expected_devices`` when it has none (the shard count never changes)."""
+        current = await self.layout(tenant_id)
+        if current is not None:
+            return current
+        shards = shards_for(expected_devices)
+        try:
+            await self._devices.transact([("create", {"PartitionKey": tenant_id, "RowKey": LAYOUT_ROW,
+                                                      "shards": shards, "legacy": False}, None)])
+            self.writes += 1
+        except _TxnConflict:
+            pass  # another writer created it first: use theirs
+        found = await self.layout(tenant_id)
+        assert found is not None
+        return found
+
+    async def _read_layout(self, tenant_id: str) -> Layout:
+        """The layout for reads (an empty tenant reads as one empty shard)."""
+        return await self.layout(tenant_id) or Layout(tenant_id, 1)
+
+    # ---- device rows ----------------------------------------------------------------------------------------------
+
+    async def load_devices(self, tenant_id: str, shard: int | None = None) -> dict[str, Stored]:
+        """Every device row of the tenant (or of one shard)."""
+        layout = await self._read_layout(tenant_id)
+        parts = layout.partitions()
+        if shard is not None:
+            parts = [parts[shard]]
+        out: dict[str, Stored] = {}
+
+        async def one(pk: str) -> None:
+            for row in await self._devices.query(pk, "d|", "d}"):
+                out[str(row["RowKey"])[2:]] = stored_from_row(row)
+
+        await _run_all([lambda pk=pk: one(pk) for pk in parts], SHARD_WRITE_CONCURRENCY)  # type: ignore[misc]
+        self.rows_read += len(out)
+        return out
 
     async def load_devices_for(
         self, tenant_id: str, *, device_ids: Sequence[str], owner_ids: Sequence[str]
     ) -> dict[str, Stored]:
-        """The rows of the given devices and of every device stored with one of the given owners (any state)."""
-        ...
+        """The rows of the given devices and of every device stored with one of the given owners (any state).
+
+        Devices by point read in their shard (bounded concurrency); owners by ``ownerId`` filter,
+        ``OWNERS_PER_QUERY`` per query and shard (the service matches the filter inside the partition).
+        """
+        layout = await self._read_layout(tenant_id)
+        out: dict[str, Stored] = {}
+        gate = asyncio.Semaphore(POINT_READ_CONCURRENCY)
+
+        async def point(did: str) -> None:
+            async with gate:
+                found = await self._devices.get(layout.partition_of(did), "d|" + did)
+                if found is not None:
+                    out[did] = stored_from_row(found[0])
+
+        async def owners(pk: str, chunk: list[str]) -> None:
+            async with gate:
+                for row in await self._devices.query(pk, "d|", "d}", field="ownerId", values=chunk):
+                    out[str(row["RowKey"])[2:]] = stored_from_row(row)
+
+        wanted = sorted(set(owner_ids))
+        jobs = [point(d) for d in dict.fromkeys(device_ids)]
+        for start in range(0, len(wanted), OWNERS_PER_QUERY):
+            jobs += [owners(pk, wanted[start : start + OWNERS_PER_QUERY]) for pk in layout.partitions()]
+        await asyncio.gather(*jobs)
+        self.rows_read += len(out)
+        return out
 
     async def list_devices(self, tenant_id: str, after: str, limit: int) -> list[dict[str, Any]]:
-        """Device rows in id order after the given object id, API shape (``id`` is the object id)."""
-        ...
+        """Device rows in object-id order after ``after``, API shape (``id`` is the object id); merged over shards."""
+        layout = await self._read_layout(tenant_id)
+        pages = await asyncio.gather(*(
+            self._devices.query(pk, "d|" + after, "d}", limit=limit, inclusive=False) for pk in layout.partitions()
+        ))
+        merged = heapq.merge(*pages, key=lambda row: str(row["RowKey"]))
+        out: list[dict[str, Any]] = []
+        for row in merged:
+            out.append(device_view(row))
+            if len(out) >= limit:
+                break
+        return out
 
     async def apply(
         self, tenant_id: str, items: Sequence[PlanItem], now: str, previous: Mapping[str, Stored] | None = None
     ) -> list[Event]:
         """Write each item's device row, event and deviceId index row, ≤ 100 operations per atomic transaction.
 
-        ``previous``: the rows as stored before (what the caller read to plan); a deviceId that differs there gets
-        its old index row tomb-stoned in the same transaction. The in-memory store knows its rows and ignores it.
+        Items are grouped by shard; shards are written in parallel (at most ``SHARD_WRITE_CONCURRENCY``), each
+        shard's transactions in order. ``previous``: the rows as stored before (what the caller read to plan); a
+        deviceId that differs there gets its old index row tomb-stoned in the same transaction.
 
         Raises:
-            ConflictError: another writer appended events meanwhile (this poll must stop).
+            ConflictError: another writer appended events to a shard meanwhile (this poll must stop).
         """
-        ...
-
-    async def events(self, tenant_id: str, after_seq: int, limit: int) -> list[Event]:
-        """Events with sequence > ``after_seq``, ascending, at most ``limit``."""
-        ...
-
-    async def find_device(self, tenant_id: str, key: str) -> Stored | None:
-        """A device row by Entra object id or by ``deviceId`` (case-insensitive), or None."""
-        ...
-
-    async def head_seq(self, tenant_id: str) -> int:
-        """Highest event sequence written (0 when none)."""
-        ...
-
-    async def load_graph(self, tenant_id: str) -> tuple[MembershipGraph, dict[str, Any]] | None:
-        """The stored membership graph and its metadata, or None."""
-        ...
-
-    async def save_graph(self, tenant_id: str, graph: MembershipGraph, meta: dict[str, Any]) -> None:
-        """Replace the stored graph (atomically switches generation)."""
-        ...
-
-    async def delete_tenant(self, tenant_id: str) -> None:
-        """Remove every row of the tenant."""
-        ...
-
-
-class MemoryEnrollmentStore:
-    """In-memory store with the same transaction and conflict semantics (used by unit tests and dry runs)."""
-
-    def __init__(self) -> None:
-        self._devices: dict[str, dict[str, dict[str, Any]]] = {}
-        self._events: dict[str, list[Event]] = {}
-        # tenant → index RowKey (``x|<deviceId lower>``) → object id; mirrors the Table layout.
-        self._index: dict[str, dict[str, str]] = {}
-        self._graphs: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-        self.writes = 0
-        self.rows_read = 0
-        # find_device by deviceId: index point reads and range-query fallbacks (tests assert the lookup cost).
-        self.point_reads = 0
-        self.fallback_queries = 0
-        self.before_commit: BeforeCommit | None = None
-
-    async def load_devices(self, tenant_id: str) -> dict[str, Stored]:
-        """See :class:`EnrollmentStore`."""
-        await asyncio.sleep(0)
-        rows = self._devices.get(tenant_id, {})
-        self.rows_read += len(rows)
-        return {k: stored_from_row(v) for k, v in rows.items()}
-
-    async def load_devices_for(
-        self, tenant_id: str, *, device_ids: Sequence[str], owner_ids: Sequence[str]
-    ) -> dict[str, Stored]:
-        """See :class:`EnrollmentStore`."""
-        await asyncio.sleep(0)
-        rows = self._devices.get(tenant_id, {})
-        owners = set(owner_ids)
-        found = {k: rows[k] for k in device_ids if k in rows}
-        found.update({k: v for k, v in rows.items() if owners and v.get("ownerId") in owners})
-        self.rows_read += len(found)
-        return {k: stored_from_row(v) for k, v in found.items()}
-
-    async def list_devices(self, tenant_id: str, after: str, limit: int) -> list[dict[str, Any]]:
-        """See :class:`EnrollmentStore`."""
-        rows = self._devices.get(tenant_id, {})
-        keys = sorted(k for k in rows if k > after)[:limit]
-        return [device_view(k, rows[k]) for k in keys]
-
-    async def apply(
-        self, tenant_id: str, items: Sequence[PlanItem], now: str, previous: Mapping[str, Stored] | None = None
-    ) -> list[Event]:
-        """See :class:`EnrollmentStore`."""
-        out: list[Event] = []
-        rows = self._devices.get(tenant_id, {})
-
-        def before(did: str) -> Stored | None:
-            # Chunks are cut up front, as the Table store does; an object twice in one apply is not a case the
-            # engine produces (one plan item per device).
-            return stored_from_row(rows[did]) if did in rows else None
-
-        for n, chunk in enumerate(_chunks(items, before)):
-            expected = len(self._events.get(tenant_id, []))
-            await asyncio.sleep(0)
-            if self.before_commit is not None:
-                self.before_commit(n)
-            log = self._events.setdefault(tenant_id, [])
-            if len(log) != expected:
-                raise ConflictError(f"tenant {tenant_id}: events appended concurrently")
-            devices = self._devices.setdefault(tenant_id, {})
-            index = self._index.setdefault(tenant_id, {})
-            for item, _ in chunk:
-                seq = len(log) + 1
-                ev = _event(tenant_id, seq, item, now)
-                log.append(ev)
-                devices[item.record.id] = _device_row(item, now, seq)
-                out.append(ev)
-            keys = _chunk_index(chunk)
-            index.update(keys)
-            self.writes += 2 * len(chunk) + len(keys) + 1
-        return out
-
-    async def events(self, tenant_id: str, after_seq: int, limit: int) -> list[Event]:
-        """See :class:`EnrollmentStore`."""
-        return [e for e in self._events.get(tenant_id, []) if e.seq > after_seq][:limit]
-
-    async def head_seq(self, tenant_id: str) -> int:
-        """See :class:`EnrollmentStore`."""
-        return len(self._events.get(tenant_id, []))
-
-    async def find_device(self, tenant_id: str, key: str) -> Stored | None:
-        """See :class:`EnrollmentStore`."""
-        rows = self._devices.get(tenant_id, {})
-        if key in rows:
-            return stored_from_row(rows[key])
-        ikey = index_key(key)
-        target = None
-        if ikey is not None:
-            self.point_reads += 1
-            target = self._index.get(tenant_id, {}).get(ikey)
-        if target and target in rows and str(rows[target].get("deviceId", "")).lower() == key.lower():
-            return stored_from_row(rows[target])
-        # Same fallback as the Table store (rows written before the index existed have no index row).
-        self.fallback_queries += 1
-        for row in rows.values():
-            if str(row.get("deviceId", "")).lower() == key.lower():
-                return stored_from_row(row)
-        return None
-
-    async def load_graph(self, tenant_id: str) -> tuple[MembershipGraph, dict[str, Any]] | None:
-        """See :class:`EnrollmentStore`."""
-        found = self._graphs.get(tenant_id)
-        if found is None:
-            return None
-        return MembershipGraph.from_json(copy.deepcopy(found[0])), copy.deepcopy(found[1])
-
-    async def save_graph(self, tenant_id: str, graph: MembershipGraph, meta: dict[str, Any]) -> None:
-        """See :class:`EnrollmentStore`."""
-        self._graphs[tenant_id] = (copy.deepcopy(graph.to_json()), copy.deepcopy(meta))
-        self.writes += 1
-
-    async def delete_tenant(self, tenant_id: str) -> None:
-        """See :class:`EnrollmentStore`."""
-        self._devices.pop(tenant_id, None)
-        self._index.pop(tenant_id, None)
-        self._events.pop(tenant_id, None)
-        self._graphs.pop(tenant_id, None)
-
-
-class TableEnrollmentStore:
-    """Table Storage implementation (tables ``devices`` and ``memberships``)."""
-
-    def __init__(self, storage: StorageClients) -> None:
-        self._storage = storage
-        self.writes = 0
-        self.rows_read = 0
-        # find_device by deviceId: index point reads and range-query fallbacks (tests assert the lookup cost).
-        self.point_reads = 0
-        self.fallback_queries = 0
-        self.before_commit: BeforeCommit | None = None
-
-    async def load_devices(self, tenant_id: str) -> dict[str, Stored]:
-        """See :class:`EnrollmentStore`."""
-        table = await self._storage.table("devices")
-        out: dict[str, Stored] = {}
-        query = "PartitionKey eq @pk and RowKey ge 'd|' and RowKey lt 'd}'"
-        async for entity in table.query_entities(query, parameters={"pk": tenant_id}):
-            out[str(entity["RowKey"])[2:]] = stored_from_row(dict(entity))
-        self.rows_read += len(out)
-        return out
-
-    async def load_devices_for(
-        self, tenant_id: str, *, device_ids: Sequence[str], owner_ids: Sequence[str]
-    ) -> dict[str, Stored]:
-        """See :class:`EnrollmentStore`.
-
-        Devices by point read (bounded concurrency); owners by ``ownerId`` filter, ``OWNERS_PER_QUERY`` per query
-        (the service matches the filter inside the partition and returns only the matching rows).
-        """
-        table = await self._storage.table("devices")
-        out: dict[str, Stored] = {}
-        gate = asyncio.Semaphore(POINT_READ_CONCURRENCY)
-
-        async def point(did: str) -> None:
-            async with gate:
-                with contextlib.suppress(ResourceNotFoundError):
-                    out[did] = stored_from_row(dict(await table.get_entity(tenant_id, "d|" + did)))
-
-        await asyncio.gather(*(point(d) for d in dict.fromkeys(device_ids)))
-        owners = sorted(set(owner_ids))
-        for start in range(0, len(owners), OWNERS_PER_QUERY):
-            chunk = owners[start : start + OWNERS_PER_QUERY]
-            params: dict[str, Any] = {"pk": tenant_id}
-            params.update({f"o{i}": owner for i, owner in enumerate(chunk)})
-            either = " or ".join(f"ownerId eq @o{i}" for i in range(len(chunk)))
-            # Spaces around the parentheses: the SDK substitutes @names in space-separated words.
-            query = f"PartitionKey eq @pk and RowKey ge 'd|' and RowKey lt 'd}}' and ( {either} )"
-            async for entity in table.query_entities(query, parameters=params):
-                out[str(entity["RowKey"])[2:]] = stored_from_row(dict(entity))
-        self.rows_read += len(out)
-        return out
-
-    async def list_devices(self, tenant_id: str, after: str, limit: int) -> list[dict[str, Any]]:
-        """See :class:`EnrollmentStore`."""
-        table = await self._storage.table("devices")
-        query = "PartitionKey eq @pk and RowKey gt @after and RowKey lt 'd}'"
-        out: list[dict[str, Any]] = []
-        pages = table.query_entities(
-            query, parameters={"pk": tenant_id, "after": "d|" + after}, results_per_page=limit
-        )
-        async for entity in pages:
-            out.append(device_view(str(entity["RowKey"])[2:], dict(entity)))
-            if len(out) >= limit:
-                break
-        return out
-
-    async def _meta(self, tenant_id: str) -> tuple[int, str | None]:
-        table = await self._storage.table("devices")
-        try:
-            entity = await table.get_entity(tenant_id, "meta")
-        except ResourceNotFoundError:
-            return 0, None
-        return int(entity.get("seq") or 0), entity.metadata.get("etag")
-
-    async def apply(
-        self, tenant_id: str, items: Sequence[PlanItem], now: str, previous: Mapping[str, Stored] | None = None
-    ) -> list[Event]:
-        """See :class:`EnrollmentStore`."""
         if not items:
             return []
-        table = await self._storage.table("devices")
-        head, etag = await self._meta(tenant_id)
-        out: list[Event] = []
+        layout = await self.layout(tenant_id) or await self.ensure_layout(tenant_id, len(items))
+        parts = layout.partitions()
+        by_shard: dict[int, list[PlanItem]] = {}
+        for item in items:
+            by_shard.setdefault(layout.shard_of(item.record.id), []).append(item)
         known = previous or {}
-        for n, chunk in enumerate(_chunks(items, known.get)):
-            ops: list[Any] = []
+        written: dict[int, list[Event]] = {}
+        counter = [0]
+
+        async def shard_job(shard: int) -> None:
+            written[shard] = await self._apply_partition(
+                tenant_id, parts[shard], shard, by_shard[shard], now, known, counter
+            )
+
+        await _run_all([lambda s=s: shard_job(s) for s in sorted(by_shard)],  # type: ignore[misc]
+                       SHARD_WRITE_CONCURRENCY)
+        return [ev for shard in sorted(written) for ev in written[shard]]
+
+    async def _apply_partition(
+        self, tenant_id: str, pk: str, shard: int, items: Sequence[PlanItem], now: str,
+        known: Mapping[str, Stored], counter: list[int],
+    ) -> list[Event]:
+        meta = await self._devices.get(pk, META_ROW)
+        head = int(meta[0].get("seq") or 0) if meta else 0
+        etag = meta[1] if meta else None
+        out: list[Event] = []
+        for chunk in _chunks(items, known.get):
+            ops: list[tuple[str, dict[str, Any], str | None]] = []
             events: list[Event] = []
             for item, _ in chunk:
                 head += 1
-                ev = _event(tenant_id, head, item, now)
+                ev = _event(tenant_id, pk, shard, head, item, now)
                 events.append(ev)
-                ops.append(
-                    (
-                        "upsert",
-                        {"PartitionKey": tenant_id, "RowKey": "d|" + item.record.id, **_device_row(item, now, head)},
-                        {"mode": UpdateMode.REPLACE},
-                    )
-                )
-                ops.append(("create", {"PartitionKey": tenant_id, "RowKey": f"e|{head:012d}", **_event_row(ev)}))
+                ops.append(("upsert", {"PartitionKey": pk, "RowKey": "d|" + item.record.id,
+                                       **_device_row(item, now, head)}, None))
+                ops.append(("create", {"PartitionKey": pk, "RowKey": f"e|{head:012d}", **_event_row(ev)}, None))
             for key, target in _chunk_index(chunk).items():
-                ops.append(
-                    ("upsert", {"PartitionKey": tenant_id, "RowKey": key, "objectId": target},
-                     {"mode": UpdateMode.REPLACE})
-                )
-            meta = {"PartitionKey": tenant_id, "RowKey": "meta", "seq": head}
-            if etag is None:
-                ops.append(("create", meta))
-            else:
-                ops.append(
-                    ("update", meta, {"mode": UpdateMode.REPLACE, "etag": etag,
-                                      "match_condition": MatchConditions.IfNotModified})
-                )
+                ops.append(("upsert", {"PartitionKey": pk, "RowKey": key, "objectId": target}, None))
+            meta_row = {"PartitionKey": pk, "RowKey": META_ROW, "seq": head}
+            ops.append(("create", meta_row, None) if etag is None else ("update", meta_row, etag))
             if self.before_commit is not None:
+                n = counter[0]
+                counter[0] += 1
                 self.before_commit(n)
             try:
-                results = await table.submit_transaction(ops)
-            except TableTransactionError:
-                # 412 on meta (another writer advanced the sequence) or 409 on an event row: stop this poll.
+                etags = await self._devices.transact(ops)
+            except _TxnConflict:
                 raise ConflictError(f"tenant {tenant_id}: events appended concurrently") from None
             self.writes += len(ops)
-            etag = str(results[-1].get("etag")) if results and results[-1].get("etag") else None
+            etag = etags[-1]
             if etag is None:
-                _, etag = await self._meta(tenant_id)
+                found = await self._devices.get(pk, META_ROW)
+                etag = found[1] if found else None
             out.extend(events)
         return out
 
-    async def events(self, tenant_id: str, after_seq: int, limit: int) -> list[Event]:
-        """See :class:`EnrollmentStore`."""
-        table = await self._storage.table("devices")
-        query = "PartitionKey eq @pk and RowKey gt @after and RowKey lt 'e}'"
+    # ---- change feed ----------------------------------------------------------------------------------------------
+
+    async def feed_heads(self, tenant_id: str) -> list[int]:
+        """Highest event sequence of each partition, in feed order (the position after the last event)."""
+        layout = await self._read_layout(tenant_id)
+        metas = await asyncio.gather(*(self._devices.get(pk, META_ROW) for pk in layout.partitions()))
+        return [int(m[0].get("seq") or 0) if m else 0 for m in metas]
+
+    async def events(
+        self, tenant_id: str, position: Sequence[int] | None, limit: int
+    ) -> tuple[list[Event], list[int], bool]:
+        """The next ``limit`` events after ``position`` (per-partition sequences; None = the start).
+
+        Returns the events (merged by time, partition, sequence), the position after them, and whether more
+        events follow.
+
+        Raises:
+            ValueError: ``position`` does not fit the tenant's layout.
+        """
+        layout = await self._read_layout(tenant_id)
+        parts = layout.partitions()
+        pos = list(position) if position is not None else [0] * len(parts)
+        if len(pos) != len(parts):
+            raise ValueError("feed position does not match the tenant's partitions")
+        pages = await asyncio.gather(*(
+            self._devices.query(pk, f"e|{pos[i]:012d}", "e}", limit=limit + 1, inclusive=False)
+            for i, pk in enumerate(parts)
+        ))
+        streams = [[_event_from_row(row, i) for row in page] for i, page in enumerate(pages)]
+        merged = heapq.merge(*streams, key=lambda e: (e.time, e.shard, e.seq))
         out: list[Event] = []
-        pages = table.query_entities(
-            query, parameters={"pk": tenant_id, "after": f"e|{after_seq:012d}"}, results_per_page=limit
-        )
-        async for entity in pages:
-            out.append(_event_from_row(dict(entity)))
+        for ev in merged:
             if len(out) >= limit:
                 break
-        return out
+            out.append(ev)
+            pos[ev.shard] = ev.seq
+        more = sum(len(s) for s in streams) > len(out)
+        return out, pos, more
 
-    async def head_seq(self, tenant_id: str) -> int:
-        """See :class:`EnrollmentStore`."""
-        return (await self._meta(tenant_id))[0]
+    # ---- lookups --------------------------------------------------------------------------------------------------
 
     async def find_device(self, tenant_id: str, key: str) -> Stored | None:
-        """See :class:`EnrollmentStore`."""
-        table = await self._storage.table("devices")
-        try:
-            return stored_from_row(dict(await table.get_entity(tenant_id, "d|" + key)))
-        except ResourceNotFoundError:
-            pass
-        row = await self._by_index(table, tenant_id, key)
+        """A device row by Entra object id or by ``deviceId`` (case-insensitive), or None.
+
+        Point reads only: the object id's shard, then the index row of ``key`` in every partition and the row it
+        names. A legacy partition not yet back-filled falls back to its device rows' RowKey range.
+        """
+        layout = await self.layout(tenant_id)
+        if layout is None:
+            return None
+        found = await self._devices.get(layout.partition_of(key), "d|" + key)
+        if found is not None:
+            return stored_from_row(found[0])
+        row = await self._by_index(layout, key)
         if row is not None:
             return stored_from_row(row)
-        # Fallback: rows written before the index existed (or whose index write was a tombstone) have no usable
-        # index row, so a point-read miss does not prove the device is unknown. Only the device rows' RowKey range.
-        self.fallback_queries += 1
-        for candidate in dict.fromkeys((key, key.lower(), key.upper())):
-            query = "PartitionKey eq @pk and RowKey ge 'd|' and RowKey lt 'd}' and deviceId eq @d"
-            async for entity in table.query_entities(query, parameters={"pk": tenant_id, "d": candidate}):
-                return stored_from_row(dict(entity))
+        if not layout.indexed:
+            self.fallback_queries += 1
+            pk = layout.partitions()[0]
+            for candidate in dict.fromkeys((key, key.lower(), key.upper())):
+                rows = await self._devices.query(pk, "d|", "d}", field="deviceId", values=[candidate], limit=1)
+                if rows:
+                    return stored_from_row(rows[0])
         return None
 
-    async def _by_index(self, table: Any, tenant_id: str, device_id: str) -> dict[str, Any] | None:
+    async def _by_index(self, layout: Layout, device_id: str) -> dict[str, Any] | None:
         """The device row the deviceId index points at, if it still carries that deviceId (else None)."""
         ikey = index_key(device_id)
         if ikey is None:
             return None
         self.point_reads += 1
-        try:
-            target = str((await table.get_entity(tenant_id, ikey)).get("objectId") or "")
-        except ResourceNotFoundError:
-            return None
-        if not target:
-            return None  # tombstone: the deviceId moved away from the object that had it
-        try:
-            row = dict(await table.get_entity(tenant_id, "d|" + target))
-        except ResourceNotFoundError:
-            return None
-        return row if str(row.get("deviceId") or "").lower() == device_id.lower() else None
+        parts = layout.partitions()
+        hits = await asyncio.gather(*(self._devices.get(pk, ikey) for pk in parts))
+        rows: list[dict[str, Any]] = []
+        for pk, hit in zip(parts, hits, strict=True):
+            target = str(hit[0].get("objectId") or "") if hit else ""
+            if not target:
+                continue  # no index row, or a tombstone: the deviceId moved away from the object that had it
+            found = await self._devices.get(pk, "d|" + target)
+            if found is not None and str(found[0].get("deviceId") or "").lower() == device_id.lower():
+                rows.append(found[0])
+        # A deviceId reused by a re-registered object: prefer the enrolled row.
+        rows.sort(key=lambda r: r.get("state") != ENROLLED)
+        return rows[0] if rows else None
 
-    async def load_graph(self, tenant_id: str) -> tuple[MembershipGraph, dict[str, Any]] | None:
-        """See :class:`EnrollmentStore`."""
-        table = await self._storage.table("memberships")
-        try:
-            head = await table.get_entity(tenant_id, "graph")
-        except ResourceNotFoundError:
-            return None
-        gen = int(head["gen"])
-        rows = int(head["rows"])
+    async def backfill_index(self, tenant_id: str) -> int:
+        """Give every device row of a legacy partition its index row, then mark the layout indexed.
+
+        Run by the full reconcile (bounded by the tenant's rows, idempotent). Returns the index rows written.
+        """
+        layout = await self.layout(tenant_id)
+        if layout is None or layout.indexed:
+            return 0
+        pk = layout.partitions()[0]
+        present = {str(r["RowKey"]) for r in await self._devices.query(pk, INDEX_PREFIX, "x}")}
+        wanted: dict[str, str] = {}
+        for row in await self._devices.query(pk, "d|", "d}"):
+            ikey = index_key(str(row.get("deviceId") or ""))
+            if ikey is not None and ikey not in present and (ikey not in wanted or row.get("state") == ENROLLED):
+                wanted[ikey] = str(row["RowKey"])[2:]
+        keys = sorted(wanted)
+        for start in range(0, len(keys), MAX_OPS_PER_TRANSACTION):
+            ops: list[tuple[str, dict[str, Any], str | None]] = [
+                ("upsert", {"PartitionKey": pk, "RowKey": k, "objectId": wanted[k]}, None)
+                for k in keys[start : start + MAX_OPS_PER_TRANSACTION]
+            ]
+            await self._devices.transact(ops)
+            self.writes += len(ops)
+        await self._devices.upsert({"PartitionKey": tenant_id, "RowKey": LAYOUT_ROW, "shards": 1, "legacy": True,
+                                    "indexed": True})
+        self.writes += 1
+        return len(keys)
+
+    # ---- blobs: the membership graph and reconcile checkpoints ----------------------------------------------------
+
+    async def _write_blob_rows(self, tenant_id: str, prefix: str, payload: bytes) -> int:
+        rows = _pack(payload)
+        for i, parts in enumerate(rows):
+            entity: dict[str, Any] = {"PartitionKey": tenant_id, "RowKey": f"{prefix}|{i:03d}", "parts": len(parts)}
+            entity.update({f"b{j}": part for j, part in enumerate(parts)})
+            await self._memberships.upsert(entity)
+            self.writes += 1
+        return len(rows)
+
+    async def _read_blob_rows(self, tenant_id: str, prefix: str, rows: int) -> bytes:
         blob = b""
         for i in range(rows):
-            entity = await table.get_entity(tenant_id, f"graph|{gen:08d}|{i:03d}")
-            for j in range(int(entity["parts"])):
-                blob += bytes(entity[f"b{j}"])
+            found = await self._memberships.get(tenant_id, f"{prefix}|{i:03d}")
+            if found is None:
+                raise ConflictError(f"tenant {tenant_id}: stored rows {prefix} are incomplete")
+            for j in range(int(found[0]["parts"])):
+                blob += bytes(found[0][f"b{j}"])
+        return blob
+
+    async def load_graph(self, tenant_id: str) -> tuple[MembershipGraph, dict[str, Any]] | None:
+        """The stored membership graph and its metadata, or None."""
+        head = await self._memberships.get(tenant_id, "graph")
+        if head is None:
+            return None
+        gen, rows = int(head[0]["gen"]), int(head[0]["rows"])
+        blob = await self._read_blob_rows(tenant_id, f"graph|{gen:08d}", rows)
         graph = MembershipGraph.from_json(json.loads(zlib.decompress(blob)))
-        return graph, json.loads(str(head.get("meta") or "{}"))
+        return graph, json.loads(str(head[0].get("meta") or "{}"))
 
     async def save_graph(self, tenant_id: str, graph: MembershipGraph, meta: dict[str, Any]) -> None:
-        """See :class:`EnrollmentStore`."""
-        table = await self._storage.table("memberships")
-        try:
-            head = await table.get_entity(tenant_id, "graph")
-            old_gen, old_rows = int(head["gen"]), int(head["rows"])
-        except ResourceNotFoundError:
-            old_gen, old_rows = 0, 0
+        """Replace the stored graph (atomically switches generation)."""
+        head = await self._memberships.get(tenant_id, "graph")
+        old_gen, old_rows = (int(head[0]["gen"]), int(head[0]["rows"])) if head else (0, 0)
         gen = old_gen + 1
         blob = zlib.compress(json.dumps(graph.to_json(), separators=(",", ":")).encode(), 6)
-        chunks = [blob[i : i + _CHUNK_BYTES] for i in range(0, len(blob), _CHUNK_BYTES)] or [b""]
-        row_chunks = [chunks[i : i + _CHUNKS_PER_ROW] for i in range(0, len(chunks), _CHUNKS_PER_ROW)]
-        for i, parts in enumerate(row_chunks):
-            entity: dict[str, Any] = {
-                "PartitionKey": tenant_id, "RowKey": f"graph|{gen:08d}|{i:03d}", "parts": len(parts)
-            }
-            entity.update({f"b{j}": part for j, part in enumerate(parts)})
-            await table.upsert_entity(entity, mode=UpdateMode.REPLACE)
-            self.writes += 1
-        await table.upsert_entity(
-            {"PartitionKey": tenant_id, "RowKey": "graph", "gen": gen, "rows": len(row_chunks),
-             "meta": json.dumps(meta, separators=(",", ":"))},
-            mode=UpdateMode.REPLACE,
-        )
+        rows = await self._write_blob_rows(tenant_id, f"graph|{gen:08d}", blob)
+        await self._memberships.upsert({"PartitionKey": tenant_id, "RowKey": "graph", "gen": gen, "rows": rows,
+                                        "meta": json.dumps(meta, separators=(",", ":"))})
         self.writes += 1
         for i in range(old_rows):  # the previous generation is unreachable now; drop it
-            with contextlib.suppress(ResourceNotFoundError):
-                await table.delete_entity(tenant_id, f"graph|{old_gen:08d}|{i:03d}")
+            await self._memberships.delete(tenant_id, f"graph|{old_gen:08d}|{i:03d}")
+
+    async def checkpoint(self, tenant_id: str) -> dict[str, Any] | None:
+        """The head of the tenant's reconcile checkpoint (a JSON document), or None."""
+        head = await self._memberships.get(tenant_id, CHECKPOINT_HEAD)
+        return json.loads(str(head[0]["doc"])) if head else None
+
+    async def put_checkpoint(
+        self, tenant_id: str, head: dict[str, Any], chunks: Mapping[int, bytes] | None = None
+    ) -> None:
+        """Write chunk payloads (``ck|<run>|<n>``), then the head that makes them part of the checkpoint.
+
+        ``head["run"]`` names the run; chunk rows of a run are rewritten identically by a replayed step, so a crash
+        between the chunk rows and the head loses nothing and duplicates nothing. ``head["chunks"]`` maps chunk
+        number → row count (the caller keeps it).
+        """
+        run = str(head["run"])
+        rows = dict(head.get("chunkRows") or {})
+        for n, payload in sorted((chunks or {}).items()):
+            rows[str(n)] = await self._write_blob_rows(tenant_id, f"ck|{run}|{n:05d}", zlib.compress(payload, 6))
+        doc = {**head, "chunkRows": rows}
+        await self._memberships.upsert({"PartitionKey": tenant_id, "RowKey": CHECKPOINT_HEAD,
+                                        "doc": json.dumps(doc, separators=(",", ":"))})
+        self.writes += 1
+        head["chunkRows"] = rows
+
+    async def checkpoint_chunks(self, tenant_id: str, head: Mapping[str, Any]) -> dict[int, bytes]:
+        """Every chunk payload the head names (chunk number → bytes)."""
+        run = str(head["run"])
+        out: dict[int, bytes] = {}
+        for n, rows in sorted((head.get("chunkRows") or {}).items(), key=lambda kv: int(kv[0])):
+            out[int(n)] = zlib.decompress(await self._read_blob_rows(tenant_id, f"ck|{run}|{int(n):05d}", int(rows)))
+        return out
+
+    async def clear_checkpoint(self, tenant_id: str) -> None:
+        """Forget the checkpoint: the head first (then no half-deleted run is ever read), then its chunk rows."""
+        head = await self.checkpoint(tenant_id)
+        if head is None:
+            return
+        await self._memberships.delete(tenant_id, CHECKPOINT_HEAD)
+        self.writes += 1
+        run = str(head["run"])
+        for rk in [rk for pk, rk in await self._memberships.keys(*tenant_range(tenant_id))
+                   if pk == tenant_id and rk.startswith(f"ck|{run}|")]:
+            await self._memberships.delete(tenant_id, rk)
+
+    # ---- tenant ---------------------------------------------------------------------------------------------------
 
     async def delete_tenant(self, tenant_id: str) -> None:
-        """See :class:`EnrollmentStore`."""
-        for name in ("devices", "memberships"):
-            table = await self._storage.table(name)
-            async for entity in table.query_entities("PartitionKey eq @pk", parameters={"pk": tenant_id}):
-                await table.delete_entity(tenant_id, str(entity["RowKey"]))
+        """Remove every row of the tenant (the PartitionKey range ``[tid, tid+'~')`` of both tables)."""
+        for rows in (self._devices, self._memberships):
+            for pk, rk in await rows.keys(*tenant_range(tenant_id)):
+                await rows.delete(pk, rk)
+
+
+class MemoryEnrollmentStore(EnrollmentStore):
+    """In-memory store with the same rows, transactions and conflicts (unit tests and the bench's memory runs)."""
+
+    def __init__(self) -> None:
+        self.device_rows = _MemoryRows()
+        self.membership_rows = _MemoryRows()
+        super().__init__(self.device_rows, self.membership_rows)
+
+
+class TableEnrollmentStore(EnrollmentStore):
+    """Table Storage implementation (tables ``devices`` and ``memberships``)."""
+
+    def __init__(self, storage: StorageClients) -> None:
+        super().__init__(_TableRows(storage, "devices"), _TableRows(storage, "memberships"))

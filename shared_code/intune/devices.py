@@ -6,9 +6,10 @@ Intune entities carry the Entra ``deviceId`` and the device's registered owner a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
+
+from shared_code.domain.reconcile import ENROLLED, Stored
 
 
 @dataclass(frozen=True)
@@ -58,89 +59,36 @@ class StaticEnrolledDevices:
         return self._devices.get(tenant_id, {}).get(device_id.lower())
 
 
-class TableEnrolledDevices:
-    """Reads the enrollment feature's device rows (table ``devices``; shared_code/enrollment/store.py layout).
+class DeviceLookup(Protocol):
+    """The enrollment store's lookup port (``EnrollmentStore.find_device``: point reads, never a scan)."""
 
-    Rows are ``PartitionKey = tenant``, ``RowKey = d|<object id>``, with ``deviceId`` as its own column, ``rec`` the
-    device record JSON and ``state`` (``enrolled`` / ``deactivated``). The API's ``{deviceId}`` may be either id:
-    object id first (a point read), then Entra deviceId through the store's index row ``x|<deviceId lower-case>`` →
-    ``{objectId}`` (two point reads), written in the same transaction as the device row. Rows written before the
-    index existed have none, so a miss falls back to a query restricted to the device rows' RowKey range
-    ``[d|, d})`` (the service reads only device rows, never the event history in the same partition).
+    async def find_device(self, tenant_id: str, key: str) -> Stored | None:
+        """A device row by Entra object id or deviceId (case-insensitive), any state, or None."""
+        ...
 
-    ``point_reads`` / ``fallback_queries`` count deviceId lookups by path (tests assert the lookup cost).
+
+class StoreEnrolledDevices:
+    """Enrolled devices as the enrollment store keeps them (the store owns table ``devices`` and its layout).
+
+    The API's ``{deviceId}`` may be either id: the store reads the object id's row, then the deviceId index (point
+    reads in the tenant's shards); a device is returned only while it is enrolled and has what Intune entities need
+    (the Entra deviceId and its owner as UserId).
     """
 
-    # Device rows are exactly the RowKeys starting "d|" ("}" is the character after "|").
-    DEVICE_ROWS_LOW = "d|"
-    DEVICE_ROWS_HIGH = "d}"
-    # The store's deviceId index (shared_code/enrollment/store.py ``index_key``; kept here so intune/ does not import
-    # the enrollment feature). Characters a RowKey may not hold are never indexed.
-    INDEX_PREFIX = "x|"
-    _BAD_KEY_CHARS = frozenset("/\\#?") | {chr(c) for c in range(0x20)} | {chr(c) for c in range(0x7F, 0xA0)}
-
-    ENROLLED = "enrolled"
-
-    def __init__(self, storage: Any) -> None:
-        self._storage = storage
-        self.point_reads = 0
-        self.fallback_queries = 0
-
-    async def _by_index(self, table: Any, tenant_id: str, device_id: str) -> dict[str, Any] | None:
-        """The device row the index names for this deviceId, if it still carries that deviceId."""
-        from azure.core.exceptions import ResourceNotFoundError
-
-        if not device_id or any(ch in self._BAD_KEY_CHARS for ch in device_id):
-            return None
-        self.point_reads += 1
-        try:
-            target = str((await table.get_entity(tenant_id, self.INDEX_PREFIX + device_id.lower())).get("objectId")
-                         or "")
-        except ResourceNotFoundError:
-            return None
-        if not target:
-            return None  # a tombstone: the deviceId moved to another object id
-        try:
-            row = dict(await table.get_entity(tenant_id, f"d|{target}"))
-        except ResourceNotFoundError:
-            return None
-        return row if str(row.get("deviceId") or "").lower() == device_id.lower() else None
+    def __init__(self, lookup: DeviceLookup) -> None:
+        self._lookup = lookup
 
     async def get(self, tenant_id: str, device_id: str) -> EnrolledDevice | None:
         """The device if currently enrolled."""
-        from azure.core.exceptions import ResourceNotFoundError
-
-        table = await self._storage.table("devices")
-        row: dict[str, Any] | None = None
-        try:
-            row = dict(await table.get_entity(tenant_id, f"d|{device_id}"))
-        except ResourceNotFoundError:
-            row = await self._by_index(table, tenant_id, device_id)
-        if row is None:
-            # Rows written before the store kept the index have no index row: a point-read miss does not prove
-            # the device unknown, so fall back to the range query of the device rows.
-            self.fallback_queries += 1
-            for spelling in dict.fromkeys((device_id, device_id.lower())):
-                async for entity in table.query_entities(
-                    "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi and deviceId eq @d",
-                    parameters={"pk": tenant_id, "lo": self.DEVICE_ROWS_LOW, "hi": self.DEVICE_ROWS_HIGH,
-                                "d": spelling},
-                ):
-                    candidate = dict(entity)
-                    # Prefer the enrolled row if a deviceId was ever reused by a re-registered object.
-                    if row is None or candidate.get("state") == self.ENROLLED:
-                        row = candidate
-                if row is not None:
-                    break
-        if row is None or row.get("state") != self.ENROLLED:
+        row = await self._lookup.find_device(tenant_id, device_id)
+        if row is None or row.state != ENROLLED:
             return None
-        record = json.loads(str(row.get("rec") or "{}"))
-        owner = record.get("ownerId")
-        if not owner or not record.get("deviceId"):
+        record = row.record
+        if not record.owner_id or not record.device_id:
             return None  # Intune entities need the Entra deviceId and the owner (UserId)
         return EnrolledDevice(
-            device_id=str(record["deviceId"]),
-            user_id=str(owner),
-            operating_system=str(record.get("operatingSystem") or ""),
-            display_name=str(record.get("displayName") or ""),
+            device_id=record.device_id,
+            user_id=record.owner_id,
+            operating_system=record.operating_system,
+            display_name=record.display_name,
         )

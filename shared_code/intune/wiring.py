@@ -12,7 +12,7 @@ from shared_code.adapters.tenant_store import build_tenant_repository
 from shared_code.bootstrap import Container
 from shared_code.identity.mam import MamService
 from shared_code.identity.sso import SsoService
-from shared_code.intune.devices import EnrolledDevices, TableEnrolledDevices
+from shared_code.intune.devices import EnrolledDevices, StoreEnrolledDevices
 from shared_code.intune.discovery import DiscoveryService
 from shared_code.intune.heartbeat import HeartbeatService
 from shared_code.intune.inventory import InventoryService
@@ -42,8 +42,10 @@ class IntuneServices:
 
 
 def build_enrolled_devices(c: Container) -> EnrolledDevices:
-    """The enrolled-device lookup over the enrollment feature's device rows."""
-    return TableEnrolledDevices(c.storage)
+    """The enrolled-device lookup: the enrollment store's port (the one owner of table ``devices``)."""
+    from shared_code.enrollment.store import TableEnrollmentStore
+
+    return StoreEnrolledDevices(TableEnrollmentStore(c.storage))
 
 
 def use_enrolled_devices(c: Container, devices: EnrolledDevices) -> None:

@@ -289,7 +289,9 @@ class Stack:
 
 def assert_feed_replays_to(events: list[dict[str, Any]], enrolled: set[str]) -> None:
     """No duplicate and no missing event: the feed, replayed, gives exactly the enrolled set."""
-    assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
+    for shard in {e["shard"] for e in events}:
+        seqs = [e["sequence"] for e in events if e["shard"] == shard]
+        assert seqs == list(range(1, len(seqs) + 1)), f"shard {shard}: sequence gap or repeat"
     assert len({e["id"] for e in events}) == len(events)
     state: dict[str, bool] = {}
     for e in events:

@@ -147,7 +147,7 @@ async def test_an_event_cursor_beyond_the_feed_is_unknown(sim: Any, api: httpx.A
 
     summary = await provisioned(sim, api, 905)
     tid = summary["tenant_id"]
-    response = await api.get(f"/api/tenants/{tid}/events", params={"after": encode_event_cursor(tid, 10)})
+    response = await api.get(f"/api/tenants/{tid}/events", params={"after": encode_event_cursor(tid, [10])})
     assert response.status_code == 400 and response.json()["field"] == "after"
 
 

@@ -171,11 +171,11 @@ async def test_each_directory_change_between_polls_converges_incrementally(
         members = await graph_get_all(app_container, tid, f"/groups/{root_id}/members")
         child = next(m["id"] for m in members if m["@odata.type"].endswith("group"))
         sim.mutate(tid, "delete_group", group_id=child, permanent=True)
-    head = await service.store.head_seq(tid)
+    head = await service.store.feed_heads(tid)
     result = await service.run_poll(tid)
     assert result["result"] == "ok" and result["mode"] == "incremental", result
     after = await converged(sim, app_container, service, tid)
-    new_events = await service.store.events(tid, head, 10_000)
+    new_events = (await service.store.events(tid, head, 10_000))[0]
     if expect_type is not None:
         assert new_events and {e.type for e in new_events} == {expect_type}
         assert all(e.reason for e in new_events)
@@ -215,7 +215,7 @@ async def test_disabled_users_stay_enrolled_by_default_and_leave_when_configured
     result = await service.run_poll(tid)
     assert result["mode"] == "incremental" and result["counts"]["deactivate"] >= 1
     await converged(sim, app_container, service, tid)
-    events = await service.store.events(tid, 0, 10_000)
+    events = (await service.store.events(tid, None, 10_000))[0]
     assert events[-1].reason == "owner disabled"
     writes = service.store.writes
     assert (await service.run_poll(tid))["mode"] == "noop" and service.store.writes == writes
@@ -380,16 +380,16 @@ async def test_a_dry_run_returns_the_plan_and_writes_nothing(
     plan = await service.dry_run(tid)
     assert plan["dryRun"] and plan["mode"] == "full" and plan["counts"]["enroll"] > 0
     assert all(item["reason"] for item in plan["items"])
-    assert service.store.writes == writes and await service.store.head_seq(tid) == 0
+    assert service.store.writes == writes and sum(await service.store.feed_heads(tid)) == 0
     assert (await service.cursors.get(tid, "groups")).committed == ""
     await service.run_poll(tid)
     await converged(sim, app_container, service, tid)
     picks = await _pick(sim, app_container, tid)
     sim.mutate(tid, "delete_user", user_id=picks["inside"][0])
-    head = await service.store.head_seq(tid)
+    head = sum(await service.store.feed_heads(tid))
     plan = await service.dry_run(tid)
     assert plan["mode"] == "incremental" and plan["counts"]["deactivate"] >= 1
-    assert await service.store.head_seq(tid) == head  # the dry run wrote no event
+    assert sum(await service.store.feed_heads(tid)) == head  # the dry run wrote no event
     result = await service.run_poll(tid)
     assert result["counts"] == plan["counts"]
 
@@ -503,19 +503,19 @@ async def test_a_crash_before_the_cursor_commit_replays_without_duplicate_events
     names = await group_ids(app_container, tid)
     sim.mutate(tid, "nest_group", parent_id=names[summary["enrollment_groups"][0]][0],
                child_id=names["All Staff"][0])
-    head = await service.store.head_seq(tid)
+    head = sum(await service.store.feed_heads(tid))
     crashing = _CrashOnCommit(service.engine.cursors)
     service.engine.cursors = crashing
     try:
         failed = await service.run_poll(tid)
         assert failed["result"] == "failed" and not crashing.armed
-        written = await service.store.head_seq(tid)
+        written = sum(await service.store.feed_heads(tid))
         assert written > head  # rows, events and the graph landed; the cursor did not
         replay = await service.run_poll(tid)  # the same deltas again, against the updated rows
     finally:
         service.engine.cursors = crashing.inner
     assert replay["result"] == "ok" and replay["mode"] == "incremental"
-    assert await service.store.head_seq(tid) == written  # nothing re-emitted
+    assert sum(await service.store.feed_heads(tid)) == written  # nothing re-emitted
     await converged(sim, app_container, service, tid)
 
 

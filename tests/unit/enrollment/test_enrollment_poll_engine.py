@@ -98,7 +98,7 @@ class Harness:
         return {r["id"] for r in rows if r["state"] == "enrolled"}
 
     async def events(self, tid: str = T) -> list[tuple[str, str, str]]:
-        return [(e.type, e.device, e.reason) for e in await self.store.events(tid, 0, 10_000)]
+        return [(e.type, e.device, e.reason) for e in (await self.store.events(tid, None, 10_000))[0]]
 
 
 async def test_a_real_poll_enrolls_the_scope_then_a_quiet_poll_costs_two_requests_and_writes_nothing() -> None:
