@@ -36,8 +36,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
+## make bench [BENCH=quick] [BENCH_ARGS=…]: benchmarks → bench/results.json + docs/benchmarks.md (quick: < 5 min).
 bench: venv
-	$(PY) -m bench $(BENCH_ARGS)
+	$(PY) -m bench $(if $(filter quick,$(BENCH)),--quick,) $(BENCH_ARGS)
 
 fuzz: venv
 	$(PY) -m tests.fuzz.run --full

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import platform
 import ssl
@@ -44,6 +43,7 @@ if str(ROOT) not in sys.path:
 from bench import perf as perf_mod  # noqa: E402
 from bench import report  # noqa: E402
 from bench.baseline import seed_strategy  # noqa: E402
+from bench.bound import lower_bound, scope_shape  # noqa: E402
 from shared_code.adapters.http_retry import UsageMeter  # noqa: E402
 from shared_code.adapters.memory_tenant_store import MemoryTenantRepository  # noqa: E402
 from shared_code.bootstrap import Container  # noqa: E402
@@ -53,20 +53,6 @@ from shared_code.enrollment.store import MemoryEnrollmentStore  # noqa: E402
 from shared_code.settings import Settings  # noqa: E402
 from shared_code.tenants import TenantConfig  # noqa: E402
 from simulator import launch  # noqa: E402
-
-
-def lower_bound(counts: dict[str, int], groups_delta_pages: int, capped_users: int) -> int:
-    """Fewest Graph pages any correct full reconcile needs under Graph's documented page limits.
-
-    Membership: the groups/delta round as the service pages it. Devices with owners: either every device with its
-    owner expanded (≤ 100 per page with ``$expand``) or every user's owned devices expanded (≤ 100 users per page)
-    plus the device list without ``$expand`` (≤ 999 per page) plus a ``$batch`` (20 users) per 20 users past the
-    20-object expand cap. Plus the first page of the devices/delta round (the incremental cursor).
-    """
-    users, devices = counts["users"], counts["devices"]
-    owners = min(math.ceil(devices / 100),
-                 math.ceil(users / 100) + math.ceil(devices / 999) + math.ceil(capped_users / 20))
-    return groups_delta_pages + owners + 1
 
 
 class Bench:
@@ -92,6 +78,8 @@ class Bench:
         summary = self.admin.post("/_sim/tenants", json={"scenario": scenario, "seed": seed}).json()
         tid = summary["tenant_id"]
         groups = summary["enrollment_groups"]
+        shape = scope_shape(self.info, tid, groups, ["iOS", "iPadOS", "Android"])
+        bound = lower_bound(shape, summary["counts"]["users"], summary["counts"]["devices"])
         repo = MemoryTenantRepository()
         await repo.put_config(TenantConfig(tenant_id=tid, enrollment_groups=tuple(groups)))
         engine = PollEngine(tenants=repo, store=MemoryEnrollmentStore(), cursors=MemoryCursorStore(),
@@ -137,8 +125,7 @@ class Bench:
         base_counters = self.counters(tid)
         routes = full_counters.get("routes") or {}
         groups_pages = sum(v.get("requests", 0) for k, v in routes.items() if "groups/delta" in k)
-        shape = (full.shape or {})
-        lb = lower_bound(summary["counts"], groups_pages or 1, int(shape.get("cappedUsers") or 0))
+        lb = bound["requests"]
         return {
             "scenario": scenario,
             "users": summary["counts"]["users"],
@@ -159,6 +146,8 @@ class Bench:
             "change_requests": change.usage["requests"],
             "change_ru": change.usage["resourceUnits"],
             "lower_bound": lb,
+            "lower_bound_ru": bound["ru"],
+            "lower_bound_plan": bound["plan"],
             "groups_delta_pages": groups_pages,
             "baseline_requests": meter.requests,
             "baseline_ru": meter.resource_units,
@@ -167,6 +156,7 @@ class Bench:
             "sim_baseline_ru": (base_counters.get("totals") or {}).get("ru"),
             "ratio": round(meter.requests / max(1, full.usage["requests"]), 1),
             "vs_lower_bound": round(full.usage["requests"] / max(1, lb), 3),
+            "vs_lower_bound_ru": round(full.usage["resourceUnits"] / max(1, bound["ru"]), 3),
         }
 
 
@@ -180,16 +170,18 @@ def render(results: list[dict[str, Any]], seed: int, when: str | None = None) ->
         "against the simulator. Graph requests and resource units (RU) counted by the connector's own meter",
         "(`UsageMeter`, from `x-ms-resource-unit`) — counts are what Graph throttles on.",
         "",
-        "| scenario | users | devices | in-scope users | enrolled | strategy | full: requests / RU | lower bound |"
-        " full ÷ bound | seed baseline: requests / RU | baseline ÷ ours | first devices round: polls / requests |"
+        "| scenario | users | devices | in-scope users | enrolled | strategy | full: requests / RU |"
+        " lower bound: requests / RU | full ÷ bound: requests / RU | seed baseline: requests / RU |"
+        " baseline ÷ ours | first devices round: polls / requests |"
         " quiet poll: requests / RU | one change: requests / RU |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r['scenario']} | {r['users']} | {r['devices']} | {r['scope_users']} | {r['enrolled']} | "
-            f"`{r['strategy']}` | {r['full_requests']} / {r['full_ru']} | {r['lower_bound']} | "
-            f"{r['vs_lower_bound']} | {r['baseline_requests']} / {r['baseline_ru']} | {r['ratio']}× | "
+            f"`{r['strategy']}` | {r['full_requests']} / {r['full_ru']} | {r['lower_bound']} / "
+            f"{r.get('lower_bound_ru', '–')} | {r['vs_lower_bound']} / {r.get('vs_lower_bound_ru', '–')} | "
+            f"{r['baseline_requests']} / {r['baseline_ru']} | {r['ratio']}× | "
             f"{r['catchup_polls']} / {r['catchup_requests']} | {r['quiet_requests']} / {r['quiet_ru']} | "
             f"{r['change_requests']} / {r['change_ru']} |"
         )
@@ -201,11 +193,13 @@ def render(results: list[dict[str, Any]], seed: int, when: str | None = None) ->
         "  `$filter` lookup per configured group name, `/users/$count` + `/devices/$count` on the very first",
         "  reconcile (tenant shape for the estimate), the first page of a `devices/delta` round, and the devices +",
         "  owners strategy the cost estimate picked (`shared_code/enrollment/strategies.py`; estimates below).",
-        "* **Lower bound**: the fewest pages any correct full reconcile needs under Graph's documented page limits",
-        "  (`bench/__main__.py:lower_bound`): the groups/delta pages, the cheaper of",
-        "  `/devices?$expand=registeredOwners` (100 per page) and `/users?$expand=ownedDevices` (100 per page) +",
-        "  `/devices` (999 per page) + a `$batch` per 20 users past the 20-object expand cap, and one devices/delta",
-        "  page. Ours adds the name lookups and the counts.",
+        "* **Lower bound**: what a correct full reconcile must read, priced by Graph's documented table",
+        "  (`bench/bound.py`): the name lookups, a groups cursor (`$deltatoken=latest`) + member pages of every",
+        "  group in the enrollment trees (or the whole `groups/delta` round when that is fewer requests), the",
+        "  owners of direct device members, devices + owners by the plan with the fewest requests",
+        "  (`/devices?$expand=registeredOwners`, `/users?$expand=ownedDevices` + a `$batch` per 20 users past the",
+        "  20-object expand cap, or one `$batch` per 20 in-scope users), and the first devices/delta page. It no",
+        "  longer counts the tenant's whole `groups/delta` round: earlier versions did, which hid that cost.",
         "* **Seed baseline** (`bench/baseline.py`): group lookup by name, `/groups/{id}/members` walk, then one",
         "  `GET /users/{id}/ownedDevices` per in-scope user — the seed connector's documented strategy, given",
         "  `$top=999` member pages and no per-device GETs.",
@@ -272,11 +266,17 @@ def perf(args: argparse.Namespace, command: str) -> list[str]:
                 steps.append((f"sync {scen} table",
                               lambda scen=scen, cap=cap: runner.sync(scen, "table", command, timeout=cap,
                                                                      profile=prof(scen, "table"))))
-        steps.append(("baseline", lambda: runner.baseline(([s for s in scenarios if s != "XL"] or ["L"])[-1], command)))
+        seed_on = [s for s in scenarios if s != "XL"] or ["L"]
+        steps.append(("baseline", lambda: runner.baseline(seed_on[-1], command)))
+        if "scale" in args.stack.split(","):
+            steps.append(("baseline scale", lambda: runner.baseline("scale", command)))
         if args.xl:
             steps.append(("baseline XL", lambda: runner.baseline("XL", command, timeout=3600)))
         if args.fleet:
             steps.append(("fleet", lambda: runner.fleet(args.fleet_tenants, args.heartbeat_concurrency, command)))
+        stack = [s for s in args.stack.split(",") if s] + (["XL"] if args.xl and "XL" not in args.stack else [])
+        for scen in stack:
+            steps.append((f"stack {scen}", lambda scen=scen: runner.stack(scen, command, cap=args.stack_cap)))
         failed: list[str] = []
         if args.steps:
             wanted = [w.strip() for w in args.steps.split(",") if w.strip()]
@@ -315,6 +315,7 @@ def render_all(results: dict[str, Any]) -> str:
     lines += report.polls_section(results)
     lines += report.baseline_section(results)
     lines += report.fleet_section(results)
+    lines += report.stack_section(results)
     if cost_rows:
         lines.append(render(cost_rows, int(cost_meta.get("seed", 7)), cost_meta.get("measured")))
     lines += report.prose("meaning")
@@ -376,9 +377,20 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fleet", action="store_true", help="provisioning + heartbeats for a fleet")
     parser.add_argument("--fleet-tenants", type=int, default=50)
     parser.add_argument("--heartbeat-concurrency", type=int, default=8)
+    parser.add_argument("--stack", default="M,L,scale",
+                        help="tenants run through devhost + function_app.py (timer + queue, Table store on Azurite); "
+                             "'' for none; --xl adds XL")
+    parser.add_argument("--stack-cap", type=float, default=1800.0,
+                        help="seconds a stack run's first full reconcile may take before it is recorded as not "
+                             "converged")
+    parser.add_argument("--quick", action="store_true",
+                        help="the < 5-minute subset: cost table small+M, speed/memory and seed baseline on M, the "
+                             "stack run on M (make bench BENCH=quick)")
     parser.add_argument("--snapshot", action="store_true",
                         help="measure the committed code (git archive HEAD + this bench/) instead of the work tree")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.scenarios, args.perf_scenarios, args.stack, args.xl, args.xl_azurite = "small,M", "M", "M", False, False
     raw = list(argv if argv is not None else sys.argv[1:])
     if args.snapshot:
         return snapshot_run(raw)

@@ -189,6 +189,36 @@ class Runner:
                      f"peak RSS {res['process']['peak_rss_mb']} MiB")
         return res
 
+    def stack(self, scenario: str, command: str, *, cap: float = 1800, settings: dict[str, str] | None = None,
+              key: str | None = None, churn: float = 0.01) -> dict[str, Any]:
+        """One tenant through devhost + function_app.py on the Table store (bench/stack.py), with its lower bound."""
+        from bench.bound import lower_bound, scope_shape
+
+        assert self.azurite is not None, "the stack runs keep state in Table Storage (Azurite)"
+        t = self.admin.post("/_sim/tenants", {"scenario": scenario, "seed": self.seed})
+        tid = t["tenant_id"]
+        shape = scope_shape(self.info, tid, t["enrollment_groups"], ["iOS", "iPadOS", "Android"])
+        bound = lower_bound(shape, t["counts"]["users"], t["counts"]["devices"])
+        self.log(f"stack {scenario}: {t['counts']['users']} users, {t['counts']['devices']} devices, "
+                 f"{shape['scope_users']} users in scope, {bound['fixed']['groups_in_scope']} groups in scope; "
+                 f"lower bound {bound['requests']} req / {bound['ru']} RU ({bound['plan']})")
+        job = self._job("stack", tenant_id=tid, groups=t["enrollment_groups"], cap_s=cap,
+                        connection_string=self.azurite.connection_string, table_prefix=f"s{uuid.uuid4().hex[:10]}",
+                        azurite_pid=self.azurite.process.pid, settings=settings or {}, churn=churn)
+        try:
+            res = run_worker(job, timeout=cap + 1800)
+        finally:
+            self.admin.delete(tid)
+        self.record(key or f"stack:{scenario}", command, {"scenario": scenario, "counts": t["counts"],
+                                                         "shape": {k: v for k, v in shape.items()
+                                                                   if k != "group_members"},
+                                                         "bound": bound, **res})
+        full = res["phases"]["full"]
+        self.log(f"  full: {full['requests']} req / {full['ru']} RU, {full['wall_s']} s wall, "
+                 f"{full['invocations']['count']} invocations (longest {full['invocations']['longest_s']} s), "
+                 f"drained {full['drained']}, peak RSS {full.get('peak_rss_mb')} MiB, check {res['checks']}")
+        return res
+
     def baseline(self, scenario: str, command: str, timeout: float = 1800) -> None:
         """The seed strategy on a fresh tenant."""
         t = self.admin.post("/_sim/tenants", {"scenario": scenario, "seed": self.seed})

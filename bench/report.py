@@ -7,7 +7,7 @@ from typing import Any
 
 NOTES = Path(__file__).resolve().parent / "notes"
 
-SCENARIO_ORDER = {"small": 0, "M": 1, "L": 2, "XL": 3}
+SCENARIO_ORDER = {"small": 0, "M": 1, "L": 2, "scale": 3, "XL": 4}
 
 
 def prose(name: str) -> list[str]:
@@ -325,6 +325,89 @@ def fleet_section(results: dict[str, Any]) -> list[str]:
         warm = e["phases"].get("heartbeats_warm", {})
         lines.append(f"\nHeartbeat process peak RSS {_f(e['process']['peak_rss_mb'], 1)} MiB; Intune's own "
                      f"heartbeat count per tenant after both runs: {warm.get('sim_heartbeat_counts')}.")
+    lines.append("")
+    return lines
+
+
+def _ratio(a: Any, b: Any) -> str:
+    return f"{a / b:.2f}×" if isinstance(a, int | float) and isinstance(b, int | float) and b else "–"
+
+
+def stack_section(results: dict[str, Any]) -> list[str]:
+    """The function app's own path: devhost + function_app.py, timer + queue, Table store on Azurite."""
+    rows = _entries(results, "stack:")
+    if not rows:
+        return []
+    lines = [
+        "## Through the function app: timer + queue on devhost, Table store on Azurite",
+        "",
+        "`python -m bench --stack SCENARIOS` (bench/stack.py): a fresh process runs devhost with `function_app.py`",
+        "(host.json as deployed: `functionTimeout` 10 min, 4 + 2 concurrent queue messages, 30 s visibility timeout,",
+        "poison after 5 dequeues). The tenant is provisioned with `PUT /api/tenants/{id}`; every poll is the",
+        "`dispatch_polls` timer feeding `poll_tenant` on the queue, so continuation messages, timeouts and",
+        "redeliveries count as invocations. *Converge* = dispatch until every queue is drained, then the enrolled",
+        "rows read back through `GET /api/tenants/{id}/devices` are compared with the simulator's ground truth.",
+        "Graph figures are the simulator's counters for the tenant (tokens apart); entity writes are counted on the",
+        "connector's Table clients (the poll lease's take + release is shown apart). The lower bound is what a",
+        "correct full reconcile must read (bench/bound.py: the groups in scope and their members, the scope users'",
+        "devices + owners, cursors) — not the tenant's whole `groups/delta` round.",
+        "",
+        "| tenant | users / devices | users in scope / groups in scope | lower bound: requests / RU (plan) |"
+        " full: requests / RU / 429s | ÷ bound: requests / RU | converge: wall s | invocations (longest s) |"
+        " entity writes | peak RSS MiB (idle) | connector / Azurite CPU s | load avg | truth == stored |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _, e in rows:
+        f = e["phases"].get("full", {})
+        b = e["bound"]
+        inv = f.get("invocations", {})
+        chk = e.get("checks", {}).get("after_full", {})
+        conv = f"**{_f(f.get('wall_s'))}**" + ("" if f.get("drained") else " (not drained at the cap)")
+        truth = "yes" if chk.get("equal") else f"no: {chk.get('missing')} missing, {chk.get('extra')} extra"
+        lines.append(
+            f"| {e['scenario']} | {_f(e['counts']['users'])} / {_f(e['counts']['devices'])} | "
+            f"{_f(e['shape']['scope_users'])} / {_f(b['fixed']['groups_in_scope'])} | "
+            f"{_f(b['requests'])} / {_f(b['ru'])} (`{b['plan']}`) | "
+            f"{_f(f.get('requests'))} / {_f(f.get('ru'))} / {_f(f.get('throttled'))} | "
+            f"**{_ratio(f.get('requests'), b['requests'])}** / **{_ratio(f.get('ru'), b['ru'])}** | {conv} | "
+            f"{_f(inv.get('count'))} ({_f(inv.get('longest_s'))}) | {_f(f.get('entity_writes'))} | "
+            f"{_f(f.get('peak_rss_mb'), 1)} ({_f(e.get('idle_rss_mb'), 1)}) | "
+            f"{_f(f.get('cpu_s'))} / {_f(f.get('azurite_cpu_s'))} | {_f(f.get('loadavg_1m'))} | {truth} |"
+        )
+    lines += [
+        "",
+        "Full reconcile requests by route:",
+        "",
+    ]
+    for _, e in rows:
+        routes = e["phases"].get("full", {}).get("routes", {})
+        lines.append(f"* {e['scenario']}: " + ", ".join(f"`{k}` {v}" for k, v in sorted(routes.items())))
+    lines += [
+        "",
+        "After the full reconcile: the cycles that finish the first `devices/delta` round (*catch-up*), the first",
+        "cycle with nothing to do (*quiet*), and a cycle after 1 % of the in-scope devices changed (*churn*: a third",
+        "deleted, a third added to in-scope owners, a third owned by new users joining the first enrollment group).",
+        "",
+        "| tenant | catch-up: cycles / requests / writes | quiet: requests / RU / entity writes (lease) / wall s |"
+        " churn: changes / requests / RU / entity writes / wall s | truth == stored after churn |",
+        "|---|---|---|---|---|",
+    ]
+    for _, e in rows:
+        c, q, ch = (e["phases"].get(k) or {} for k in ("catchup", "quiet", "churn"))
+        chk = e.get("checks", {}).get("after_churn")
+        if chk is None:
+            truth = "–"
+        elif chk.get("equal"):
+            truth = "yes" + (f" after {chk['extra_cycles']} more cycle(s)" if chk.get("extra_cycles") else "")
+        else:
+            truth = f"no: {chk.get('missing')} missing, {chk.get('extra')} extra after 3 more cycles"
+        lines.append(
+            f"| {e['scenario']} | {_f(c.get('polls'))} / {_f(c.get('requests'))} / {_f(c.get('entity_writes'))} | "
+            f"**{_f(q.get('requests'))}** / {_f(q.get('ru'))} / **{_f(q.get('entity_writes'))}** "
+            f"({_f(q.get('lease_writes'))}) / {_f(q.get('wall_s'))} | "
+            f"{_f(ch.get('changes'))} / {_f(ch.get('requests'))} / {_f(ch.get('ru'))} / "
+            f"{_f(ch.get('entity_writes'))} / {_f(ch.get('wall_s'))} | {truth} |"
+        )
     lines.append("")
     return lines
 

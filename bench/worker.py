@@ -638,7 +638,15 @@ def _totals(t: dict[str, Any]) -> dict[str, Any]:
     return {"requests": t["requests"], "ru": t["ru"], "throttled": t["throttled"], "by_family": routes}
 
 
-JOBS: dict[str, Any] = {"serve": job_serve, "sync": job_sync, "baseline": job_baseline, "fleet": job_fleet}
+async def job_stack(job: dict[str, Any]) -> dict[str, Any]:
+    """One tenant through devhost + function_app.py (bench/stack.py)."""
+    from bench.stack import job_stack as run
+
+    return await run(job)
+
+
+JOBS: dict[str, Any] = {"serve": job_serve, "sync": job_sync, "baseline": job_baseline, "fleet": job_fleet,
+                        "stack": job_stack}
 
 
 def main() -> int:

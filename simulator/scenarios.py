@@ -1,4 +1,4 @@
-"""Seeded, deterministic tenant generator: ``small``, ``M``, ``L``, ``XL`` and ``fleet`` mixes.
+"""Seeded, deterministic tenant generator: ``small``, ``M``, ``L``, ``XL``, ``scale`` and ``fleet`` mixes.
 
 Every scenario carries the awkward cases a connector meets in real tenants: nested enrollment subgroups (depth ≤ 4),
 a membership cycle inside an enrollment tree and another outside it, a group name with an apostrophe, two groups
@@ -45,6 +45,9 @@ SIZES: dict[str, Size] = {
     "M": Size(400, 700, 8, 3, ("MTD Enrollment", APOSTROPHE_GROUP), 0.4),
     "L": Size(20_000, 35_000, 20, 4, ("MTD Enrollment", "MTD Pilot Users", APOSTROPHE_GROUP), 0.34),
     "XL": Size(100_000, 180_000, 40, 4, ("MTD Enrollment", "MTD Pilot Users", APOSTROPHE_GROUP), 0.34),
+    # Issue 9's tenant: one enrollment group of ≈ 20,000 users in 25 subgroups (≈ 23,000 mobile devices in scope)
+    # inside a 30,000-user / 50,000-device directory; most of the tenant is outside scope.
+    "scale": Size(30_000, 50_000, 25, 4, ("MTD Enrollment",), 0.667),
 }
 SCENARIOS = (*SIZES, "fleet")
 
@@ -110,6 +113,8 @@ class _Builder:
 
         # ---- enrollment trees: roots + nested subgroups (depth ≤ size.depth) -------------------------------------
         roots = [self.group(name) for name in size.roots]
+        if APOSTROPHE_GROUP not in size.roots:
+            self.group(APOSTROPHE_GROUP)  # the awkward name exists in every tenant, in scope or not
         t.enrollment_groups = list(size.roots)
         nodes: list[tuple[Group, int]] = [(r, 0) for r in roots]
         subgroups: list[tuple[Group, int]] = []

@@ -170,3 +170,9 @@ async def test_admin_mutation_bad_input(op: dict[str, object], field: str) -> No
         assert s == 400 and res["field"] == field, res
         s, _, _ = await h.req("POST", "/_sim/tenants/unknown/mutations", None, body=op)
         assert s == 404
+
+
+def test_scale_plan_numbers_without_building() -> None:
+    # Issue 9's tenant: one enrollment group, 25 subgroups, two thirds of 30,000 users in scope.
+    scale = scenarios.SIZES["scale"]
+    assert (scale.users, scale.devices, scale.subgroups, scale.roots) == (30_000, 50_000, 25, ("MTD Enrollment",))
