@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 from shared_code.adapters.credentials import SecretSource, StaticSecret, TenantCredentials
 from shared_code.adapters.graph import GraphClient
 from shared_code.adapters.http_retry import UsageMeter
+from shared_code.adapters.pacer import GraphPacer
 from shared_code.adapters.storage import StorageClients
 from shared_code.settings import Settings
 
@@ -63,6 +64,7 @@ class Container:
         self._console_auth = console_auth
         self._credentials: TenantCredentials | None = None
         self._storage: StorageClients | None = None
+        self._pacer: GraphPacer | None = None
         self._services: dict[Callable[[Container], Any], Any] = {}
 
     @property
@@ -110,6 +112,15 @@ class Container:
             self._console_auth = JwtConsoleAuth(self.settings)
         return self._console_auth
 
+    @property
+    def graph_pacer(self) -> GraphPacer | None:
+        """The process's Graph pacer (one per process: its share of the app budget); None when turned off."""
+        s = self.settings
+        if self._pacer is None and s.graph_pacer_instances > 0:
+            self._pacer = GraphPacer(app_ru_per_window=s.graph_app_ru_per_20s, instances=s.graph_pacer_instances,
+                                     tenant_ru_per_window=s.graph_tenant_ru_per_10s)
+        return self._pacer
+
     def graph(self, tenant_id: str, meter: UsageMeter | None = None) -> GraphClient:
         """A Graph client for one customer tenant (callers close it; each poll gets its own meter)."""
         return GraphClient(
@@ -118,6 +129,7 @@ class Container:
             base_url=self.settings.graph_base_url,
             max_retries=self.settings.graph_max_retries,
             meter=meter,
+            pacer=self.graph_pacer,
         )
 
     def service(self, factory: Callable[[Container], T]) -> T:

@@ -48,6 +48,9 @@ SETTING_NAMES: tuple[str, ...] = (
     "HEARTBEAT_CONCURRENCY",
     "SECRET_CACHE_SECONDS",
     "GRAPH_MAX_RETRIES",
+    "GRAPH_APP_RU_PER_20S",
+    "GRAPH_TENANT_RU_PER_10S",
+    "GRAPH_PACER_INSTANCES",
 )
 
 # Documented defaults. Settings absent here are required (or, for the credential, one of two forms is).
@@ -83,6 +86,11 @@ SETTING_DEFAULTS: dict[str, str] = {
     "HEARTBEAT_CONCURRENCY": "8",
     "SECRET_CACHE_SECONDS": "3600",
     "GRAPH_MAX_RETRIES": "5",
+    # Graph pacing (shared_code/adapters/pacer.py): the documented app quota (reference/graph.md §1), the smallest
+    # per-tenant quota (S), and how many processes share the app quota (0 turns pacing off).
+    "GRAPH_APP_RU_PER_20S": "150000",
+    "GRAPH_TENANT_RU_PER_10S": "3500",
+    "GRAPH_PACER_INSTANCES": "10",
 }
 
 
@@ -145,6 +153,9 @@ class Settings:
     heartbeat_concurrency: int = 8
     secret_cache_seconds: int = 3600
     graph_max_retries: int = 5
+    graph_app_ru_per_20s: int = 150_000
+    graph_tenant_ru_per_10s: int = 3500
+    graph_pacer_instances: int = 10
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -215,6 +226,9 @@ class Settings:
             heartbeat_concurrency=_int(env, "HEARTBEAT_CONCURRENCY"),
             secret_cache_seconds=_int(env, "SECRET_CACHE_SECONDS"),
             graph_max_retries=_int(env, "GRAPH_MAX_RETRIES"),
+            graph_app_ru_per_20s=_int(env, "GRAPH_APP_RU_PER_20S"),
+            graph_tenant_ru_per_10s=_int(env, "GRAPH_TENANT_RU_PER_10S"),
+            graph_pacer_instances=_int(env, "GRAPH_PACER_INSTANCES"),
         )
 
 

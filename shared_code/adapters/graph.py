@@ -32,6 +32,7 @@ import orjson
 
 from shared_code.adapters.credentials import TenantCredentials
 from shared_code.adapters.http_retry import RetryTransport, UsageMeter
+from shared_code.adapters.pacer import GraphPacer, PacedTransport
 from shared_code.errors import (
     CursorExpiredError,
     FatalError,
@@ -156,14 +157,17 @@ class GraphClient:
         max_retries: int,
         meter: UsageMeter | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        pacer: GraphPacer | None = None,
     ) -> None:
         self.tenant_id = tenant_id
         self.meter = meter or UsageMeter()
         self._credentials = credentials
         self._root = base_url.rstrip("/")
         self._v1 = f"{self._root}/v1.0"
+        pool = transport or httpx.AsyncHTTPTransport(retries=0)
+        # Below the retry layer: every attempt waits for the budget (shared_code/adapters/pacer.py).
         retry = RetryTransport(
-            transport or httpx.AsyncHTTPTransport(retries=0),
+            PacedTransport(pool, pacer, tenant_id) if pacer is not None else pool,
             max_retries=max_retries,
             meter_for=lambda request: self.meter,
         )
