@@ -13,6 +13,7 @@ import logging
 
 import azure.functions as func
 
+from shared_code import telemetry
 from shared_code.bootstrap import container
 from shared_code.enrollment.poison import build_poison_service
 from shared_code.enrollment.service import build_enrollment_service
@@ -27,6 +28,10 @@ async def dispatch_polls(timer: func.TimerRequest) -> None:
     """Enqueue a poll for every active tenant that is due (interval elapsed, not backing off, not running)."""
     enqueued = await container().service(build_enrollment_service).dispatch()
     log.info("dispatch_polls: enqueued %d", len(enqueued))
+    if await telemetry.ready(wait=True):
+        # The poison-queue alert's metric (infra/modules/alerts.bicep): sampled once per dispatch tick.
+        poison = container().service(build_poison_service)
+        telemetry.record_poison_length(await poison.count(), poison.poison_queue_name)
 
 
 @bp.queue_trigger(arg_name="msg", queue_name="%POLL_QUEUE_NAME%", connection="AzureWebJobsStorage")
@@ -34,8 +39,12 @@ async def poll_tenant(msg: func.QueueMessage) -> None:
     """Poll the tenant named in the message (JSON ``{"tenant_id": …}``)."""
     attempt = msg.dequeue_count or 1
     try:
-        # The service decodes the bytes itself: undecodable UTF-8 is a ValidationError like any other junk.
-        result = await container().service(build_enrollment_service).handle_message(msg.get_body())
+        # One span per poll (tenant, mode, pages, Graph requests, RU, 429s, events written; telemetry.py).
+        attributes = {"messaging.message.id": msg.id, "delivery_attempt": attempt}
+        async with telemetry.unit(telemetry.POLL, attributes) as work:
+            # The service decodes the bytes itself: undecodable UTF-8 is a ValidationError like any other junk.
+            result = await container().service(build_enrollment_service).handle_message(msg.get_body())
+            telemetry.poll_result(work, result)
     except ValidationError as exc:
         # A malformed message can never succeed, however often it is redelivered: acknowledge it with an error log
         # (the log line is the evidence) instead of five pointless dequeues ending in the poison queue.

@@ -39,6 +39,7 @@ from typing import Any
 
 import azure.functions as func
 
+from shared_code import telemetry
 from shared_code.bootstrap import Container, container
 from shared_code.domain.ids import is_guid
 from shared_code.errors import (
@@ -277,7 +278,29 @@ Action = Callable[[RequestContext], Awaitable[func.HttpResponse]]
 
 
 async def handle(req: func.HttpRequest, role: str, action: Action) -> func.HttpResponse:
-    """Authenticate, cap the body, run ``action``, and map errors to problem+json (the only place that does)."""
+    """Authenticate, cap the body, run ``action``, and map errors to problem+json (the only place that does).
+
+    One telemetry span per request (route template, method, status, tenant); it never waits for telemetry to be
+    configured, so a cold start answers as fast as without it.
+    """
+    tenant = req.route_params.get("tenantId")
+    attributes = {"http.request.method": req.method, "http.route": _route_template(req),
+                  "tenant_id": tenant.lower() if is_guid(tenant) else None}
+    async with telemetry.unit(telemetry.HTTP, attributes, wait=False) as work:
+        response = await _handle(req, role, action)
+        work.set(**{"http.response.status_code": response.status_code})
+        return response
+
+
+def _route_template(req: func.HttpRequest) -> str:
+    """The request path with its route parameters named (``/api/tenants/{tenantId}/sync``): bounded cardinality."""
+    path = "/" + "/".join(req.url.split("://", 1)[-1].split("?", 1)[0].split("/")[1:])
+    segments = path.split("/")
+    names = {str(v): k for k, v in req.route_params.items() if v}
+    return "/".join("{" + names[s] + "}" if s in names else s for s in segments)
+
+
+async def _handle(req: func.HttpRequest, role: str, action: Action) -> func.HttpResponse:
     services = container()
     try:
         caller = await services.console_auth.authenticate(req.headers.get("Authorization"), role)

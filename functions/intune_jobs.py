@@ -6,6 +6,7 @@ import logging
 
 import azure.functions as func
 
+from shared_code import telemetry
 from shared_code.bootstrap import container
 from shared_code.intune.wiring import build_intune
 
@@ -23,5 +24,7 @@ async def send_heartbeats(timer: func.TimerRequest) -> None:
 @bp.timer_trigger(schedule="%UPLOAD_RESULTS_SCHEDULE%", arg_name="timer", run_on_startup=False)
 async def poll_upload_results(timer: func.TimerRequest) -> None:
     """Poll pending DataUploadMessages until Succeeded/Failed; store results and inventories."""
-    counts = await container().service(build_intune).messages.settle_pending()
+    async with telemetry.unit(telemetry.UPLOAD_RESULTS) as work:
+        counts = await container().service(build_intune).messages.settle_pending()
+        work.set(**{f"upload_results.{k}": v for k, v in counts.items()})
     log.info("poll_upload_results: %s", counts)

@@ -258,6 +258,7 @@ class GraphClient:
                 documented_ru=documented_ru,
             )
             first = False
+            self.meter.pages += 1
             yield page
             next_link = page.get("@odata.nextLink")
             if next_link is not None:

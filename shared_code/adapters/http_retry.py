@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from shared_code import telemetry
+
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Graph asks for a wait in Retry-After; we never wait longer than this per attempt so one tenant's storm cannot
 # hold a worker for minutes (the poll is resumable and the queue redelivers).
@@ -31,6 +33,7 @@ class UsageMeter:
     """Counts what a unit of work cost: requests sent, resource units charged, throttles and retries."""
 
     requests: int = 0
+    pages: int = 0  # collection pages read (GraphClient.pages)
     resource_units: int = 0
     throttled: int = 0
     retries: int = 0
@@ -52,6 +55,7 @@ class UsageMeter:
         """A plain dict for status documents and logs."""
         return {
             "requests": self.requests,
+            "pages": self.pages,
             "resourceUnits": self.resource_units,
             "throttled": self.throttled,
             "retries": self.retries,
@@ -122,6 +126,8 @@ class RetryTransport(httpx.AsyncBaseTransport):
                 continue
             if meter is not None:
                 meter.record(response, documented_ru=int(request.extensions.get("documented_ru", 1)))
+            # Request ids of failed calls for spans and error logs (what Microsoft support asks for).
+            telemetry.note_response(response.status_code, response.headers, request.headers, request.url.host)
             if response.status_code not in RETRY_STATUSES or attempt > self._max_retries:
                 return response
             retry_after = parse_retry_after(response.headers.get("Retry-After"))

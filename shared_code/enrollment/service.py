@@ -418,7 +418,7 @@ class EnrollmentService:
             "throttled": usage.get("throttled", 0),
             "retries": usage.get("retries", 0),
         })
-        return {"tenantId": tid, "result": "failed", "reason": patch["reason"], "state": patch["state"]}
+        return {"tenantId": tid, "result": "failed", "reason": patch["reason"], "state": patch["state"], "usage": usage}
 
     async def _record_connector_failure(
         self, record: TenantRecord, exc: ConnectorCredentialError, usage: dict[str, int]

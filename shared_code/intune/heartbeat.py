@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared_code import telemetry
 from shared_code.adapters.intune import IntuneClient, IntuneNotProvisionedError
 from shared_code.errors import (
     ConnectorCredentialError,
@@ -148,6 +149,15 @@ class HeartbeatService:
 
     async def beat(self, record: TenantRecord) -> str:
         """Heartbeat one tenant and record the outcome. Returns sent | failed | consent_required."""
+        async with telemetry.unit(telemetry.HEARTBEAT, {"tenant_id": record.config.tenant_id}) as work:
+            outcome = await self._beat(record)
+            work.set(result=outcome)
+            if outcome != "sent" and work.upstream_errors:
+                log.warning("heartbeat for tenant %s: %s; upstream: %s", record.config.tenant_id, outcome,
+                            work.upstream_summary())
+            return outcome
+
+    async def _beat(self, record: TenantRecord) -> str:
         tenant_id = record.config.tenant_id
         attempt_at = self._now()
         previous = record.status.get(HEARTBEAT, {})

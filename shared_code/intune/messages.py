@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from shared_code import telemetry
 from shared_code.adapters.intune import IntuneClient, IntuneConnectorStateError, IntuneNotFoundError, iso_now
 from shared_code.errors import ConflictError, NotFoundError, PermissionMissingError
 from shared_code.intune.devices import EnrolledDevice, EnrolledDevices
@@ -126,6 +127,12 @@ class MessageService:
             PermissionMissingError: ``update_device_health`` not granted (also recorded for the feature).
             RetriableError: Intune unavailable after retries (message stays NotSent; a retry resends it).
         """
+        async with telemetry.unit(telemetry.UPLOAD, {"tenant_id": message.tenant_id, "upload.kind": feature}) as work:
+            sent = await self._send(message, api_call, feature)
+            work.set(result=sent.status)
+            return sent
+
+    async def _send(self, message: UploadMessage, api_call: ApiCall, feature: str) -> UploadMessage:
         tenant_id = message.tenant_id
         if message.status in (NOT_SENT, REJECTED):
             await self.store.save(message)

@@ -42,7 +42,7 @@ class TestRetryTransport:
         response = await _send(RetryTransport(inner, max_retries=3, meter_for=lambda r: meter, sleep=sleep))
         assert response.status_code == 200
         assert sleeps == [0.25]
-        assert meter.snapshot() == {"requests": 2, "resourceUnits": 4, "throttled": 1, "retries": 1}
+        assert meter.snapshot() == {"requests": 2, "pages": 0, "resourceUnits": 4, "throttled": 1, "retries": 1}
 
     async def test_gives_up_after_max_retries_and_returns_last_response(self) -> None:
         sleeps: list[float] = []
