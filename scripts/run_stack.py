@@ -3,7 +3,9 @@
     .venv/bin/python scripts/run_stack.py [--once] [--scenario small|M|L|XL] [--seed N] [--port 7071]
 
 Environment: ONCE=1 and SCENARIO=… are accepted too. Live mode provisions a demo tenant through the connector's HTTP
-API and prints progress (polls, devices enrolled, heartbeats) until Ctrl-C. ``--once`` runs one full cycle (timers
+API and prints progress (polls, devices enrolled, heartbeats) until Ctrl-C. At start it writes the stack's app settings
+to ``.run/stack.env`` (the operator CLI's default, ``python -m shared_code.cli``) and a console token to
+``.run/console-token.txt``, and prints two ready ``curl`` commands. ``--once`` runs one full cycle (timers
 fired once, queues drained, a threat report and an inventory request if those routes exist) and prints a JSON
 summary as its LAST line, after everything is torn down. Exit codes: 0 ok, 1 a component failed to start, 2 bad
 arguments. Features that are not there yet (404 routes, missing timers) report 0 instead of failing.
@@ -83,6 +85,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--interval", type=float, default=5.0, help="live mode: seconds between progress lines")
     p.add_argument("--keep", action="store_true", help="keep the temp folder (logs, Azurite data) on exit")
     p.add_argument("--verbose", action="store_true", help="log every function invocation")
+    p.add_argument("--state-dir", default=os.environ.get("RUN_STATE_DIR") or str(ROOT / ".run"),
+                   help="where stack.env and console-token.txt are written (default .run/)")
     args = p.parse_args(argv)
     if args.scenario not in DRAIN_TIMEOUT:
         p.error(f"--scenario must be one of {sorted(DRAIN_TIMEOUT)}, got {args.scenario!r}")
@@ -251,6 +255,28 @@ class Stack:
             raise StackError(f"simulator did not mint a console token: {r.status_code} {r.text}")
         self.token = r.json()["access_token"]
         self.notes["stack_start_s"] = round(time.monotonic() - t0, 2)
+        self.write_access(env)
+
+    def write_access(self, env: dict[str, str]) -> None:
+        """Write the settings for the CLI and a console token, and print how to try the API."""
+        import jwt
+
+        from shared_code.cli import write_env_file
+
+        state = Path(self.args.state_dir)
+        write_env_file(state / "stack.env", env)
+        token_file = state / "console-token.txt"
+        token_file.write_text(self.token + "\n")
+        token_file.chmod(0o600)
+        expires = datetime.fromtimestamp(int(jwt.decode(self.token, options={"verify_signature": False})["exp"]), UTC)
+        tid = self.tenants[0]["tenant_id"]
+        auth = f'-H "Authorization: Bearer $(cat {token_file})"'
+        progress(f"console token (Console.Manage + Console.Read, valid until {expires:%H:%M} UTC) in {token_file}; "
+                 "try:")
+        progress(f"  curl -s {auth} {self.host.base_url}/api/tenants/{tid}")
+        progress(f'  curl -s -X POST {auth} "{self.host.base_url}/api/tenants/{tid}/sync?dryRun=true"')
+        progress(f"operator CLI against this stack (settings in {state / 'stack.env'}): "
+                 f"{sys.executable} -m shared_code.cli tenants")
 
     async def stop(self) -> None:
         from simulator import launch

@@ -19,10 +19,15 @@ TABLES = ("tenants", "cursors", "memberships", "devices", "events", "uploads", "
 
 
 def _managed_identity() -> Any:
-    from azure.identity.aio import ManagedIdentityCredential
+    """The identity for identity-based storage, as the Functions host picks it: ``__credential=managedidentity``
+    (what the Bicep sets) → that managed identity; otherwise the developer's identity (DefaultAzureCredential: Azure
+    CLI login and friends), so the operator CLI reaches the same account from a workstation with the same settings."""
+    from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
 
     client_id = os.environ.get("AzureWebJobsStorage__clientId") or None
-    return ManagedIdentityCredential(client_id=client_id)
+    if os.environ.get("AzureWebJobsStorage__credential", "").lower() == "managedidentity":
+        return ManagedIdentityCredential(client_id=client_id)
+    return DefaultAzureCredential(managed_identity_client_id=client_id)
 
 
 class StorageClients:

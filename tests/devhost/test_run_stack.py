@@ -23,9 +23,17 @@ def _run(*args: str, timeout: int = 600, env: dict[str, str] | None = None) -> s
     )
 
 
-def test_once_prints_json_summary_last_and_exits_0():
-    proc = _run("--once", "--port", "0")
+def test_once_prints_json_summary_last_and_exits_0(tmp_path):
+    proc = _run("--once", "--port", "0", "--state-dir", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # How to try the API and the CLI: a token file, two ready curl commands, the CLI's settings file.
+    token = (tmp_path / "console-token.txt").read_text().strip()
+    assert token.count(".") == 2
+    curls = [line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("curl ")]
+    assert len(curls) == 2 and all(f"$(cat {tmp_path / 'console-token.txt'})" in c for c in curls)
+    assert "/sync?dryRun=true" in curls[1]
+    settings = (tmp_path / "stack.env").read_text()
+    assert "AzureWebJobsStorage=" in settings and "POLL_QUEUE_NAME=" in settings
     last = proc.stdout.strip().splitlines()[-1]
     summary = json.loads(last)
     for key in (
