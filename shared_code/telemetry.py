@@ -199,6 +199,9 @@ def _configure_azure(env: Mapping[str, str]) -> _Pipeline:
     # No log export: the Functions host forwards log records to `traces` already. The distro (1.8) reads this only
     # from the environment (a disable_logging argument is overwritten by it).
     os.environ.setdefault("OTEL_LOGS_EXPORTER", "none")
+    # Every span: the distro's default rate-limited sampler (5 traces/s) would drop polls of a busy fleet at random,
+    # and there are few of them (one per tenant per poll interval). OTEL_TRACES_SAMPLER(_ARG) overrides.
+    os.environ.setdefault("OTEL_TRACES_SAMPLER", "always_on")
     from azure.monitor.opentelemetry import configure_azure_monitor
     from opentelemetry import metrics, trace
     from opentelemetry.sdk.resources import Resource
