@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: run test lint typecheck unit bench fuzz chaos infra-check clean venv
+.PHONY: run test lint typecheck unit bench fuzz chaos infra-check clean venv lock
 
+# requirements-dev.txt is the dev lock: every production and dev distribution pinned with hashes (pip checks them).
 $(STAMP): requirements.txt requirements-dev.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,5 +50,14 @@ chaos: venv
 infra-check:
 	bash infra/check.sh
 
+## make lock: re-lock after editing requirements.in / requirements-dev.in (add UPGRADE=1 to move every pin to the
+## newest release). One tool, uv; hashes for every file of each pinned release. requirements.txt is what the Flex
+## remote build installs; requirements-dev.txt pins the same production versions (-c requirements.txt).
+LOCK := $(VENV)/bin/uv pip compile --quiet --generate-hashes --python-version 3.11 --annotation-style line \
+	--custom-compile-command 'make lock' $(if $(filter-out 0 false no,$(UPGRADE)),--upgrade,)
+lock: $(STAMP)
+	$(LOCK) requirements.in -o requirements.txt
+	$(LOCK) -c requirements.txt requirements-dev.in -o requirements-dev.txt
+
 clean:
-	rm -rf $(VENV) .venv-infra node_modules .run .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-infra .venv-prod node_modules .run .pytest_cache .mypy_cache .ruff_cache
