@@ -18,6 +18,7 @@ from shared_code.adapters.graph import GraphClient
 from shared_code.adapters.http_retry import UsageMeter
 from shared_code.adapters.pacer import GraphPacer
 from shared_code.adapters.storage import StorageClients
+from shared_code.cloud import cloud_profile
 from shared_code.settings import Settings
 
 T = TypeVar("T")
@@ -130,6 +131,7 @@ class Container:
             max_retries=self.settings.graph_max_retries,
             meter=meter,
             pacer=self.graph_pacer,
+            scope=f"{cloud_profile(self.settings.cloud).graph_base_url}/.default",
         )
 
     def service(self, factory: Callable[[Container], T]) -> T:

@@ -22,9 +22,9 @@ Errors are mapped from status to the taxonomy in exactly one place, :func:`raise
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -44,6 +44,10 @@ from shared_code.errors import (
 if TYPE_CHECKING:
     from msgraph import GraphServiceClient
 
+T = TypeVar("T")
+
+# Public cloud's Graph scope; a national cloud's is its Graph root + "/.default" (Container passes it: the token
+# audience is the cloud's Graph resource even when GRAPH_BASE_URL points elsewhere, e.g. the local simulator).
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 # Graph's documented delta-resync signals (reference/graph.md §4).
 _RESYNC_CODES = frozenset({"syncStateNotFound", "resyncRequired", "syncStateInvalid"})
@@ -120,6 +124,42 @@ def raise_for_graph(response: httpx.Response, *, permission: str) -> None:
         message = str(error.get("message", ""))[:300]
     except (orjson.JSONDecodeError, AttributeError):
         pass
+    _raise_for_status(status, code, message, response.headers.get("Retry-After"), permission=permission)
+
+
+def raise_for_sdk_error(exc: Exception, *, permission: str) -> None:
+    """Map an msgraph-sdk / kiota failure to the taxonomy with the same rules as :func:`raise_for_graph`.
+
+    The SDK raises ``ODataError`` (a kiota ``APIError``) for non-2xx answers and lets transport errors through.
+
+    Raises:
+        the error :func:`raise_for_graph` raises for the same status; RetriableError for a transport failure;
+        ``exc`` itself when it is neither.
+    """
+    from kiota_abstractions.api_error import APIError
+
+    if isinstance(exc, httpx.HTTPError):
+        raise RetriableError(f"Graph unreachable: {type(exc).__name__}") from None
+    if not isinstance(exc, APIError) or exc.response_status_code is None:
+        raise exc
+    main = getattr(exc, "error", None)  # ODataError.error: MainError(code, message)
+    code = str(getattr(main, "code", "") or "")
+    message = str(getattr(main, "message", "") or "")[:300]
+    headers = {k.lower(): v for k, v in (exc.response_headers or {}).items()}
+    retry_after = headers.get("retry-after")
+    _raise_for_status(
+        exc.response_status_code,
+        code,
+        message,
+        retry_after if isinstance(retry_after, str) else None,
+        permission=permission,
+    )
+    raise exc  # a 2xx/3xx APIError: not ours to reinterpret
+
+
+def _raise_for_status(status: int, code: str, message: str, retry_after: str | None, *, permission: str) -> None:
+    if status < 400:
+        return
     if status == 410 or code in _RESYNC_CODES:
         raise CursorExpiredError(f"delta token no longer valid ({status} {code})", status=status, code=code)
     if status == 403:
@@ -127,7 +167,6 @@ def raise_for_graph(response: httpx.Response, *, permission: str) -> None:
     if status == 404:
         raise NotFoundError(f"Graph object not found: {code}", status=404, code=code)
     if status == 429 or status >= 500:
-        retry_after = response.headers.get("Retry-After")
         raise RetriableError(
             f"Graph unavailable after retries ({status} {code})",
             status=status,
@@ -158,8 +197,10 @@ class GraphClient:
         meter: UsageMeter | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         pacer: GraphPacer | None = None,
+        scope: str = GRAPH_SCOPE,
     ) -> None:
         self.tenant_id = tenant_id
+        self._scope = scope
         self.meter = meter or UsageMeter()
         self._credentials = credentials
         self._root = base_url.rstrip("/")
@@ -188,12 +229,28 @@ class GraphClient:
                 msg = "call GraphClient.ensure_token() before using the SDK client"
                 raise RuntimeError(msg)
             provider = AzureIdentityAuthenticationProvider(
-                credential, scopes=[GRAPH_SCOPE], allowed_hosts=[urlsplit(self._root).hostname or ""]
+                credential, scopes=[self._scope], allowed_hosts=[urlsplit(self._root).hostname or ""]
             )
             adapter = GraphRequestAdapter(provider, client=self._http)
             adapter.base_url = self._v1
             self._sdk = GraphServiceClient(request_adapter=adapter)
         return self._sdk
+
+    async def typed(self, request: Callable[[GraphServiceClient], Awaitable[T]], *, permission: str) -> T:
+        """Run one msgraph-sdk request (typed request builders and models) on this client's transport.
+
+        For low-volume calls (docs/architecture.md, "msgraph-sdk"): the SDK shares this client's httpx transport,
+        RetryTransport (the one retry layer), meter and token host pinning; errors are mapped like the raw path's.
+
+        Raises:
+            see :func:`raise_for_sdk_error` and TenantCredentials.get_token.
+        """
+        await self.ensure_token()
+        try:
+            return await request(self.sdk)
+        except Exception as exc:
+            raise_for_sdk_error(exc, permission=permission)
+            raise
 
     async def ensure_token(self) -> None:
         """Acquire (and cache) a Graph token now, so consent problems surface before any data call.
@@ -201,7 +258,7 @@ class GraphClient:
         Raises:
             ConsentRequiredError, RetriableError: see TenantCredentials.get_token.
         """
-        await self._credentials.get_token(self.tenant_id, GRAPH_SCOPE)
+        await self._credentials.get_token(self.tenant_id, self._scope)
 
     def url(self, path: str, params: Mapping[str, str] | None = None) -> str:
         """Absolute v1.0 URL for ``path`` with OData params (``$`` kept literal as Graph expects)."""
@@ -335,7 +392,7 @@ class GraphClient:
             raise GraphUrlRejectedError(
                 f"refused to send the Graph token to a URL outside {self._root}/v1.0|beta", code="foreign_url"
             )
-        token = await self._credentials.get_token(self.tenant_id, GRAPH_SCOPE)
+        token = await self._credentials.get_token(self.tenant_id, self._scope)
         request_headers = {
             "Authorization": f"Bearer {token}",
             "Accept": "application/json",
