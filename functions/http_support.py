@@ -76,6 +76,8 @@ PROBLEM_TYPES: dict[str, str] = {
     "conflict": "Conflict",
     "config-invalid": "Stored configuration invalid",
     "connector-not-ready": "Intune connector not ready",
+    "device-service-unavailable": "Intune device service unavailable",
+    "tenant-service-unavailable": "Intune tenant service unavailable",
     "user-token-rejected": "User token rejected",
     "permission-missing": "Permission missing",
     "consent-required": "Consent required",

@@ -13,6 +13,7 @@ import azure.functions as func
 
 from functions.http_support import MANAGE, READ, ApiError, RequestContext, handle, json_response
 from shared_code.errors import NotFoundError
+from shared_code.intune.discovery import IntuneServiceMissingError
 from shared_code.intune.messages import ConnectorNotReadyError
 from shared_code.intune.threat import MAX_KEY_CHARS
 from shared_code.intune.wiring import build_intune
@@ -23,13 +24,16 @@ Action = Callable[[RequestContext], Awaitable[func.HttpResponse]]
 
 
 def _connector_errors(action: Action) -> Action:
-    """Answer Intune's "connector not ready" as 409 carrying the connector state."""
+    """Answer Intune's "connector not ready" as 409 carrying the connector state, and a partner service the tenant's
+    Intune does not list (``device_service_unavailable``) as 424 naming the service's provider."""
 
     async def wrapped(ctx: RequestContext) -> func.HttpResponse:
         try:
             return await action(ctx)
         except ConnectorNotReadyError as exc:
             raise ApiError(409, "connector-not-ready", str(exc), connectorState=exc.connector_state) from None
+        except IntuneServiceMissingError as exc:
+            raise ApiError(424, f"{exc.service}-service-unavailable", str(exc), provider=exc.provider) from None
 
     return wrapped
 
@@ -99,7 +103,7 @@ async def post_inventory(req: func.HttpRequest) -> func.HttpResponse:
 )
 async def get_inventory(req: func.HttpRequest) -> func.HttpResponse:
     """The latest stored inventory (fetched from Intune first when ready)."""
-    return await handle(req, READ, _get_inventory)
+    return await handle(req, READ, _connector_errors(_get_inventory))
 
 
 @bp.route(route="tenants/{tenantId}/users/{userId}/mam", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

@@ -122,10 +122,10 @@ param graphBaseUrl string = ''
 param intuneResource string = ''
 
 @description('Intune partner tenant service providerName (INTUNE_TENANT_SYNC_PROVIDER).')
-param intuneTenantSyncProvider string = 'PartnerTenantDataSyncService'
+param intuneTenantSyncProvider string = 'StatelessPartnerTenantDataSyncService'
 
 @description('Intune partner device service providerName (INTUNE_DEVICE_SYNC_PROVIDER).')
-param intuneDeviceSyncProvider string = 'PartnerDeviceDataSyncService'
+param intuneDeviceSyncProvider string = 'StatelessPartnerDeviceDataSyncService'
 
 @description('api-version for the tenant service (INTUNE_TENANT_API_VERSION).')
 param intuneTenantApiVersion string = '1.6'

@@ -67,9 +67,11 @@ SETTING_DEFAULTS: dict[str, str] = {
     "CONNECTOR_SECRET_NAME": "connector-client-secret",
     # "secret", or "certificate": CONNECTOR_SECRET_NAME then names a Key Vault certificate (PEM or PKCS#12).
     "CONNECTOR_CREDENTIAL_TYPE": "secret",
-    # Intune partner service names and api-versions are not public (reference/intune.md §2): Fleet's values.
-    "INTUNE_TENANT_SYNC_PROVIDER": "PartnerTenantDataSyncService",
-    "INTUNE_DEVICE_SYNC_PROVIDER": "PartnerDeviceDataSyncService",
+    # Intune partner service names and api-versions are not public (reference/intune.md §2). Provider names: the MTD
+    # services the seed's API paths name; Fleet's compliance-partner names (PartnerTenantDataSyncService,
+    # PartnerDeviceDataSyncService) are the documented alternative. api-versions: Fleet's.
+    "INTUNE_TENANT_SYNC_PROVIDER": "StatelessPartnerTenantDataSyncService",
+    "INTUNE_DEVICE_SYNC_PROVIDER": "StatelessPartnerDeviceDataSyncService",
     "INTUNE_TENANT_API_VERSION": "1.6",
     "INTUNE_DEVICE_API_VERSION": "1.2",
     # Fleet caches discovered URLs for 24 h (reference/intune.md §2).

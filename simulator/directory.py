@@ -17,6 +17,18 @@ from typing import Any
 # Intune's first-party app id (intune.md §1: Intune-Resource-Access IntuneServiceLocationProvider.cs).
 INTUNE_APP_ID = "0000000a-0000-0000-c000-000000000000"
 DEFAULT_PLATFORMS = frozenset({"iOS", "iPadOS", "Android"})
+# The Intune service principal's endpoint `providerName`s and the partner service each leads to (simulator/intune.py
+# serves both paths). The MTD names are those the seed's own API paths use (`PUT /StatelessPartnerTenantDataSyncService/
+# PartnerTenants`, …) and are listed by default; Fleet's compliance-partner names are the documented alternative
+# (reference/intune.md §2). Which endpoints a real tenant's principal lists is not documented: the
+# `set_intune_endpoints` mutation makes one list only some (issue 10 §6 saw the tenant service without the device one).
+INTUNE_PROVIDERS = {
+    "StatelessPartnerTenantDataSyncService": "StatelessPartnerTenantDataSyncService",
+    "StatelessPartnerDeviceDataSyncService": "StatelessPartnerDeviceDataSyncService",
+    "PartnerTenantDataSyncService": "StatelessPartnerTenantDataSyncService",
+    "PartnerDeviceDataSyncService": "StatelessPartnerDeviceDataSyncService",
+}
+DEFAULT_INTUNE_PROVIDERS = ("StatelessPartnerTenantDataSyncService", "StatelessPartnerDeviceDataSyncService")
 
 ODATA_TYPES = {
     "user": "#microsoft.graph.user",
@@ -376,7 +388,8 @@ class World:
             raise DirectoryError("unknown tenant", "tenant_id")
         return t
 
-    def ensure_intune_sp(self, tenant: Tenant) -> ServicePrincipal:
+    def ensure_intune_sp(self, tenant: Tenant,
+                         providers: Iterable[str] = DEFAULT_INTUNE_PROVIDERS) -> ServicePrincipal:
         for sp in tenant.service_principals:
             if sp.app_id == INTUNE_APP_ID:
                 break
@@ -388,8 +401,8 @@ class World:
         sp.endpoints = [
             {"id": _uuid_from(tenant.tenant_id, name), "capability": "Intune", "providerId": INTUNE_APP_ID,
              "providerName": name, "providerResourceId": None,
-             "uri": f"{self.base_url}/intune/{tenant.tenant_id}/Stateless{name}"}
-            for name in ("PartnerTenantDataSyncService", "PartnerDeviceDataSyncService")
+             "uri": f"{self.base_url}/intune/{tenant.tenant_id}/{INTUNE_PROVIDERS[name]}"}
+            for name in providers
         ]
         return sp  # type: ignore[no-any-return]
 
@@ -736,11 +749,19 @@ def _uuid_from(*parts: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, "sim:" + "/".join(parts)))
 
 
+def _op_set_intune_endpoints(w: World, t: Tenant, a: dict[str, Any]) -> dict[str, Any]:
+    providers = _arg(a, "providers", list)
+    if any(p not in INTUNE_PROVIDERS for p in providers) or len(set(providers)) != len(providers):
+        raise DirectoryError(f"providers must be distinct names of {sorted(INTUNE_PROVIDERS)}", "providers")
+    w.ensure_intune_sp(t, providers)
+    return {"providers": providers}
+
+
 _MUTATIONS: dict[str, Any] = {
     "add_member": _op_add_member, "remove_member": _op_remove_member, "nest_group": _op_nest_group,
     "unnest_group": _op_unnest_group, "delete_user": _op_delete_user, "delete_device": _op_delete_device,
     "delete_group": _op_delete_group, "change_os": _op_change_os, "rename_group": _op_rename_group,
     "add_device": _op_add_device, "add_user": _op_add_user, "add_group": _op_add_group,
     "disable_user": _op_set_enabled(False), "enable_user": _op_set_enabled(True), "set_owner": _op_set_owner,
-    "add_mam_registration": _op_add_mam,
+    "add_mam_registration": _op_add_mam, "set_intune_endpoints": _op_set_intune_endpoints,
 }

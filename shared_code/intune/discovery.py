@@ -1,10 +1,18 @@
-"""Intune partner service discovery per customer tenant, cached, with re-discovery on 401/404/DNS failure.
+"""Intune partner service discovery per customer tenant: each service found, cached and re-discovered on its own.
 
 Flow (reference/intune.md §1–2, Fleet): Graph ``GET /servicePrincipals?$filter=appId eq '0000000a-…'`` → the Intune
 service principal's id → ``GET /servicePrincipals/{id}/endpoints`` → the entries whose ``providerName`` equals the
-configured tenant/device data-sync provider names → their ``uri`` are the service base URLs. URLs are cached in
-memory for ``INTUNE_DISCOVERY_TTL_SECONDS`` (Fleet: 24 h) and mirrored into the tenant's ``intune`` status so a
-cold instance reuses a fresh discovery instead of calling Graph again.
+configured provider of each service → their ``uri`` are the service base URLs. Two services, used independently:
+
+* ``tenant`` (``INTUNE_TENANT_SYNC_PROVIDER``): provisioning (``PartnerTenants``) and heartbeats;
+* ``device`` (``INTUNE_DEVICE_SYNC_PROVIDER``): DataUploadMessages (threat levels, App Sync inventory).
+
+A tenant whose service principal lists only one of them keeps what that one serves: a missing device service never
+stops provisioning or heartbeats (Intune would mark the connector unresponsive), it makes threat levels and inventory
+answer ``device_service_unavailable``. Each service's outcome is cached on its own — a found URL for
+``INTUNE_DISCOVERY_TTL_SECONDS`` (Fleet: 24 h), a missing one for ``MISSING_RECHECK_SECONDS`` — and mirrored into the
+tenant's ``intune`` status (``services``), so a cold instance reuses a fresh discovery and the console sees each
+service's state. A 401/404/unreachable answer re-discovers only the service that gave it.
 """
 
 from __future__ import annotations
@@ -27,27 +35,69 @@ from shared_code.settings import Settings
 from shared_code.tenants import TenantRepository
 
 INTUNE_APP_ID = "0000000a-0000-0000-c000-000000000000"  # Intune's first-party app id (intune.md §1)
+TENANT_SERVICE = "tenant"
+DEVICE_SERVICE = "device"
+SERVICES = (TENANT_SERVICE, DEVICE_SERVICE)
+# A service the tenant's Intune service principal did not list is looked for again after this long, not after the
+# 24 h TTL: an admin who fixes the tenant should not wait a day, and a console reporting threat levels for such a
+# tenant costs Graph at most two discovery requests per interval.
+MISSING_RECHECK_SECONDS = 300
 T = TypeVar("T")
 
 
 class IntuneServiceMissingError(FatalError):
-    """The tenant has no Intune service principal, or its endpoints lack a configured provider."""
+    """The tenant's Intune service principal lists no usable endpoint for a partner service (or there is none).
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, status=None, code="intune_service_missing")
+    Attributes:
+        service: ``tenant`` or ``device``.
+        provider: the ``providerName`` looked for.
+    """
+
+    def __init__(self, message: str, *, service: str = TENANT_SERVICE, provider: str = "") -> None:
+        super().__init__(message, status=None, code=f"{service}_service_unavailable")
+        self.service = service
+        self.provider = provider
 
 
 @dataclass(frozen=True)
-class IntuneEndpoints:
-    """Discovered partner service base URLs of one tenant."""
+class IntuneEndpoint:
+    """One partner service of one tenant as last discovered: its base URL, or (``url`` empty) why there is none."""
 
-    tenant_url: str
-    device_url: str
+    service: str
+    provider: str
+    url: str
     discovered_at: float
+    problem: str = ""
+
+    @property
+    def available(self) -> bool:
+        """Whether the service can be called."""
+        return bool(self.url)
+
+    def status(self) -> dict[str, Any]:
+        """The form mirrored into the ``intune`` status section (``services.<service>``)."""
+        return {
+            "state": "available" if self.available else "unavailable",
+            "provider": self.provider,
+            "url": self.url or None,
+            "discoveredAt": iso(self.discovered_at),
+            "problem": self.problem or None,
+        }
+
+    @classmethod
+    def from_status(cls, service: str, section: Any) -> IntuneEndpoint | None:
+        """Read back :meth:`status` (None when absent or unreadable)."""
+        if not isinstance(section, dict):
+            return None
+        discovered = parse_iso(section.get("discoveredAt"))
+        if discovered is None or not section.get("provider"):
+            return None
+        return cls(service, str(section["provider"]), str(section.get("url") or ""), discovered,
+                   str(section.get("problem") or ""))
 
 
 class DiscoveryService:
-    """Finds and caches each tenant's Intune partner service URLs."""
+    """Finds and caches each tenant's Intune partner service URLs, one service at a time."""
 
     def __init__(
         self,
@@ -63,72 +113,111 @@ class DiscoveryService:
         self._graph_for = graph_for
         self._tenants = tenants
         self._now = now
-        self._cache: dict[str, IntuneEndpoints] = {}
+        self._cache: dict[tuple[str, str], IntuneEndpoint] = {}
         self.discoveries = 0  # Graph discoveries performed (tests count cache hits by it)
 
-    def _fresh(self, endpoints: IntuneEndpoints | None) -> bool:
+    def provider(self, service: str) -> str:
+        """The configured ``providerName`` of ``service``."""
+        if service == TENANT_SERVICE:
+            return self._settings.intune_tenant_provider
+        return self._settings.intune_device_provider
+
+    def _fresh(self, endpoint: IntuneEndpoint | None) -> bool:
+        if endpoint is None or endpoint.provider != self.provider(endpoint.service):
+            return False
         ttl = self._settings.intune_discovery_ttl_seconds
-        return endpoints is not None and self._now() - endpoints.discovered_at < ttl
+        if not endpoint.available:
+            ttl = min(ttl, MISSING_RECHECK_SECONDS)
+        return self._now() - endpoint.discovered_at < ttl
 
     async def _forget_token(self, tenant_id: str) -> None:
         if self._forget is not None:
             await self._forget(tenant_id)
 
-    def invalidate(self, tenant_id: str) -> None:
-        """Forget a tenant's URLs (next use re-discovers)."""
-        self._cache.pop(tenant_id, None)
+    def invalidate(self, tenant_id: str, service: str | None = None) -> None:
+        """Forget a tenant's URL of ``service`` (of both when None); the next use re-discovers."""
+        for name in SERVICES if service is None else (service,):
+            self._cache.pop((tenant_id, name), None)
 
-    async def endpoints(self, tenant_id: str, *, refresh: bool = False) -> IntuneEndpoints:
-        """The tenant's partner service URLs, discovering them when not cached or stale.
+    async def endpoint(self, tenant_id: str, service: str, *, refresh: bool = False) -> IntuneEndpoint:
+        """The tenant's URL of one partner service, discovering it when not cached or stale.
 
         Raises:
-            IntuneServiceMissingError: no Intune service principal / provider in the tenant.
+            IntuneServiceMissingError: the tenant's Intune service principal lists no usable endpoint for it.
             PermissionMissingError: Application.Read.All not granted.
             ConsentRequiredError, RetriableError: token or Graph trouble.
         """
-        if not refresh:
-            cached = self._cache.get(tenant_id)
-            if self._fresh(cached):
-                assert cached is not None
-                return cached
-            persisted = await self._persisted(tenant_id)
-            if persisted is not None and self._fresh(persisted):
-                self._cache[tenant_id] = persisted
-                return persisted
-        found = await self._discover(tenant_id)
-        self._cache[tenant_id] = found
-        await self._tenants.update_status(
-            tenant_id,
-            INTUNE,
-            {"tenantUrl": found.tenant_url, "deviceUrl": found.device_url, "discoveredAt": iso(found.discovered_at)},
-        )
+        found = await self._lookup(tenant_id, service, refresh=refresh)
+        if not found.available:
+            raise IntuneServiceMissingError(found.problem, service=service, provider=found.provider)
         return found
 
-    async def _persisted(self, tenant_id: str) -> IntuneEndpoints | None:
+    async def _lookup(self, tenant_id: str, service: str, *, refresh: bool) -> IntuneEndpoint:
+        key = (tenant_id, service)
+        if not refresh:
+            cached = self._cache.get(key)
+            if cached is not None and self._fresh(cached):
+                return cached
+            persisted = await self._persisted(tenant_id, service)
+            if persisted is not None and self._fresh(persisted):
+                self._cache[key] = persisted
+                return persisted
+        found = await self._discover(tenant_id)
+        # One Graph read answers for both services. The requested one takes this answer; the other only when
+        # nothing fresh is known of it, so a re-discovery for one service never overwrites what works for the other.
+        for name, endpoint in found.items():
+            current = self._cache.get((tenant_id, name))
+            if name == service or current is None or not self._fresh(current):
+                self._cache[(tenant_id, name)] = endpoint
+        await self._tenants.update_status(tenant_id, INTUNE, {
+            "services": {name: self._cache[(tenant_id, name)].status() for name in SERVICES},
+            "discoveredAt": iso(found[service].discovered_at),
+        })
+        return self._cache[key]
+
+    async def _persisted(self, tenant_id: str, service: str) -> IntuneEndpoint | None:
         record = await self._tenants.get(tenant_id)
         section = record.status.get(INTUNE, {}) if record else {}
-        discovered = parse_iso(section.get("discoveredAt"))
-        if discovered is None or not section.get("tenantUrl") or not section.get("deviceUrl"):
+        services = section.get("services")
+        found = IntuneEndpoint.from_status(service, services.get(service)) if isinstance(services, dict) else None
+        # A stored URL outside the Intune service domains (tampered, or from another cloud) is rediscovered.
+        if found is not None and found.available and not self._allowed(found.url):
             return None
-        found = IntuneEndpoints(str(section["tenantUrl"]), str(section["deviceUrl"]), discovered)
-        # A stored copy outside the Intune service domains (tampered, or from another cloud) is rediscovered.
-        return found if self._allowed(found.tenant_url) and self._allowed(found.device_url) else None
+        return found
 
     def _allowed(self, url: str) -> bool:
         """Whether a service URL lies under the configured cloud's Intune service domains."""
         return intune_url_allowed(url, self._settings.intune_service_domains)
 
-    async def _discover(self, tenant_id: str) -> IntuneEndpoints:
-        """Find the tenant's partner service URLs in Graph (no cache).
+    def service_url(self, endpoints: list[dict[str, Any]], provider: str) -> tuple[str, str]:
+        """``(url, "")`` for the base URL the Intune service principal's ``endpoints`` list for ``provider``, or
+        ``("", why)`` when none is usable.
+
+        The one place a discovered URL is judged: https only, and under ``INTUNE_SERVICE_DOMAINS`` (the URL receives
+        the connector's Intune token).
+        """
+        uris = [str(e.get("uri", "")) for e in endpoints
+                if str(e.get("providerName", "")).lower() == provider.lower()]
+        https = [u for u in uris if u.startswith("https://")]
+        if not https:
+            return "", f"the Intune service principal lists no https endpoint for provider {provider}"
+        for uri in https:
+            if self._allowed(uri):
+                return uri, ""
+        domains = ", ".join(self._settings.intune_service_domains)
+        return "", f"the endpoint of provider {provider} lies outside the Intune service domains ({domains})"
+
+    async def _discover(self, tenant_id: str) -> dict[str, IntuneEndpoint]:
+        """Find the tenant's partner service URLs in Graph (no cache): one :class:`IntuneEndpoint` per service.
 
         Endpoints: ``GET /servicePrincipals?$filter=appId eq '0000000a-0000-0000-c000-000000000000'&$select=id,appId``
         then ``GET /servicePrincipals/{id}/endpoints`` (paged), both v1.0 with the connector's app token.
         Permission: ``Application.Read.All`` (calls ``graph.intune_service_principal``,
-        ``graph.service_principal_endpoints``).
+        ``graph.service_principal_endpoints``). No Intune service principal, or no usable endpoint for a configured
+        provider (https, under ``INTUNE_SERVICE_DOMAINS``: the token is never sent elsewhere), is an answer (that
+        service unavailable), not an error.
 
         Raises:
-            IntuneServiceMissingError: no Intune service principal, no https endpoint for a configured provider, or
-                one outside ``INTUNE_SERVICE_DOMAINS`` (the token is never sent there).
             PermissionMissingError: 403, Application.Read.All not granted.
             ConsentRequiredError: no token for the tenant (consent missing or revoked).
             RetriableError: Graph or the token endpoint unavailable after the retries.
@@ -136,6 +225,8 @@ class DiscoveryService:
         """
         self.discoveries += 1
         graph = self._graph_for(tenant_id)
+        endpoints: list[dict[str, Any]] = []
+        missing_sp = ""
         try:
             sp_call = call("graph.intune_service_principal")
             page = await graph.get_json(
@@ -145,57 +236,47 @@ class DiscoveryService:
             )
             matches = [sp for sp in page.get("value", []) if str(sp.get("appId", "")).lower() == INTUNE_APP_ID]
             if not matches:
-                msg = f"no Intune service principal (appId {INTUNE_APP_ID}) in the tenant: is Intune licensed?"
-                raise IntuneServiceMissingError(msg)
-            sp_id = str(matches[0]["id"])
-            endpoints: list[dict[str, Any]] = []
-            ep_call = call("graph.service_principal_endpoints")
-            async for ep_page in graph.pages(f"/servicePrincipals/{sp_id}/endpoints", permission=ep_call.permission):
-                endpoints.extend(ep_page.get("value", []))
+                missing_sp = f"no Intune service principal (appId {INTUNE_APP_ID}) in the tenant: is Intune licensed?"
+            else:
+                sp_id = str(matches[0]["id"])
+                ep_call = call("graph.service_principal_endpoints")
+                async for ep_page in graph.pages(
+                    f"/servicePrincipals/{sp_id}/endpoints", permission=ep_call.permission
+                ):
+                    endpoints.extend(ep_page.get("value", []))
         finally:
             await graph.aclose()
-        by_provider = {str(e.get("providerName", "")).lower(): str(e.get("uri", "")) for e in endpoints}
-        tenant_url = by_provider.get(self._settings.intune_tenant_provider.lower(), "")
-        device_url = by_provider.get(self._settings.intune_device_provider.lower(), "")
-        missing = [
-            name
-            for name, url in (
-                (self._settings.intune_tenant_provider, tenant_url),
-                (self._settings.intune_device_provider, device_url),
-            )
-            if not url.startswith("https://")
-        ]
-        if missing:
-            msg = f"the Intune service principal lists no endpoint for provider(s) {', '.join(missing)}"
-            raise IntuneServiceMissingError(msg)
-        if not self._allowed(tenant_url) or not self._allowed(device_url):
-            domains = ", ".join(self._settings.intune_service_domains)
-            msg = f"the Intune service principal lists an endpoint outside the Intune service domains ({domains})"
-            raise IntuneServiceMissingError(msg)
-        return IntuneEndpoints(tenant_url, device_url, self._now())
+        now = self._now()
+        found: dict[str, IntuneEndpoint] = {}
+        for service in SERVICES:
+            provider = self.provider(service)
+            url, problem = ("", missing_sp) if missing_sp else self.service_url(endpoints, provider)
+            found[service] = IntuneEndpoint(service, provider, url, now, problem)
+        return found
 
-    async def call_with_endpoints(self, tenant_id: str, action: Callable[[IntuneEndpoints], Awaitable[T]]) -> T:
-        """Run an Intune call with the tenant's URLs; on 401/404/unreachable re-discover once and retry.
+    async def call_service(self, tenant_id: str, service: str, action: Callable[[str], Awaitable[T]]) -> T:
+        """Run an Intune call with the base URL of ``service``; on 401/404/unreachable re-discover it once and retry.
 
         Fleet notes Intune "intermittently rejects freshly-issued access tokens" and retries once (intune.md §2);
         a URL that moved answers 404 or stops resolving. A second 401 after re-discovery means consent is gone.
 
         Raises:
+            IntuneServiceMissingError: the tenant lists no endpoint for ``service``.
             ConsentRequiredError: Intune still rejects the token after re-discovery.
             whatever ``action`` raises otherwise.
         """
-        endpoints = await self.endpoints(tenant_id)
+        endpoint = await self.endpoint(tenant_id, service)
         try:
-            return await action(endpoints)
+            return await action(endpoint.url)
         except IntuneUnauthorizedError:
             # Fleet clears its token cache on 401 before the one retry (reference/intune.md §2).
             await self._forget_token(tenant_id)
-            self.invalidate(tenant_id)
+            self.invalidate(tenant_id, service)
         except (IntuneNotFoundError, IntuneUnreachableError):
-            self.invalidate(tenant_id)
-        endpoints = await self.endpoints(tenant_id, refresh=True)
+            self.invalidate(tenant_id, service)
+        endpoint = await self.endpoint(tenant_id, service, refresh=True)
         try:
-            return await action(endpoints)
+            return await action(endpoint.url)
         except IntuneUnauthorizedError:
             raise ConsentRequiredError(
                 f"Intune rejects the connector's token for tenant {tenant_id} (admin consent for the Intune API?)"

@@ -27,7 +27,7 @@ from shared_code.errors import (
     PermissionMissingError,
     RetriableError,
 )
-from shared_code.intune.discovery import DiscoveryService
+from shared_code.intune.discovery import TENANT_SERVICE, DiscoveryService
 from shared_code.intune.provisioning import ProvisioningService
 from shared_code.intune.status import (
     HEARTBEAT,
@@ -212,8 +212,8 @@ class HeartbeatService:
         return await self._failed(record, attempt_at, failures, str(intune.get("problem")), state)
 
     async def _send(self, tenant_id: str) -> dict[str, Any]:
-        return await self._discovery.call_with_endpoints(
-            tenant_id, lambda ep: self._intune.heartbeat(ep.tenant_url, tenant_id)
+        return await self._discovery.call_service(
+            tenant_id, TENANT_SERVICE, lambda url: self._intune.heartbeat(url, tenant_id)
         )
 
     async def _failed(self, record: TenantRecord, attempt_at: float, failures: int, error: str, state: str) -> str:

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from shared_code.errors import NotFoundError, RetriableError
+from shared_code.intune.discovery import DEVICE_SERVICE
 from shared_code.intune.messages import ENTITY_APP_SYNC_REQUEST, MessageService, new_message
 from shared_code.intune.status import iso
 from shared_code.intune.uploads import FINAL_STATUSES, ChunkMissingError, UploadMessage
@@ -195,8 +196,8 @@ class InventoryService:
         if message is None or message.status != "Succeeded":
             return
         intune = self._messages.intune
-        result = await self._messages.discovery.call_with_endpoints(
-            tenant_id, lambda ep: intune.upload_result(ep.device_url, tenant_id, message.message_id)
+        result = await self._messages.discovery.call_service(
+            tenant_id, DEVICE_SERVICE, lambda url: intune.upload_result(url, tenant_id, message.message_id)
         )
         if result.get("Status") == "Succeeded":
             await self._settled(message, result)

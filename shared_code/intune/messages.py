@@ -16,7 +16,7 @@ from shared_code import telemetry
 from shared_code.adapters.intune import IntuneClient, IntuneConnectorStateError, IntuneNotFoundError, iso_now
 from shared_code.errors import ConflictError, NotFoundError, PermissionMissingError
 from shared_code.intune.devices import EnrolledDevice, EnrolledDevices
-from shared_code.intune.discovery import DiscoveryService
+from shared_code.intune.discovery import DEVICE_SERVICE, DiscoveryService
 from shared_code.intune.status import INTUNE, PERMISSIONS, ActivityCounters, iso, parse_iso, permission_problem
 from shared_code.intune.uploads import (
     FINAL_STATUSES,
@@ -137,10 +137,11 @@ class MessageService:
         if message.status in (NOT_SENT, REJECTED):
             await self.store.save(message)
         try:
-            await self.discovery.call_with_endpoints(
+            await self.discovery.call_service(
                 tenant_id,
-                lambda ep: self.intune.upload(
-                    ep.device_url,
+                DEVICE_SERVICE,
+                lambda url: self.intune.upload(
+                    url,
                     tenant_id,
                     message.message_id,
                     message.entities,
@@ -180,9 +181,10 @@ class MessageService:
         if message.status in FINAL_STATUSES:
             return message
         try:
-            result = await self.discovery.call_with_endpoints(
+            result = await self.discovery.call_service(
                 message.tenant_id,
-                lambda ep: self.intune.upload_result(ep.device_url, message.tenant_id, message.message_id),
+                DEVICE_SERVICE,
+                lambda url: self.intune.upload_result(url, message.tenant_id, message.message_id),
             )
         except IntuneNotFoundError:
             result = {"Status": "Failed", "ErrorDetail": "Intune does not know this message (404)"}

@@ -16,7 +16,7 @@ from typing import Any
 from shared_code.adapters.graph import GraphClient
 from shared_code.adapters.intune import IntuneClient
 from shared_code.errors import ConsentRequiredError, FatalError, NotFoundError, PermissionMissingError, RetriableError
-from shared_code.intune.discovery import DiscoveryService, IntuneServiceMissingError
+from shared_code.intune.discovery import TENANT_SERVICE, DiscoveryService, IntuneServiceMissingError
 from shared_code.intune.status import INTUNE, PERMISSIONS, iso, permission_problem
 from shared_code.tenants import TenantConfig, TenantRecord, TenantRepository
 
@@ -90,10 +90,11 @@ class ProvisioningService:
         intune_permission: str | None = None
         try:
             await self._intune.ensure_token(tenant_id)
-            response = await self._discovery.call_with_endpoints(
+            response = await self._discovery.call_service(
                 tenant_id,
-                lambda ep: self._intune.put_partner_tenant(
-                    ep.tenant_url,
+                TENANT_SERVICE,
+                lambda url: self._intune.put_partner_tenant(
+                    url,
                     tenant_id,
                     provisioned=PROVISION,
                     enrollment_url=config.partner_enrollment_url or default_partner_url(),
@@ -142,10 +143,11 @@ class ProvisioningService:
             raise NotFoundError(f"tenant {tenant_id} is not provisioned", status=404)
         patch: dict[str, Any] = {"state": "deprovisioned", "deprovisionedAt": iso(self._now())}
         try:
-            await self._discovery.call_with_endpoints(
+            await self._discovery.call_service(
                 tenant_id,
-                lambda ep: self._intune.put_partner_tenant(
-                    ep.tenant_url,
+                TENANT_SERVICE,
+                lambda url: self._intune.put_partner_tenant(
+                    url,
                     tenant_id,
                     provisioned=DEPROVISION,
                     enrollment_url=record.config.partner_enrollment_url or default_partner_url(),

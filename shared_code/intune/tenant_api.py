@@ -51,6 +51,11 @@ def tenant_document(record: TenantRecord) -> dict[str, Any]:
     problems = sorted(found)
     if intune.get("problem") and intune.get("problem") not in problems:
         problems.append(str(intune["problem"]))
+    raw_services = intune.get("services")
+    services: dict[str, Any] = raw_services if isinstance(raw_services, dict) else {}
+    for name, service in sorted(services.items()):
+        if isinstance(service, dict) and service.get("state") == "unavailable":
+            problems.append(f"{name}_service_unavailable: {service.get('provider')}")
     bad_config = config_invalid(record)
     if bad_config is not None:
         problems.append(f"{CONFIG_INVALID}: {bad_config.get('field')}")
@@ -72,6 +77,11 @@ def tenant_document(record: TenantRecord) -> dict[str, Any]:
                 "problem": intune.get("problem"),
                 "provisionedAt": intune.get("provisionedAt"),
                 "discoveredAt": intune.get("discoveredAt"),
+                # Each partner service's state (available | unavailable); discovered URLs stay internal.
+                "services": {
+                    name: {k: v for k, v in service.items() if k != "url"}
+                    for name, service in services.items() if isinstance(service, dict)
+                },
             },
             "heartbeat": {
                 "state": heartbeat.get("state"),

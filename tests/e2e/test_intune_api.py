@@ -197,8 +197,8 @@ async def test_threat_is_409_with_connector_state_when_intune_is_unavailable(api
     from shared_code.intune.wiring import build_intune
 
     services = container().service(build_intune)
-    endpoints = await services.discovery.endpoints(tid)
-    await services.intune.put_partner_tenant(endpoints.tenant_url, tid, provisioned=2, enrollment_url="",
+    tenant_service = await services.discovery.endpoint(tid, "tenant")
+    await services.intune.put_partner_tenant(tenant_service.url, tid, provisioned=2, enrollment_url="",
                                              remediation_url="")
     report = {"level": "medium", "detectedAt": "2026-01-01T00:00:00Z", "idempotencyKey": "blocked-then-ok"}
     response = await api.client.put(f"/api/tenants/{tid}/devices/{device['deviceId']}/threat", json=report)

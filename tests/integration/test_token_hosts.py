@@ -141,8 +141,8 @@ async def test_intune_urls_outside_the_service_domains_never_get_the_token(sim: 
     summary = sim.create_tenant("small", seed=4345)
     tid = summary["tenant_id"]
     await services.tenants.put_config(TenantConfig(tenant_id=tid, enrollment_groups=("x",)))
-    found = await services.discovery.endpoints(tid)
-    assert urlsplit(found.tenant_url).hostname in app_container.settings.intune_service_domains
+    found = await services.discovery.endpoint(tid, "tenant")
+    assert urlsplit(found.url).hostname in app_container.settings.intune_service_domains
 
     # At use: the adapter refuses before any token is fetched or any byte leaves (not "unreachable": refused).
     for url in ("https://intune.evil.example/StatelessPartnerTenantDataSyncService",
@@ -152,14 +152,15 @@ async def test_intune_urls_outside_the_service_domains_never_get_the_token(sim: 
             await services.intune.heartbeat(url, tid)
 
     # A tampered copy in the tenant's status is not used: the next use rediscovers from Graph.
-    await services.tenants.update_status(tid, INTUNE, {
-        "tenantUrl": "https://intune.evil.example/t", "deviceUrl": "https://intune.evil.example/d",
-        "discoveredAt": iso(time.time()),
-    })
+    tampered = {"state": "available", "provider": found.provider, "discoveredAt": iso(time.time())}
+    await services.tenants.update_status(tid, INTUNE, {"services": {
+        "tenant": {**tampered, "url": "https://intune.evil.example/t"},
+        "device": {**tampered, "url": "https://intune.evil.example/d"},
+    }})
     services.discovery.invalidate(tid)
     before = services.discovery.discoveries
-    again = await services.discovery.endpoints(tid)
-    assert (again.tenant_url, services.discovery.discoveries) == (found.tenant_url, before + 1)
+    again = await services.discovery.endpoint(tid, "tenant")
+    assert (again.url, services.discovery.discoveries) == (found.url, before + 1)
 
     # At discovery: Graph listing endpoints outside the configured cloud's domains is refused.
     public_cloud = DiscoveryService(
@@ -167,15 +168,15 @@ async def test_intune_urls_outside_the_service_domains_never_get_the_token(sim: 
         graph_for=app_container.graph, tenants=services.tenants, now=time.time,
     )
     with pytest.raises(IntuneServiceMissingError, match="outside the Intune service domains"):
-        await public_cloud.endpoints(tid, refresh=True)
+        await public_cloud.endpoint(tid, "tenant", refresh=True)
 
     # A redirect or an HTML page from Intune is a clear error, not a followed hop or a decode crash.
     sim.fault("redirect", match={"tenant": tid, "path_prefix": f"/intune/{tid}/"}, count=1)
     sim.fault("html", match={"tenant": tid, "path_prefix": f"/intune/{tid}/"}, count=1)
     try:
         with pytest.raises(FatalError, match="redirect"):
-            await services.intune.heartbeat(found.tenant_url, tid)
+            await services.intune.heartbeat(found.url, tid)
         with pytest.raises(FatalError, match="non-JSON"):
-            await services.intune.heartbeat(found.tenant_url, tid)
+            await services.intune.heartbeat(found.url, tid)
     finally:
         sim.clear_faults()

@@ -6,7 +6,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from simulator.directory import INTUNE_APP_ID, World
+from simulator.directory import INTUNE_APP_ID, DirectoryError, World
 from tests.simulator.graph_helpers import Harness, app_principal, user_principal
 
 EVENTUAL = {"ConsistencyLevel": "eventual"}
@@ -193,11 +193,24 @@ async def test_intune_discovery(world: World) -> None:
         s, body, _ = await h.get(f"/v1.0/servicePrincipals/{sp_id}/endpoints", p)
         names = {e["providerName"]: e["uri"] for e in body["value"]}
         assert names == {
-            "PartnerTenantDataSyncService":
+            "StatelessPartnerTenantDataSyncService":
                 f"https://sim.invalid/intune/{t.tenant_id}/StatelessPartnerTenantDataSyncService",
-            "PartnerDeviceDataSyncService":
+            "StatelessPartnerDeviceDataSyncService":
                 f"https://sim.invalid/intune/{t.tenant_id}/StatelessPartnerDeviceDataSyncService",
         }
+        # A principal that lists only the tenant service, or the compliance-partner names (admin mutation).
+        world.mutate(t.tenant_id, "set_intune_endpoints", {"providers": ["StatelessPartnerTenantDataSyncService"]})
+        s, body, _ = await h.get(f"/v1.0/servicePrincipals/{sp_id}/endpoints", p)
+        assert [e["providerName"] for e in body["value"]] == ["StatelessPartnerTenantDataSyncService"]
+        world.mutate(t.tenant_id, "set_intune_endpoints",
+                     {"providers": ["PartnerTenantDataSyncService", "PartnerDeviceDataSyncService"]})
+        s, body, _ = await h.get(f"/v1.0/servicePrincipals/{sp_id}/endpoints", p)
+        assert {e["providerName"]: e["uri"].rsplit("/", 1)[1] for e in body["value"]} == {
+            "PartnerTenantDataSyncService": "StatelessPartnerTenantDataSyncService",
+            "PartnerDeviceDataSyncService": "StatelessPartnerDeviceDataSyncService",
+        }
+        with pytest.raises(DirectoryError):
+            world.mutate(t.tenant_id, "set_intune_endpoints", {"providers": ["Nope"]})
         denied = app_principal(t.tenant_id, ["Device.Read.All"])
         assert (await h.get(f"/v1.0/servicePrincipals/{sp_id}/endpoints", denied))[0] == 403
     # the directory can be told to omit the Intune service principal (contract)

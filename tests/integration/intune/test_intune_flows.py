@@ -218,9 +218,9 @@ async def test_deprovision_then_threat_is_refused_with_connector_state(world: Wo
     tid, groups, devices = world.new_tenant(seed=423)
     await world.provision(tid, groups)
     # Intune deprovisioned behind our back (another console, or an Intune reset): Unavailable blocks uploads.
-    endpoints = await world.services.discovery.endpoints(tid)
+    tenant_service = await world.services.discovery.endpoint(tid, "tenant")
     await world.services.intune.put_partner_tenant(
-        endpoints.tenant_url, tid, provisioned=2, enrollment_url="", remediation_url=""
+        tenant_service.url, tid, provisioned=2, enrollment_url="", remediation_url=""
     )
     with pytest.raises(ConnectorNotReadyError) as info:
         await world.services.threat.report(tid, devices[0]["deviceId"], {"level": "low",
@@ -418,28 +418,31 @@ async def test_sso_user_token_never_leaves_for_other_hosts(world: World) -> None
 
 
 async def test_discovery_is_cached_and_rediscovered_on_404_and_unreachable(world: World) -> None:
-    from shared_code.intune.discovery import IntuneEndpoints
+    from dataclasses import replace
 
     tid, groups, _ = world.new_tenant(seed=433)
     await world.provision(tid, groups)
     discovery = world.services.discovery
     before = discovery.discoveries
-    await discovery.endpoints(tid)
-    await discovery.endpoints(tid)
+    await discovery.endpoint(tid, "tenant")
+    await discovery.endpoint(tid, "device")
     assert discovery.discoveries == before, "cached for INTUNE_DISCOVERY_TTL_SECONDS"
 
-    good = await discovery.endpoints(tid)
+    good = await discovery.endpoint(tid, "tenant")
+    device = await discovery.endpoint(tid, "device")
     base = world.sim.info["base_url"]
-    # A moved service: the cached URL answers 404 → one re-discovery, then the call succeeds.
-    discovery._cache[tid] = IntuneEndpoints(f"{base}/intune/{tid}/Moved", good.device_url, good.discovered_at)
+    # A moved service: the cached URL answers 404 → one re-discovery of that service, then the call succeeds.
+    discovery._cache[(tid, "tenant")] = replace(good, url=f"{base}/intune/{tid}/Moved")
     record = await world.services.tenants.get(tid)
     assert record is not None
     assert await world.services.heartbeat.beat(record) == "sent"
     assert discovery.discoveries == before + 1
     # A host that no longer resolves/accepts connections: re-discovered the same way (after the transport retries).
-    discovery._cache[tid] = IntuneEndpoints("https://localhost:9/x", good.device_url, good.discovered_at)
+    discovery._cache[(tid, "tenant")] = replace(good, url="https://localhost:9/x")
     assert await world.services.heartbeat.beat(record) == "sent"
     assert discovery.discoveries == before + 2
+    # The device service's cached entry was left alone by the tenant service's re-discoveries.
+    assert discovery._cache[(tid, "device")] == device
 
 
 async def test_intune_timeouts_are_retried(world: World) -> None:
@@ -457,12 +460,12 @@ async def test_intune_timeouts_are_retried(world: World) -> None:
         timeout_seconds=0.5,
         service_domains=settings.intune_service_domains,
     )
-    endpoints = await world.services.discovery.endpoints(tid)
+    tenant_service = await world.services.discovery.endpoint(tid, "tenant")
     prefix = f"/intune/{tid}/StatelessPartnerTenantDataSyncService/PartnerTenantHeartbeat"
     world.sim.fault("latency", match={"path_prefix": prefix}, count=1, latency_ms=2000)
     try:
         before = world.sim.intune(tid)["heartbeat_count"]
-        await client.heartbeat(endpoints.tenant_url, tid)
+        await client.heartbeat(tenant_service.url, tid)
         assert client.meter.retries == 1 and client.meter.requests == 2  # max_retries=2 client of its own
         assert world.sim.intune(tid)["heartbeat_count"] == before + 1
     finally:

@@ -209,10 +209,10 @@ async def test_concurrent_settles_of_one_inventory_keep_its_data(world: World) -
     device = _ios(devices) or pytest.fail("the seeded scenario must contain an iOS device")
     services = world.services
     request = await services.inventory.request(tid, device["deviceId"])
-    endpoints = await services.discovery.endpoints(tid)
+    device_service = await services.discovery.endpoint(tid, "device")
     result: dict[str, Any] = {}
     for _ in range(3):  # the simulator answers Pending first (pending_polls)
-        result = await services.intune.upload_result(endpoints.device_url, tid, request.message_id)
+        result = await services.intune.upload_result(device_service.url, tid, request.message_id)
         if result["Status"] == "Succeeded":
             break
     assert result["Status"] == "Succeeded"
