@@ -154,6 +154,20 @@ async def test_one_poll_is_one_span_with_its_cost_and_metrics_for_the_same(
     assert _point(metrics["connector.http.requests"], **{"http.route": "/api/tenants/{tenantId}/sync",
                                                          "http.response.status_code": 202})["value"] >= 1
 
+    # A heartbeat and a threat upload are spans of their own, with the tenant and the outcome.
+    await devhost.run_timer("send_heartbeats")
+    beats = [s for s in console.spans("connector.heartbeat") if s["attributes"].get("connector.tenant_id") == tid]
+    assert [b["attributes"]["connector.result"] for b in beats] == ["sent"]
+    assert beats[0]["kind"] == "SpanKind.INTERNAL" and beats[0]["attributes"]["connector.upstream_requests"] >= 1
+    device = (await api.get(f"/api/tenants/{tid}/devices", params={"limit": 1})).json()["devices"][0]["deviceId"]
+    threat = {"level": "high", "detectedAt": "2026-01-05T10:00:00Z"}
+    assert (await api.put(f"/api/tenants/{tid}/devices/{device}/threat", json=threat)).status_code == 202
+    [upload] = [s for s in console.spans("connector.upload") if s["attributes"].get("connector.tenant_id") == tid]
+    assert upload["attributes"]["connector.upload.kind"] and upload["attributes"]["connector.result"] == "Pending"
+    metrics = console.metrics()
+    assert _point(metrics["connector.heartbeats"], result="sent")["value"] >= 1
+    assert _point(metrics["connector.uploads"], result="Pending")["value"] >= 1
+
     # A poll that fails: the span says so and the error log names the Graph request ids.
     sim.fault("status", match={"tenant": tid, "path_prefix": "/v1.0/"}, unlimited=True, status=503, retry_after=0.01)
     caplog.set_level(logging.ERROR, logger="connector.telemetry")
