@@ -119,6 +119,8 @@ def build_env(info: dict[str, Any], storage: str) -> dict[str, str]:
         "CONNECTOR_CLIENT_SECRET": info["connector"]["client_secret"],
         "KEY_VAULT_URL": info["key_vault_url"],
         "CONNECTOR_SECRET_NAME": info["connector"]["secret_name"],
+        # The cloud the simulator impersonates (SIMULATOR_CLOUD=usgov make run): token scopes follow it.
+        "AZURE_CLOUD": info.get("cloud", "public"),
         "AZURE_AUTHORITY_HOST": info["authority"],
         "GRAPH_BASE_URL": info["graph_base_url"],
         "INTUNE_RESOURCE": info["intune_resource"],

@@ -1,6 +1,7 @@
 """Bearer-token validation for the simulated resources, the Principal the handlers see, and shared app keys.
 
-Route families and the audiences each accepts:
+Route families and the audiences each accepts (public cloud shown; ``SIMULATOR_CLOUD`` swaps in another cloud's,
+simulator/clouds.py):
 - Graph `/v1.0/*`: `https://graph.microsoft.com` or `00000003-0000-0000-c000-000000000000`
   (v1.0 tokens' `aud` "can be the client ID or the resource URI used in the request":
   https://learn.microsoft.com/entra/identity-platform/access-token-claims-reference).
@@ -19,7 +20,7 @@ from typing import Any
 import jwt
 from aiohttp import web
 
-from simulator.entra import Entra
+from simulator.entra import GRAPH_RESOURCE, INTUNE_RESOURCE, VAULT_RESOURCE, Entra
 from simulator.faults import Faults
 from simulator.throttle import Clock, Throttle
 
@@ -41,10 +42,10 @@ CLOCK: web.AppKey[Clock] = web.AppKey("sim_clock", Clock)
 ENTRA: web.AppKey[Entra] = web.AppKey("sim_entra", Entra)
 INFO: web.AppKey[dict[str, Any]] = web.AppKey("sim_info")
 
-GRAPH_AUDIENCES = frozenset({"https://graph.microsoft.com", "https://graph.microsoft.com/",
-                             "00000003-0000-0000-c000-000000000000"})
-INTUNE_AUDIENCES = frozenset({"https://api.manage.microsoft.com/", "https://api.manage.microsoft.com"})
-VAULT_AUDIENCES = frozenset({"https://vault.azure.net", "https://vault.azure.net/"})
+# The active cloud's resources (simulator/clouds.py): another cloud's audience is refused, as Azure would.
+GRAPH_AUDIENCES = frozenset({GRAPH_RESOURCE, GRAPH_RESOURCE + "/", "00000003-0000-0000-c000-000000000000"})
+INTUNE_AUDIENCES = frozenset({INTUNE_RESOURCE, INTUNE_RESOURCE.rstrip("/")})
+VAULT_AUDIENCES = frozenset({VAULT_RESOURCE, VAULT_RESOURCE + "/"})
 
 
 def family(path: str) -> str | None:
@@ -148,7 +149,7 @@ def keyvault_challenge(request: web.Request, status: int = 401, message: str | N
     """Key Vault's 401 challenge (azure.md §7): WWW-Authenticate names the authority/tenant and the resource."""
     entra = request.app[ENTRA]
     challenge = (f'Bearer authorization="{entra.base_url}/{entra.vendor_tenant}", '
-                 f'resource="https://vault.azure.net"')
+                 f'resource="{VAULT_RESOURCE}"')
     body = {"error": {"code": "Unauthorized",
                       "message": message or "AKV10000: Request is missing a Bearer or PoP token."}}
     return web.json_response(body, status=status, headers={"WWW-Authenticate": challenge})

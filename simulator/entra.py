@@ -32,12 +32,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from simulator.clouds import ACTIVE
+
 # --- Resource catalogue -----------------------------------------------------------------------------------------
-GRAPH_RESOURCE = "https://graph.microsoft.com"
+# Resource identifiers of the cloud this process impersonates (simulator/clouds.py; public by default).
+GRAPH_RESOURCE = ACTIVE.graph_resource
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
-INTUNE_RESOURCE = "https://api.manage.microsoft.com/"
+INTUNE_RESOURCE = ACTIVE.intune_resource
 INTUNE_API_APP_ID = "c161e42e-d4df-4a3d-9b42-e7a3c31f59d4"  # "Microsoft Intune API" (intune.md §1)
-VAULT_RESOURCE = "https://vault.azure.net"
+VAULT_RESOURCE = ACTIVE.vault_resource
 CONSOLE_AUDIENCE = "api://mtd-connector"
 
 # Graph application permissions the simulator knows (names from the Graph permissions reference).
@@ -419,7 +422,7 @@ class Entra:
             "tenant_region_scope": "EU",
             "cloud_instance_name": host,
             "cloud_graph_host_name": "graph.windows.net",
-            "msgraph_host": "graph.microsoft.com",
+            "msgraph_host": GRAPH_RESOURCE.removeprefix("https://"),
             "rbac_url": "https://pas.windows.net",
         }
 

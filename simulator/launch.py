@@ -25,6 +25,7 @@ def client_env(info: dict[str, Any], base: dict[str, str] | None = None) -> dict
     """Environment for a process that talks to the simulator (contract: consumers' settings)."""
     env = dict(os.environ if base is None else base)
     env.update({
+        "AZURE_CLOUD": info.get("cloud", "public"),
         "AZURE_AUTHORITY_HOST": info["authority"],
         "GRAPH_BASE_URL": info["graph_base_url"],
         "KEY_VAULT_URL": info["key_vault_url"],
@@ -42,7 +43,8 @@ def client_env(info: dict[str, Any], base: dict[str, str] | None = None) -> dict
 
 def start(workdir: str | os.PathLike[str], *, scenario: str | None = None, tenants: int = 0, seed: int = 1,
           extra_args: Sequence[str] = (), timeout: float = 120.0, python: str | None = None,
-          stderr_path: str | os.PathLike[str] | None = None) -> tuple[dict[str, Any], subprocess.Popen[str]]:
+          stderr_path: str | os.PathLike[str] | None = None,
+          cloud: str | None = None) -> tuple[dict[str, Any], subprocess.Popen[str]]:
     """Start the simulator and wait until it is ready.
 
     Args:
@@ -52,6 +54,8 @@ def start(workdir: str | os.PathLike[str], *, scenario: str | None = None, tenan
         timeout: seconds to wait for readiness (large scenarios take longer to generate).
         python: interpreter (default: this one).
         stderr_path: where the simulator's stderr goes (default: WORKDIR/simulator.log).
+        cloud: the Microsoft cloud to impersonate (SIMULATOR_CLOUD: public, usgov, usgovdod, china; default: the
+            caller's SIMULATOR_CLOUD, else public).
 
     Returns:
         (info, process). The process exits by itself when this process dies (`--parent-pid`).
@@ -71,6 +75,8 @@ def start(workdir: str | os.PathLike[str], *, scenario: str | None = None, tenan
         cmd += ["--scenario", scenario, "--tenants", str(max(tenants, 1)), "--seed", str(seed)]
     cmd += list(extra_args)
     env = dict(os.environ)
+    if cloud is not None:
+        env["SIMULATOR_CLOUD"] = cloud
     env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     log = open(log_path, "w")  # noqa: SIM115 - handed to the child; closed below
     try:

@@ -35,6 +35,7 @@ from simulator.auth import (
     graph_error,
     intune_error,
 )
+from simulator.clouds import ACTIVE
 from simulator.entra import INTUNE_RESOURCE, Entra, EntraError, err_outage, err_tenant_not_found
 from simulator.faults import Fault, Faults, request_tenant
 from simulator.throttle import Clock, Decision, Throttle
@@ -352,6 +353,8 @@ def build_app(base_url: str, ca_path: Path, workdir: Path, *, clock: Clock | Non
         "base_url": base_url, "ca_path": str(ca_path), "pid": None,
         "authority": base_url, "graph_base_url": base_url, "key_vault_url": base_url,
         "intune_resource": INTUNE_RESOURCE,
+        # The Microsoft cloud impersonated (SIMULATOR_CLOUD, simulator/clouds.py): clients set AZURE_CLOUD to it.
+        "cloud": ACTIVE.name,
         # The DNS name the discovered Intune service URLs live under here (Azure: *.manage.microsoft.com).
         "intune_service_domains": urlsplit(base_url).hostname,
         "connector": {"client_id": entra.connector.app_id, "client_secret": entra.connector.secrets[0],
