@@ -242,15 +242,24 @@ class GraphClient:
         For low-volume calls (docs/architecture.md, "msgraph-sdk"): the SDK shares this client's httpx transport,
         RetryTransport (the one retry layer), meter and token host pinning; errors are mapped like the raw path's.
 
+        A 401 drops the cached token and the SDK client and tries once more, as the raw path does (keys rolled,
+        consent changed); a second 401 is mapped like any other status.
+
         Raises:
             see :func:`raise_for_sdk_error` and TenantCredentials.get_token.
         """
-        await self.ensure_token()
-        try:
-            return await request(self.sdk)
-        except Exception as exc:
-            raise_for_sdk_error(exc, permission=permission)
-            raise
+        for attempt in (1, 2):
+            await self.ensure_token()
+            try:
+                return await request(self.sdk)
+            except Exception as exc:
+                if attempt == 1 and getattr(exc, "response_status_code", None) == 401:
+                    await self._credentials.forget(self.tenant_id)
+                    self._sdk = None  # its auth provider holds the forgotten credential
+                    continue
+                raise_for_sdk_error(exc, permission=permission)
+                raise
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     async def ensure_token(self) -> None:
         """Acquire (and cache) a Graph token now, so consent problems surface before any data call.

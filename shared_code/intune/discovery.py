@@ -45,6 +45,61 @@ MISSING_RECHECK_SECONDS = 300
 T = TypeVar("T")
 
 
+async def read_intune_endpoints(graph: GraphClient) -> tuple[list[dict[str, Any]], str]:
+    """The Intune service principal's endpoints as ``{"providerName", "uri"}`` dicts, or ``([], why)`` without one.
+
+    Two low-volume calls through msgraph-sdk's typed builders (``GraphClient.typed``; docs/architecture.md,
+    "msgraph-sdk"), imported here so no route's cold start pays for the SDK:
+    ``GET /servicePrincipals?$filter=appId eq '0000000a-…'&$select=id,appId`` (``service_principals.get``) and
+    ``GET /servicePrincipals/{id}/endpoints`` (``service_principals.by_service_principal_id(id).endpoints.get``,
+    following ``@odata.nextLink``). Permission ``Application.Read.All``.
+
+    Raises:
+        PermissionMissingError, ConsentRequiredError, RetriableError, FatalError: see ``GraphClient.typed``;
+        FatalError also for a repeated nextLink.
+    """
+    from kiota_abstractions.base_request_configuration import RequestConfiguration
+    from msgraph.generated.service_principals.service_principals_request_builder import (
+        ServicePrincipalsRequestBuilder,
+    )
+
+    sp_call = call("graph.intune_service_principal")
+    query = ServicePrincipalsRequestBuilder.ServicePrincipalsRequestBuilderGetQueryParameters(
+        filter=f"appId eq '{INTUNE_APP_ID}'", select=["id", "appId"]
+    )
+    config = RequestConfiguration(query_parameters=query)
+    principals = await graph.typed(lambda sdk: sdk.service_principals.get(request_configuration=config),
+                                   permission=sp_call.permission)
+    matches = [sp for sp in (principals.value if principals else None) or []
+               if str(sp.app_id or "").lower() == INTUNE_APP_ID]
+    if not matches:
+        return [], f"no Intune service principal (appId {INTUNE_APP_ID}) in the tenant: is Intune licensed?"
+    sp_id = str(matches[0].id)
+    ep_call = call("graph.service_principal_endpoints")
+    page = await graph.typed(lambda sdk: sdk.service_principals.by_service_principal_id(sp_id).endpoints.get(),
+                             permission=ep_call.permission)
+    endpoints: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    while page is not None:
+        endpoints.extend({"providerName": ep.provider_name, "uri": ep.uri} for ep in page.value or [])
+        next_link = page.odata_next_link
+        if not next_link:
+            break
+        if next_link in seen:
+            msg = f"Graph repeated a nextLink: paging loop on /servicePrincipals/{sp_id}/endpoints"
+            raise FatalError(msg)
+        seen.add(next_link)
+        page = await graph.typed(_next_endpoints_page(sp_id, next_link), permission=ep_call.permission)
+    return endpoints, ""
+
+
+def _next_endpoints_page(sp_id: str, url: str) -> Callable[[Any], Awaitable[Any]]:
+    def request(sdk: Any) -> Awaitable[Any]:
+        return sdk.service_principals.by_service_principal_id(sp_id).endpoints.with_url(url).get()  # type: ignore[no-any-return]
+
+    return request
+
+
 class IntuneServiceMissingError(FatalError):
     """The tenant's Intune service principal lists no usable endpoint for a partner service (or there is none).
 
@@ -225,25 +280,8 @@ class DiscoveryService:
         """
         self.discoveries += 1
         graph = self._graph_for(tenant_id)
-        endpoints: list[dict[str, Any]] = []
-        missing_sp = ""
         try:
-            sp_call = call("graph.intune_service_principal")
-            page = await graph.get_json(
-                "/servicePrincipals",
-                permission=sp_call.permission,
-                params={"$filter": f"appId eq '{INTUNE_APP_ID}'", "$select": "id,appId"},
-            )
-            matches = [sp for sp in page.get("value", []) if str(sp.get("appId", "")).lower() == INTUNE_APP_ID]
-            if not matches:
-                missing_sp = f"no Intune service principal (appId {INTUNE_APP_ID}) in the tenant: is Intune licensed?"
-            else:
-                sp_id = str(matches[0]["id"])
-                ep_call = call("graph.service_principal_endpoints")
-                async for ep_page in graph.pages(
-                    f"/servicePrincipals/{sp_id}/endpoints", permission=ep_call.permission
-                ):
-                    endpoints.extend(ep_page.get("value", []))
+            endpoints, missing_sp = await read_intune_endpoints(graph)
         finally:
             await graph.aclose()
         now = self._now()

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from shared_code.adapters.http_retry import UsageMeter
-from shared_code.errors import NotFoundError, PermissionMissingError
+from shared_code.errors import FatalError, NotFoundError, PermissionMissingError
 from shared_code.identity.mam import read_registrations, summarize
 
 PERMISSION = "DeviceManagementApps.Read.All"
@@ -96,3 +96,27 @@ async def test_a_throttled_typed_call_is_retried_once_by_the_one_retry_layer(
         sim.clear_faults()
     assert registrations
     assert (meter.requests, meter.throttled, meter.retries) == (2, 1, 1)
+
+
+async def test_a_rejected_token_is_refreshed_once_then_mapped(
+    sim: Any, app_container: Any, tenant: dict[str, Any]
+) -> None:
+    tid = tenant["tenant_id"]
+    sim.fault("status", match={"tenant": tid, "path_prefix": "/v1.0/users"}, count=1, status=401)
+    meter = UsageMeter()
+    graph = app_container.graph(tid, meter)
+    try:
+        registrations = await read_registrations(graph, tenant["owner"], permission=PERMISSION)
+    finally:
+        await graph.aclose()
+        sim.clear_faults()
+    assert registrations
+    assert meter.requests == 2 and meter.statuses.get(401) == 1
+    sim.fault("status", match={"tenant": tid, "path_prefix": "/v1.0/users"}, count=2, status=401)
+    graph = app_container.graph(tid, UsageMeter())
+    try:
+        with pytest.raises(FatalError):
+            await read_registrations(graph, tenant["owner"], permission=PERMISSION)
+    finally:
+        await graph.aclose()
+        sim.clear_faults()
