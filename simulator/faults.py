@@ -110,8 +110,8 @@ class Faults:
             raise FaultError("latency_ms must be an integer 0..60000", "latency_ms")
         if kind == "latency" and latency_ms == 0:
             raise FaultError("latency needs latency_ms > 0", "latency_ms")
-        if kind == "throttle" and retry_after is None:
-            retry_after = 1.0
+        if kind == "throttle" and retry_after is None and "retry_after" not in spec:
+            retry_after = 1.0  # an explicit null sends the 429 without Retry-After
         with self._lock:
             f = Fault(
                 id=next(self._ids), kind=kind, tenant=match.get("tenant"), path_prefix=match.get("path_prefix"),

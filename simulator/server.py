@@ -80,9 +80,12 @@ def make_tls(workdir: Path) -> tuple[ssl.SSLContext, Path]:
 
 
 # ---- responses used by the middleware -------------------------------------------------------------------------------
-def _throttle_response(fam: str | None, request: web.Request, retry_after: float, scope: str | None,
+def _throttle_response(fam: str | None, request: web.Request, retry_after: float | None, scope: str | None,
                        info: str | None, ru: int | None, pct: float | None) -> web.Response:
-    headers = {"Retry-After": fmt_seconds(retry_after)}
+    # Retry-After is "not always included" in a 429; clients back off exponentially then
+    # (learn.microsoft.com/graph/throttling, "If no Retry-After header is provided ..."): a throttle fault with
+    # an explicit `"retry_after": null` omits it.
+    headers = {"Retry-After": fmt_seconds(retry_after)} if retry_after is not None else {}
     if fam == "graph":
         # 429 TooManyRequests with Retry-After + throttle headers (graph.md §1–2, learn.microsoft.com/graph/throttling).
         if scope:
@@ -194,7 +197,7 @@ async def core_middleware(request: web.Request, handler: Any) -> web.StreamRespo
                 counters.record_request(tenant, route)
                 if f.kind == "throttle":
                     counters.record_throttled(tenant, route)
-                    resp = _throttle_response(fam, request, f.retry_after or 1.0, None, "InjectedFault", None, None)
+                    resp = _throttle_response(fam, request, f.retry_after, None, "InjectedFault", None, None)
                 elif f.kind == "reset":
                     resp = _reset(request)
                 elif f.kind == "redirect":

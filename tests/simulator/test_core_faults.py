@@ -69,6 +69,15 @@ def test_truncated_body(clean: SimHandle) -> None:
     assert sim.get("/v1.0/users", token).status_code == 200
 
 
+def test_throttle_without_retry_after(clean: SimHandle) -> None:
+    sim = clean
+    tid = sim.tenant_ids[0]
+    add(sim, kind="throttle", match={"tenant": tid, "path_prefix": "/v1.0/users"}, count=1, retry_after=None)
+    r = sim.get("/v1.0/users?$top=1", sim.app_token(tid))
+    assert r.status_code == 429 and "Retry-After" not in r.headers
+    assert r.json()["error"]["code"] == "TooManyRequests"
+
+
 def test_latency_fault_is_consumed(clean: SimHandle) -> None:
     sim = clean
     token = sim.app_token(sim.tenant_ids[0])
