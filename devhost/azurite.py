@@ -76,6 +76,20 @@ class Azurite:
         if self._owns_location:
             shutil.rmtree(self.location, ignore_errors=True)
 
+    def restart(self, timeout: float = 60.0) -> None:
+        """Stop Azurite and start it again on the same ports with the same data folder (an emulator restart).
+
+        Raises:
+            AzuriteError: it did not come back within ``timeout``.
+        """
+        _kill_group(self.process)
+        again = start_azurite(self.location, host=self.host, timeout=timeout,
+                              ports=(self.blob_port, self.queue_port, self.table_port))
+        with contextlib.suppress(ValueError):
+            atexit.unregister(again.stop)
+        self.process = again.process
+        self.startup_seconds = again.startup_seconds
+
     def __enter__(self) -> Azurite:
         return self
 
@@ -138,6 +152,7 @@ def start_azurite(
     azurite_bin: str | os.PathLike[str] | None = None,
     host: str = "127.0.0.1",
     timeout: float = 60.0,
+    ports: tuple[int, int, int] | None = None,
 ) -> Azurite:
     """Start Azurite on OS-chosen free ports and wait until it answers real SDK calls.
 
@@ -146,6 +161,7 @@ def start_azurite(
         azurite_bin: path of the ``azurite`` executable; ``AZURITE_BIN`` env or the repo's node_modules by default.
         host: listen address.
         timeout: seconds to wait for readiness before giving up.
+        ports: blob, queue and table ports (default: chosen by the OS); given by :meth:`Azurite.restart`.
 
     Returns:
         A started :class:`Azurite` handle (also a context manager).
@@ -162,11 +178,12 @@ def start_azurite(
     loc = Path(tempfile.mkdtemp(prefix="azurite-")) if location is None else Path(location)
     loc.mkdir(parents=True, exist_ok=True)
     log_path = loc / "azurite.out.log"
+    blob, queue, table = ports or (0, 0, 0)
     args = [
         str(binary),
         "--location", str(loc),
         "--blobHost", host, "--queueHost", host, "--tableHost", host,
-        "--blobPort", "0", "--queuePort", "0", "--tablePort", "0",
+        "--blobPort", str(blob), "--queuePort", str(queue), "--tablePort", str(table),
         # --silent drops the access log, not the "listening at" lines we read the ports from.
         "--silent",
         # Newer SDKs send API versions Azurite 3.35 does not know (Azure/Azurite README, "--skipApiVersionCheck").

@@ -1,4 +1,4 @@
-"""devhost.azurite: free ports, readiness, and no process left behind."""
+"""devhost.azurite: free ports, readiness, restart on the same ports with the data kept, no process left behind."""
 
 from __future__ import annotations
 
@@ -18,6 +18,15 @@ def test_start_and_stop_leaves_nothing_behind(azurite):
         with QueueServiceClient.from_connection_string(second.connection_string) as qs:
             qs.create_queue("probe")
             assert [q.name for q in qs.list_queues()] == ["probe"]
+            qs.get_queue_client("probe").send_message("kept")
+        # An emulator restart: same ports and data, a new process.
+        old_pid, ports = second.process.pid, (second.blob_port, second.queue_port, second.table_port)
+        second.restart()
+        assert (second.blob_port, second.queue_port, second.table_port) == ports and second.process.pid != old_pid
+        with pytest.raises(ProcessLookupError):
+            os.killpg(old_pid, 0)
+        with QueueServiceClient.from_connection_string(second.connection_string) as qs:
+            assert [m.content for m in qs.get_queue_client("probe").peek_messages()] == ["kept"]
         pid, location = second.process.pid, second.location
     finally:
         second.stop()
