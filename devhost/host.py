@@ -539,10 +539,14 @@ class DevHost:
         return result if ok else None
 
     # ------------------------------------------------------------------ queues
-    async def drain_queues(self, timeout: float = 60.0) -> dict[str, int]:  # noqa: ASYNC109 - API asked for
+    async def drain_queues(
+        self, timeout: float = 60.0, *, visible_only: bool = False  # noqa: ASYNC109 - API asked for
+    ) -> dict[str, int]:
         """Process until every trigger queue is empty and no invocation is running.
 
-        Messages waiting out a retry ``visibilityTimeout`` still count as "not empty".
+        Messages waiting out a retry ``visibilityTimeout`` still count as "not empty", unless ``visible_only``:
+        then only messages that could be received now count (a message sent with a delay waits for a later drain,
+        as it would wait for real time to pass).
 
         Returns:
             Messages left per queue (all zero on success).
@@ -555,18 +559,28 @@ class DevHost:
         while True:
             # Order matters: idle first, then counts. A message enqueued by an invocation is in the queue before that
             # invocation stops counting as running, so "idle, then empty" cannot miss it.
-            idle = all(p.in_flight == 0 for p in self._pollers.values()) and all(
-                s.running == 0 for s in self.stats.values()
-            )
+            idle = self._idle()
             counts = {p.queue_name: await p.approximate_count() for p in self._pollers.values()}
             if idle and not any(counts.values()):
                 return counts
+            if idle and visible_only:
+                # Idle, nothing receivable, and still idle with no invocation started meanwhile (a message received
+                # between the two looks would otherwise be missed).
+                started = sum(s.invocations for s in self.stats.values())
+                visible = any([await p.has_visible() for p in self._pollers.values()])
+                if not visible and self._idle() and started == sum(s.invocations for s in self.stats.values()):
+                    return counts
             if time.monotonic() > deadline:
                 running = {n: s.running for n, s in self.stats.items() if s.running}
                 raise TimeoutError(f"queues not drained after {timeout}s: messages={counts} running={running}")
             for p in self._pollers.values():
                 p.wake()
             await asyncio.sleep(0.02)
+
+    def _idle(self) -> bool:
+        return all(p.in_flight == 0 and not p.receiving for p in self._pollers.values()) and all(
+            s.running == 0 for s in self.stats.values()
+        )
 
     async def queue_counts(self) -> dict[str, int]:
         """Approximate message count of every trigger queue and its poison queue."""

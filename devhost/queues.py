@@ -96,6 +96,7 @@ class QueuePoller:
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.in_flight = 0
+        self.receiving = False
         self.polls = 0
 
     async def start(self) -> None:
@@ -112,6 +113,10 @@ class QueuePoller:
         """Messages in the queue, visible or not (Get Queue Metadata ``x-ms-approximate-messages-count``)."""
         props = await self._client.get_queue_properties()
         return int(props.approximate_message_count or 0)
+
+    async def has_visible(self) -> bool:
+        """Whether a message can be received now (Peek Messages sees visible messages only)."""
+        return bool(await self._client.peek_messages(max_messages=1))
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop polling, let running invocations finish (up to ``grace`` seconds), close clients."""
@@ -138,6 +143,8 @@ class QueuePoller:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
+            # While a receive is under way a message may be invisible without being in flight yet.
+            self.receiving = True
             try:
                 self.polls += 1
                 messages = [
@@ -147,6 +154,7 @@ class QueuePoller:
                     )
                 ]
             except asyncio.CancelledError:
+                self.receiving = False
                 raise
             except Exception as exc:  # noqa: BLE001 - storage hiccups must not kill the poller
                 log.warning("queue %s: receive failed: %r", self.queue_name, exc)
@@ -158,7 +166,9 @@ class QueuePoller:
                     task = asyncio.create_task(self._process(m))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
+                self.receiving = False
                 continue
+            self.receiving = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
             if self._wake.is_set():

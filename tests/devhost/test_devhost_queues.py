@@ -150,6 +150,17 @@ async def test_visibility_timeout_delays_retry_and_drain_waits_for_it(make_host,
     assert host.stats["work"].poisoned == 1
 
 
+async def test_drain_of_visible_messages_leaves_a_delayed_one_for_later(make_host, azurite, queue_name):
+    host = await make_host()
+    with _sender(azurite.connection_string, queue_name) as q:
+        q.send_message(json.dumps({"action": "ok", "n": 1}), visibility_timeout=600)
+        q.send_message(json.dumps({"action": "ok", "n": 2}))
+        remaining = await host.drain_queues(timeout=30, visible_only=True)
+        assert remaining == {queue_name: 1}  # the delayed message is still there, not waited for
+        assert [d["n"] for d in sample.RECORD["work_ok"]] == [2]
+        assert q.peek_messages(max_messages=1) == []
+
+
 async def test_str_annotated_queue_trigger_gets_the_text(azurite, queue_name):
     import azure.functions as func
 
