@@ -44,8 +44,11 @@ bench: venv
 fuzz: venv
 	$(PY) -m tests.fuzz.run --full
 
+## make chaos [CHAOS_RUNS=200]: the scripted chaos scenarios, then the seeded random fault campaign (last line:
+## runs=N lost=0 duplicates=0 diverged=0 wrongly_deactivated=0). Replay one seed: python -m tests.chaos.campaign --seed S
 chaos: venv
-	$(PY) -m pytest -q -m chaos tests
+	$(PY) -m pytest -q -p no:cacheprovider -m chaos tests
+	$(PY) -m tests.chaos.campaign --runs $(or $(CHAOS_RUNS),200)
 
 infra-check:
 	bash infra/check.sh
