@@ -317,7 +317,7 @@ class Campaign:
 
     def _probe_faults(self) -> set[str]:
         kinds = set()
-        for kind in ("round_empty", "round_truncated", "members_short", "malformed", "intune_missing",
+        for kind in ("round_empty", "round_truncated", "members_short", "html", "redirect", "intune_missing",
                      "replication_lag"):
             try:
                 self.sim.call("POST", "/_sim/faults", json={"kind": kind, "match": {"tenant": str(uuid.uuid4())}})
@@ -566,7 +566,8 @@ class Run:
         count = rng.choice((1, 2, MAX_RETRIES + 1, 6))
         names = ["throttle", "throttle_no_retry_after", "5xx", "504", "reset", "truncate", "slow", "delta_410",
                  "delta_sync_state", "token_outage", "keyvault_outage", "consent_revoked"]
-        names += sorted({"round_empty", "round_truncated", "members_short", "malformed"} & self.c.supported)
+        names += sorted({"round_empty", "round_truncated", "members_short", "redirect"} & self.c.supported)
+        names += ["malformed"] if "html" in self.c.supported else []
         name = rng.choice(names)
         if name == "throttle":
             sim.fault("throttle", match=match, count=count, retry_after=rng.choice((0.01, 0.05)))
@@ -577,8 +578,11 @@ class Run:
                       retry_after=rng.choice((None, 0.01)))
         elif name == "504":
             sim.fault("status", match=match, count=count, status=504)
-        elif name in ("reset", "truncate", "malformed"):
+        elif name in ("reset", "truncate", "redirect"):
             sim.fault(name, match=match, count=count)
+        elif name == "malformed":
+            # An HTML page instead of JSON, with a 200 or an error status (a proxy's or front door's answer).
+            sim.fault("html", match=match, count=count, status=rng.choice((200, 502, 503)))
         elif name == "slow":
             sim.fault("latency", match=match, count=count, latency_ms=int(READ_TIMEOUT * 1000) + 300)
         elif name in ("delta_410", "delta_sync_state"):
@@ -885,7 +889,7 @@ def replay_command(seed: int) -> str:
     return f".venv/bin/python -m tests.chaos.campaign --seed {seed}"
 
 
-ALL_FAULTS = ("throttle", "throttle_no_retry_after", "5xx", "504", "reset", "truncate", "malformed", "slow",
+ALL_FAULTS = ("throttle", "throttle_no_retry_after", "5xx", "504", "reset", "truncate", "malformed", "redirect", "slow",
               "round_empty", "round_truncated", "members_short", "delta_410", "delta_sync_state", "token_outage",
               "consent_revoked", "keyvault_outage", "azurite_restart", "host_kill", "duplicate_messages",
               "concurrent_messages", "worker_restart", "clock_jump")
