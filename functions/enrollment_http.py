@@ -12,8 +12,12 @@ import azure.functions as func
 from functions.http_support import MANAGE, READ, RequestContext, handle, json_response
 from shared_code.enrollment.poison import build_poison_service
 from shared_code.enrollment.service import MAX_PAGE, EnrollmentService, build_enrollment_service
+from shared_code.validation import Obj, Prop, Str
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
+
+# openapi.yaml's ApproveInput: the approval names the plan the console reviewed (status / dry run ``planId``).
+APPROVE_BODY = Obj({"planId": Prop(Str(max_length=64, pattern=r"plan-[0-9a-f]{24}"), required=True)})
 
 
 def _service(ctx: RequestContext) -> EnrollmentService:
@@ -52,7 +56,8 @@ def _caller(ctx: RequestContext) -> str:
 
 async def _approve(ctx: RequestContext) -> func.HttpResponse:
     tenant_id = ctx.guid("tenantId")
-    return json_response(await _service(ctx).approve(tenant_id, _caller(ctx)), status=202)
+    body = ctx.body(APPROVE_BODY)
+    return json_response(await _service(ctx).approve(tenant_id, _caller(ctx), body["planId"]), status=202)
 
 
 async def _requeue(ctx: RequestContext) -> func.HttpResponse:

@@ -322,7 +322,7 @@ async def _handle(req: func.HttpRequest, role: str, action: Action) -> func.Http
     except ConfigInvalidError as exc:
         return problem(409, "config-invalid", str(exc), field=exc.field)
     except ConflictError as exc:
-        return problem(409, "conflict", str(exc))
+        return problem(409, "conflict", str(exc), **exc.details)
     except PermissionMissingError as exc:
         return problem(424, "permission-missing", f"permission_missing: {exc.permission}", permission=exc.permission)
     except ConsentRequiredError:

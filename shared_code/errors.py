@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ConnectorError(Exception):
     """Base of every error the connector raises on purpose."""
@@ -81,7 +83,20 @@ class NotFoundError(FatalError):
 
 
 class ConflictError(FatalError):
-    """The request conflicts with current state (ETag mismatch, connector not enabled, …)."""
+    """The request conflicts with current state (ETag mismatch, connector not enabled, …).
+
+    Attributes:
+        details: extra members for the 409 problem (e.g. the current plan when an approval named another one).
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
+                 details: dict[str, Any] | None = None) -> None:
+        super().__init__(message, status=status, code=code)
+        self.details = dict(details or {})
+
+
+class InconsistentReadError(RetriableError):
+    """What Graph answered contradicts itself (a glitched or not yet replicated read): nothing is written, retry."""
 
 
 class ConfigInvalidError(ConflictError):

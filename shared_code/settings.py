@@ -42,6 +42,7 @@ SETTING_NAMES: tuple[str, ...] = (
     "UPLOAD_RESULTS_SCHEDULE",
     "POLL_INTERVAL_MINUTES",
     "FULL_RECONCILE_HOURS",
+    "PENDING_GIVE_UP_HOURS",
     "POLL_QUEUE_NAME",
     "TABLE_PREFIX",
     "QUARANTINE_AFTER_FAILURES",
@@ -82,6 +83,8 @@ SETTING_DEFAULTS: dict[str, str] = {
     "POLL_INTERVAL_MINUTES": "5",
     # Delta tokens for directory objects live 7 days; a daily full reconcile stays well inside that (graph.md §4).
     "FULL_RECONCILE_HOURS": "24",
+    # Objects Graph cannot read yet (replication lag) are retried for this long, then given up and reported.
+    "PENDING_GIVE_UP_HOURS": "24",
     "POLL_QUEUE_NAME": "tenant-polls",
     "TABLE_PREFIX": "",
     "QUARANTINE_AFTER_FAILURES": "5",
@@ -149,6 +152,7 @@ class Settings:
     intune_discovery_ttl_seconds: int = 86400
     poll_interval_minutes: int = 5
     full_reconcile_hours: int = 24
+    pending_give_up_hours: int = 24
     poll_queue_name: str = SETTING_DEFAULTS["POLL_QUEUE_NAME"]
     table_prefix: str = ""
     quarantine_after_failures: int = 5
@@ -222,6 +226,7 @@ class Settings:
             intune_discovery_ttl_seconds=_int(env, "INTUNE_DISCOVERY_TTL_SECONDS"),
             poll_interval_minutes=_int(env, "POLL_INTERVAL_MINUTES"),
             full_reconcile_hours=_int(env, "FULL_RECONCILE_HOURS"),
+            pending_give_up_hours=_int(env, "PENDING_GIVE_UP_HOURS"),
             poll_queue_name=_str(env, "POLL_QUEUE_NAME"),
             table_prefix=_str(env, "TABLE_PREFIX"),
             quarantine_after_failures=_int(env, "QUARANTINE_AFTER_FAILURES"),

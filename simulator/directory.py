@@ -217,6 +217,28 @@ class Tenant:
     seq: int = 0
     next_ord: int = 0
     epoch: str = field(default_factory=lambda: uuid.uuid4().hex[:8])  # changes on reset → old tokens invalid
+    # Replication lag (simulated clock, epoch seconds): Entra is eventually consistent, so an object or link written
+    # now may not be readable on every replica yet — a new object answers 404 Request_ResourceNotFound and a new
+    # link is absent, while the change journal (delta) already reports it
+    # (https://devblogs.microsoft.com/identity/designing-for-eventual-consistency-for-microsoft-entra/,
+    # https://blogs.aaddevsup.xyz/2021/08/why-do-i-sometimes-get-a-404-when-trying-to-update-an-azure-directory-object-after-i-just-created-it/).
+    readable_at: dict[str, float] = field(default_factory=dict)               # user/device id → readable from
+    owner_readable_at: dict[str, float] = field(default_factory=dict)         # device id → its owner link from
+    member_readable_at: dict[tuple[str, str], float] = field(default_factory=dict)  # (group, member) → from
+    now: float = 0.0  # the simulated clock when the current mutation runs (set by World.mutate)
+
+    # ---- replication lag ----------------------------------------------------------------------------------------
+    def lagging(self, obj_id: str, now: float) -> bool:
+        """Whether an object is not readable yet (by id) at ``now``."""
+        return bool(self.readable_at) and now < self.readable_at.get(obj_id, 0.0)
+
+    def owner_visible(self, device_id: str, now: float) -> bool:
+        """Whether a device's registered-owner link is readable at ``now``."""
+        return not self.owner_readable_at or now >= self.owner_readable_at.get(device_id, 0.0)
+
+    def member_visible(self, group_id: str, member_id: str, now: float) -> bool:
+        """Whether a membership is readable through members / memberOf at ``now`` (delta reports it at once)."""
+        return not self.member_readable_at or now >= self.member_readable_at.get((group_id, member_id), 0.0)
 
     # ---- bookkeeping ------------------------------------------------------------------------------------------
     def new_ord(self) -> int:
@@ -476,6 +498,11 @@ class World:
         result = fn(self, t, args)
         return {"ok": True, "op": op, "seq": t.seq, **(result or {})}
 
+    def mutate_at(self, tenant_id: str, op: str, args: dict[str, Any], now: float) -> dict[str, Any]:
+        """:meth:`mutate` at simulated time ``now`` (what ``lag_seconds`` / ``owner_lag_seconds`` count from)."""
+        self.tenant(tenant_id).now = now
+        return self.mutate(tenant_id, op, args)
+
 
 # ---- mutation helpers ------------------------------------------------------------------------------------------
 
@@ -520,6 +547,16 @@ def _device(t: Tenant, args: dict[str, Any], f: str = "device_id") -> Device:
     return d
 
 
+def _lag(t: Tenant, a: dict[str, Any], name: str = "lag_seconds") -> float | None:
+    """``now + lag`` when the mutation asks for replication lag (a number 0..86400 of simulated seconds)."""
+    lag = a.get(name)
+    if lag is None:
+        return None
+    if not isinstance(lag, int | float) or isinstance(lag, bool) or not 0 <= lag <= 86400:
+        raise DirectoryError(f"{name} must be a number of seconds 0..86400", name)
+    return t.now + float(lag)
+
+
 def _add_member(t: Tenant, g: Group, member_id: str, field_name: str) -> dict[str, Any]:
     obj = t.find(member_id)
     if obj is None:
@@ -541,7 +578,12 @@ def _remove_member(t: Tenant, g: Group, member_id: str, field_name: str) -> dict
 
 
 def _op_add_member(w: World, t: Tenant, a: dict[str, Any]) -> dict[str, Any]:
-    return _add_member(t, _group(t, a), _arg(a, "member_id"), "member_id")
+    g = _group(t, a)
+    result = _add_member(t, g, _arg(a, "member_id"), "member_id")
+    until = _lag(t, a)
+    if until is not None:
+        t.member_readable_at[(g.id, str(a["member_id"]))] = until
+    return result
 
 
 def _op_remove_member(w: World, t: Tenant, a: dict[str, Any]) -> dict[str, Any]:
@@ -639,6 +681,9 @@ def _op_add_user(w: World, t: Tenant, a: dict[str, Any]) -> dict[str, Any]:
     if upn.casefold() in t.upn_index:
         raise DirectoryError("userPrincipalName already used", "userPrincipalName")
     u = User(uid, upn, name, _arg(a, "accountEnabled", bool, required=False, default=True), upn, t.new_ord())
+    until = _lag(t, a)
+    if until is not None:
+        t.readable_at[u.id] = until
     t.users.add(u)
     t.upn_index[upn.casefold()] = u.id
     t.log("users", u.id, "new")
@@ -682,6 +727,11 @@ def _op_add_device(w: World, t: Tenant, a: dict[str, Any]) -> dict[str, Any]:
                _arg(a, "isManaged", bool, required=False, default=False),
                _arg(a, "isCompliant", bool, required=False, default=False), True, "2026-01-01T00:00:00Z",
                None, t.new_ord())
+    until, owner_until = _lag(t, a), _lag(t, a, "owner_lag_seconds")
+    if until is not None:
+        t.readable_at[d.id] = until
+    if owner_until is not None:
+        t.owner_readable_at[d.id] = owner_until
     t.devices.add(d)
     t.device_id_index[d.device_id] = d.id
     if owner is not None:

@@ -1,5 +1,5 @@
 """Injected faults: latency, forced 429 storms, 5xx, connection resets, truncated bodies, token outages, delta expiry,
-redirects and non-JSON bodies.
+redirects, non-JSON bodies and glitched membership rounds.
 
 `redirect` answers a 3xx whose `Location` names another host (`https://redirected.invalid` + the same path): what a
 client that follows redirects would send its bearer token to. RFC 9110 §15.4 lets any server answer 3xx; kiota's
@@ -7,8 +7,13 @@ RedirectHandler follows them by default. `html` answers an HTML page (default st
 between the client and the service may (Azure Front Door's error pages are HTML): a client must not crash decoding it.
 
 Faults are added through `POST /_sim/faults` and consumed one request at a time (count), matched on tenant, path
-prefix and method. The core middleware applies every kind except `delta_expiry`, which the Graph delta handler
-consumes through `Faults.consume("delta_expiry", request)`.
+prefix and method. The core middleware applies the transport kinds; the Graph delta handler consumes the rest
+(`delta_expiry` on a token, and the glitches of a *new* `groups/delta` round: `round_empty` — the round answers no
+groups and an intact deltaLink; `round_truncated` — the page is cut in half and ends the round with a deltaLink;
+`members_short` — every group record of the page loses the second half of its `members@delta`, as member pages
+that ended early). Graph is an eventually consistent, distributed directory (a read can miss what a replica has not
+seen yet: https://devblogs.microsoft.com/identity/designing-for-eventual-consistency-for-microsoft-entra/), and the
+connector must never turn such a read into deactivations (issue 10 §2).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from typing import Any
 from aiohttp import web
 
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-KINDS = ("latency", "throttle", "status", "reset", "truncate", "token_outage", "delta_expiry", "redirect", "html")
+KINDS = ("latency", "throttle", "status", "reset", "truncate", "token_outage", "delta_expiry", "redirect", "html",
+         "round_empty", "round_truncated", "members_short")
 _STATUS_RANGES = {"redirect": (301, 308, 302), "html": (200, 599, 200)}
 
 

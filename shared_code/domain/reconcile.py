@@ -60,19 +60,26 @@ class Facts:
     unresolved: frozenset[str] = frozenset()
 
 
+# Why a device left (the guard judges causes; membership-derived causes are re-verified before they are applied).
+DELETED, PLATFORM, OWNER_CHANGED, OWNER_DISABLED, GROUP_UNRESOLVED, LEFT_GROUP = (
+    "deleted", "platform", "owner_changed", "owner_disabled", "group_unresolved", "left_group",
+)
+
+
 @dataclass(frozen=True)
 class PlanItem:
-    """One change: the action, the device record to store, and why."""
+    """One change: the action, the device record to store, and why (``cause``: a code for deactivations)."""
 
     action: str
     record: DeviceRecord
     reason: str
     via: str = ""
     path: str = OWNER
+    cause: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form (dry-run responses, logs)."""
-        return {
+        """JSON form (dry-run responses, logs, the guard's staged sample)."""
+        out: dict[str, Any] = {
             "action": self.action,
             "deviceId": self.record.device_id,
             "id": self.record.id,
@@ -80,6 +87,20 @@ class PlanItem:
             "operatingSystem": self.record.operating_system,
             "reason": self.reason,
         }
+        if self.action == DEACTIVATE:
+            out.update({"cause": self.cause, "via": self.via, "path": self.path})
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PlanItem:
+        """Inverse of :meth:`to_dict` (the fields the staged sample keeps)."""
+        owner = data.get("ownerId")
+        record = DeviceRecord(
+            id=str(data["id"]), device_id=str(data.get("deviceId") or ""),
+            operating_system=str(data.get("operatingSystem") or ""), owner_id=str(owner) if owner else None,
+        )
+        return cls(str(data["action"]), record, str(data.get("reason") or ""), str(data.get("via") or ""),
+                   str(data.get("path") or OWNER), str(data.get("cause") or ""))
 
 
 @dataclass(frozen=True)
@@ -124,24 +145,29 @@ def desired_set(
     return desired
 
 
-def deactivation_reason(stored: Stored, facts: Facts) -> str:
-    """Why a stored, enrolled device is no longer desired (most specific known cause first)."""
+def deactivation_cause(stored: Stored, facts: Facts) -> tuple[str, str]:
+    """Why a stored, enrolled device is no longer desired: ``(cause code, reason)``, most specific cause first."""
     did = stored.record.id
     if did in facts.deleted:
-        return "device deleted"
+        return DELETED, "device deleted"
     current = facts.current.get(did)
     if current is not None:
         if facts.platforms and not platform_matches(current.operating_system, facts.platforms):
-            return f"platform changed to {current.operating_system or 'unknown'}"
+            return PLATFORM, f"platform changed to {current.operating_system or 'unknown'}"
         if current.owner_id != stored.record.owner_id:
-            return "owner removed" if current.owner_id is None else "owner changed"
+            return OWNER_CHANGED, "owner removed" if current.owner_id is None else "owner changed"
     if stored.record.owner_id is not None and stored.record.owner_id in facts.disabled_owners:
-        return "owner disabled"
+        return OWNER_DISABLED, "owner disabled"
     if stored.via and stored.via in facts.unresolved:
-        return f"group {stored.via} no longer resolves"
+        return GROUP_UNRESOLVED, f"group {stored.via} no longer resolves"
     if stored.path == DIRECT:
-        return f"device left group {stored.via}"
-    return f"owner left group {stored.via}" if stored.via else "owner left enrollment scope"
+        return LEFT_GROUP, f"device left group {stored.via}"
+    return LEFT_GROUP, f"owner left group {stored.via}" if stored.via else "owner left enrollment scope"
+
+
+def deactivation_reason(stored: Stored, facts: Facts) -> str:
+    """Why a stored, enrolled device is no longer desired (the text of :func:`deactivation_cause`)."""
+    return deactivation_cause(stored, facts)[1]
 
 
 def enroll_reason(desired: Desired, stored: Stored | None) -> str:
@@ -179,6 +205,7 @@ def reconcile(desired: Mapping[str, Desired], stored: Mapping[str, Stored], fact
             items.append(PlanItem(UPDATE, want.record, reason, want.via, want.path))
     for did, have in stored.items():
         if have.state == ENROLLED and did not in desired:
-            items.append(PlanItem(DEACTIVATE, have.record, deactivation_reason(have, facts), have.via, have.path))
+            cause, reason = deactivation_cause(have, facts)
+            items.append(PlanItem(DEACTIVATE, have.record, reason, have.via, have.path, cause))
     items.sort(key=lambda i: (_ORDER[i.action], i.record.id))
     return Plan(tuple(items))

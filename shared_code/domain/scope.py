@@ -152,6 +152,9 @@ class Scope:
     users: dict[str, str]
     devices: dict[str, str]
     groups: frozenset[str]
+    # Groups the walk was told are in scope (a resolved root, or a member group of one) that the membership data does
+    # not hold: the read was inconsistent (domain.consistency), never silently skipped.
+    missing: frozenset[str] = frozenset()
 
     def may_contain(self, device_id: str, owner_id: str | None) -> bool:
         """Whether a device can be in scope whatever its platform (a strategy's cheap pre-filter)."""
@@ -188,18 +191,23 @@ def device_scope(
 def expand_scope(graph: MembershipGraph, resolved: Mapping[str, str]) -> Scope:
     """Walk every resolved group's tree (breadth first, cycle safe) collecting users and direct device members.
 
+    A group the walk reaches but the graph does not hold is recorded in ``missing`` (never silently skipped).
+
     Roots are visited in sorted name order so the ``via`` name of an object in several trees is deterministic.
     """
     users: dict[str, str] = {}
     devices: dict[str, str] = {}
     all_groups: set[str] = set()
+    missing: set[str] = set()
     for name in sorted(resolved):
         root = resolved[name]
         seen = {root}
         queue = [root]
         while queue:
-            node = graph.groups.get(queue.pop(0))
+            gid = queue.pop(0)
+            node = graph.groups.get(gid)
             if node is None:
+                missing.add(gid)
                 continue
             for mid, kind in node.members.items():
                 if kind == USER:
@@ -210,4 +218,4 @@ def expand_scope(graph: MembershipGraph, resolved: Mapping[str, str]) -> Scope:
                     seen.add(mid)
                     queue.append(mid)
         all_groups |= seen
-    return Scope(users, devices, frozenset(all_groups))
+    return Scope(users, devices, frozenset(all_groups), frozenset(missing))

@@ -39,6 +39,8 @@ class Cursor:
         generation: bumps on every full resync (a new round from scratch).
         committed_at: epoch seconds of the last commit.
         full_at: epoch seconds of the last full reconcile (groups stream).
+        pending: objects Graph could not read yet (``domain.pending``; groups stream), committed with the cursor so
+            the poll that moves the cursor past the change that named them also records them.
         etag: storage version; commits are compare-and-swap on it.
     """
 
@@ -47,6 +49,7 @@ class Cursor:
     generation: int = 0
     committed_at: float = 0.0
     full_at: float = 0.0
+    pending: str = ""
     etag: str | None = None
 
     def commit(self, delta_link: str, now: float, *, full: bool = False) -> Cursor:
@@ -88,6 +91,7 @@ def _to_row(cursor: Cursor) -> dict[str, Any]:
         "generation": cursor.generation,
         "committed_at": float(cursor.committed_at),
         "full_at": float(cursor.full_at),
+        "pending": cursor.pending,
     }
 
 
@@ -98,6 +102,7 @@ def _from_row(row: dict[str, Any], etag: str | None) -> Cursor:
         generation=int(row.get("generation") or 0),
         committed_at=float(row.get("committed_at") or 0.0),
         full_at=float(row.get("full_at") or 0.0),
+        pending=str(row.get("pending") or ""),
         etag=etag,
     )
 

@@ -43,7 +43,7 @@ from typing import Any
 
 from shared_code.adapters.graph import GraphClient
 from shared_code.adapters.http_retry import UsageMeter
-from shared_code.domain import guard
+from shared_code.domain import consistency, guard, pending
 from shared_code.domain.devices import (
     DeviceRecord,
     device_from_graph,
@@ -54,8 +54,10 @@ from shared_code.domain.devices import (
 from shared_code.domain.reconcile import (
     DEACTIVATE,
     ENROLLED,
+    GROUP_UNRESOLVED,
     Facts,
     Plan,
+    PlanItem,
     Stored,
     desired_set,
     reconcile,
@@ -73,7 +75,7 @@ from shared_code.enrollment import strategies
 from shared_code.enrollment.cursors import DEVICES, GROUPS, Cursor, CursorStore
 from shared_code.enrollment.reader import DirectoryReader, KeepAlive
 from shared_code.enrollment.store import EnrollmentStore
-from shared_code.errors import ConflictError, CursorExpiredError, NotFoundError
+from shared_code.errors import ConflictError, CursorExpiredError, InconsistentReadError, NotFoundError
 from shared_code.tenants import TenantConfig, TenantRecord, TenantRepository
 
 log = logging.getLogger("connector.enrollment")
@@ -120,7 +122,15 @@ def usage_of(error: BaseException) -> dict[str, int]:
 
 def approval_token(guard_status: Mapping[str, Any]) -> tuple[Any, ...]:
     """What identifies one approval of staged deactivations (changes with every approval)."""
-    return (guard_status.get("approvalId"), guard_status.get("approvedAt"), guard_status.get("approvedCount"))
+    return (guard_status.get("approvalId"), guard_status.get("approvedAt"), guard_status.get("approvedPlanId"))
+
+
+def approved_plan(guard_status: Mapping[str, Any]) -> str | None:
+    """The plan id an admin approved while deactivations are staged (None when none is pending)."""
+    if guard_status.get("state") != "deactivations_staged":
+        return None
+    approved = guard_status.get("approvedPlanId")
+    return str(approved) if approved else None
 
 
 @dataclass
@@ -142,6 +152,7 @@ class PollOutcome:
     desired: int = 0
     enrolled: int = 0
     shape: dict[str, Any] | None = None
+    plan_id: str = ""
 
     def summary(self, sample: int = PLAN_SAMPLE) -> dict[str, Any]:
         """JSON form (dry-run answer, logs)."""
@@ -150,6 +161,8 @@ class PollOutcome:
             "mode": self.mode,
             "dryRun": self.dry_run,
             "counts": self.plan.counts(),
+            # The ETag of this plan's deactivations: an approval names it (POST …/deactivations/approve).
+            "planId": self.plan_id or None,
             "applied": self.applied,
             "staged": self.staged,
             "desired": self.desired,
@@ -175,6 +188,7 @@ class _Ctx:
     devices_cursor: Cursor
     outcome: PollOutcome
     keepalive: KeepAlive | None = None
+    previous_started: float | None = None  # when the tenant's previous poll started (pending objects' backoff)
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -184,6 +198,20 @@ class _Ctx:
     @property
     def tenant_id(self) -> str:
         return self.record.config.tenant_id
+
+
+def _answered(
+    item: pending.Pending,
+    owned: Mapping[str, list[dict[str, Any]] | None],
+    devices: Mapping[str, dict[str, Any] | None],
+) -> bool:
+    """Whether a retried pending object is readable now (an owner link: the device answers with an owner)."""
+    if item.kind == pending.USER:
+        return owned.get(item.id) is not None
+    found = devices.get(item.id)
+    if found is None:
+        return False
+    return item.kind == pending.DEVICE or bool(found.get("registeredOwners"))
 
 
 class _NeedFull(Exception):
@@ -204,6 +232,7 @@ class PollEngine:
         full_reconcile_hours: int = 24,
         device_catchup_pages: int = DEVICE_CATCHUP_PAGES,
         dry_run_max_requests: int | None = DRY_RUN_MAX_REQUESTS,
+        pending_give_up_hours: float = 24.0,
     ) -> None:
         self.tenants = tenants
         self.store = store
@@ -213,6 +242,7 @@ class PollEngine:
         self._full_hours = full_reconcile_hours
         self._catchup = device_catchup_pages
         self._dry_run_max_requests = dry_run_max_requests
+        self._pending_give_up = pending_give_up_hours * 3600.0
 
     async def poll(
         self,
@@ -221,6 +251,7 @@ class PollEngine:
         dry_run: bool = False,
         force_full: bool = False,
         keepalive: KeepAlive | None = None,
+        previous_started: float | None = None,
     ) -> PollOutcome:
         """Poll one tenant.
 
@@ -251,6 +282,7 @@ class PollEngine:
                 devices_cursor=await self.cursors.get(tenant_id, DEVICES),
                 outcome=outcome,
                 keepalive=keepalive,
+                previous_started=previous_started,
             )
             reason = self._full_reason(ctx, force_full)
             if reason is None:
@@ -288,6 +320,9 @@ class PollEngine:
         poll_status = ctx.record.status.get("poll", {})
         if int(poll_status.get("configVersion") or 0) != ctx.cfg.config_version:
             return "configuration changed"
+        if approved_plan(ctx.record.status.get("guard", {})) is not None:
+            # An approved plan applies only if fresh reads recompute exactly it.
+            return "deactivations approved"
         if ctx.now - ctx.groups_cursor.full_at >= self._full_hours * 3600:
             return f"scheduled (every {self._full_hours} h)"
         return None
@@ -304,15 +339,30 @@ class PollEngine:
         device_changes, devices_cursor = await self._device_deltas(ctx)
         guard_status = ctx.record.status.get("guard", {})
         staged = guard_status.get("state") == "deactivations_staged"
-        approval_pending = staged and guard_status.get("approvedCount")
         need_disabled = not ctx.cfg.keep_disabled_users
         disabled = await ctx.reader.disabled_users() if need_disabled else set()
         digest = disabled_digest(disabled) if need_disabled else None
         # The disabled set is compared with the one the last applied poll saw: unchanged, its devices were dealt
         # with then, and only owners/devices the deltas touch need a look now.
         disabled_changed = need_disabled and digest != ctx.record.status.get("scope", {}).get("disabledDigest")
-        changed = any(group_pages) or bool(device_changes)
-        if not changed and not approval_pending and not disabled_changed:
+        # Objects Graph could not read yet (replication lag): retry the due ones, users and devices mixed in
+        # ⌈due/20⌉ $batch requests; give up on those pending past the bound.
+        held = pending.decode(ctx.groups_cursor.pending)
+        live, gave_up = pending.split(held, ctx.now, self._pending_give_up)
+        retry = [p for p in live if pending.due(p, ctx.now, ctx.previous_started)]
+        owned_again: dict[str, list[dict[str, Any]] | None] = {}
+        devices_again: dict[str, dict[str, Any] | None] = {}
+        if retry:
+            owned_again, devices_again = await ctx.reader.pending_reads(
+                [p.id for p in retry if p.kind == pending.USER], [p.id for p in retry if p.kind != pending.USER]
+            )
+        answered = [p for p in retry if _answered(p, owned_again, devices_again)]
+        changed = any(group_pages) or bool(device_changes) or bool(answered)
+        if not changed and not disabled_changed and not gave_up:
+            if staged:
+                # Nothing changed, but a staged plan is re-checked against Graph every poll (raises _NeedFull when
+                # Graph no longer supports it: a fresh full read then restages or clears it).
+                await self._recheck_stage(ctx, guard_status)
             await self._noop(ctx, devices_cursor)
             return
         out.mode = "incremental"
@@ -366,6 +416,15 @@ class PollEngine:
             if row.state == ENROLLED:
                 rec = row.record
                 current[did] = merge_device_update(rec, updated[did]) if did in updated else rec
+        for item in answered:  # Graph answers now for objects it could not read on an earlier poll
+            if item.kind == pending.USER:
+                for dev in owned_again.get(item.id) or ():
+                    current[str(dev["id"])] = device_from_graph(dev, item.id)
+            else:
+                again = devices_again[item.id] or {}
+                owners = again.get("registeredOwners") or []
+                current[item.id] = device_from_graph(again, str(owners[0]["id"]) if owners else None)
+        not_yet: list[pending.Pending] = []
         entering_set = set(scope_new.users) - set(scope_old.users)
         if need_disabled:
             # Owners re-enabled since their devices were deactivated count as entering: fetch their devices again.
@@ -377,6 +436,9 @@ class PollEngine:
         entering = sorted(entering_set)
         if entering:
             for uid, devices in (await ctx.reader.owned_devices(entering)).items():
+                if devices is None:
+                    # A member Graph cannot read yet (404 while the new user replicates): not "no devices".
+                    not_yet.append(pending.Pending(uid, pending.USER, ctx.now))
                 for dev in devices or ():
                     current[str(dev["id"])] = device_from_graph(dev, uid)
         lookups = set(scope_new.devices) - set(scope_old.devices)
@@ -390,10 +452,15 @@ class PollEngine:
         if lookups:
             for did, found in (await ctx.reader.devices_by_id(sorted(lookups))).items():
                 if found is None:
-                    deleted.add(did)
-                else:
-                    owners = found.get("registeredOwners") or []
-                    current[did] = device_from_graph(found, str(owners[0]["id"]) if owners else None)
+                    # The delta or a membership just named it, so it exists: it has not replicated yet (a deletion
+                    # comes as @removed in devices/delta).
+                    not_yet.append(pending.Pending(did, pending.DEVICE, ctx.now))
+                    continue
+                owners = found.get("registeredOwners") or []
+                current[did] = device_from_graph(found, str(owners[0]["id"]) if owners else None)
+                if not owners and did in updated and did not in scope_new.devices:
+                    # A device that just appeared can be readable before its owner link is: look again later.
+                    not_yet.append(pending.Pending(did, pending.OWNER_LINK, ctx.now))
         if partial:
             # A device found through an entering owner may have a row stored under its previous owner.
             unread = sorted(set(current) - set(stored))
@@ -411,7 +478,16 @@ class PollEngine:
         extra: dict[str, Any] = {"ownerless": None}
         if digest is not None:
             extra["disabledDigest"] = digest
-        if not changed and not plan.items and not approval_pending:
+        # Still pending: what was not answered (users only while they are in scope), plus what this poll could not
+        # read; committed with the groups cursor below.
+        answered_keys = {(p.id, p.kind) for p in answered}
+        kept = [p for p in live if (p.id, p.kind) not in answered_keys
+                and (p.kind != pending.USER or p.id in scope_new.users)]
+        still = pending.merge(kept, not_yet)
+        pending_changed = still != list(held)
+        if pending_changed:
+            extra["pending"] = (still, [p for p in gave_up if p.kind != pending.OWNER_LINK])
+        if not changed and not plan.items and not pending_changed:
             # Only the disabled-users set changed, and it touched no device: remember it, write nothing else.
             await self._noop(ctx, devices_cursor)
             if disabled_changed and not ctx.dry_run:
@@ -419,7 +495,8 @@ class PollEngine:
             return
         out.unresolved = res_new.unresolved
         out.desired = len(desired)
-        cursors = {GROUPS: ctx.groups_cursor.commit(groups_link, ctx.now), DEVICES: devices_cursor}
+        groups_cursor = replace(ctx.groups_cursor.commit(groups_link, ctx.now), pending=pending.encode(still))
+        cursors = {GROUPS: groups_cursor, DEVICES: devices_cursor}
         await self._finish(ctx, plan, stored, graph_new if graph_changed else None, res_new, scope_new, cursors,
                            extra, enrolled_before=known_enrolled if partial else None)
 
@@ -614,16 +691,7 @@ class PollEngine:
         out.plan = plan
         if enrolled_before is None:
             enrolled_before = sum(1 for s in stored.values() if s.state == ENROLLED)
-        guard_status = ctx.record.status.get("guard", {})
-        approved = guard_status.get("approvedCount") if guard_status.get("state") == "deactivations_staged" else None
-        deactivations = len(plan.of(DEACTIVATE))
-        decision = guard.evaluate(
-            deactivations,
-            enrolled_before,
-            max_count=cfg.guard_max_deactivations,
-            max_percent=cfg.guard_max_percent,
-            approved_count=int(approved) if approved is not None else None,
-        )
+        decision = await self._judge(ctx, plan, resolution, scope, enrolled_before)
         to_apply = plan if decision.apply_deactivations else plan.without_deactivations()
         out.staged = decision.staged
         counts = to_apply.counts()
@@ -648,6 +716,93 @@ class PollEngine:
                 await self.cursors.put(ctx.tenant_id, stream, new)
         await self._write_scope_and_guard(ctx, decision, plan, resolution, extra)
 
+    async def _judge(
+        self, ctx: _Ctx, plan: Plan, resolution: Resolution, scope: Scope, enrolled_before: int
+    ) -> guard.GuardDecision:
+        """Check the read, re-verify the plan's deactivations against Graph, and ask the guard (both paths).
+
+        Raises:
+            _NeedFull: (incremental) the stored membership data disagrees with Graph; a full read decides.
+            InconsistentReadError: (full) this poll's own reads contradict each other; nothing was written.
+        """
+        cfg = ctx.cfg
+        deactivations = plan.of(DEACTIVATE)
+        try:
+            consistency.check_scope(scope)
+            targets = consistency.verification_targets(deactivations)
+            wrong = await self._contradicted(ctx, list(targets.items), set(resolution.resolved.values()))
+            if wrong:
+                raise consistency.InconsistentRead(
+                    f"{len(wrong)} planned deactivation(s) contradicted by Graph (e.g. {wrong[0].record.id}: "
+                    f"{wrong[0].reason}, but still in an enrollment group)"
+                )
+        except consistency.InconsistentRead as exc:
+            self._inconsistent(ctx, str(exc))
+        protected = sum(1 for i in deactivations if i.cause == GROUP_UNRESOLVED)
+        if not targets.complete:
+            protected += len(deactivations)
+        ctx.outcome.plan_id = consistency.plan_id(deactivations)
+        return guard.evaluate(
+            len(deactivations),
+            enrolled_before,
+            max_count=cfg.guard_max_deactivations,
+            max_percent=cfg.guard_max_percent,
+            protected=protected,
+            plan_id=ctx.outcome.plan_id,
+            approved_plan_id=approved_plan(ctx.record.status.get("guard", {})),
+        )
+
+    @staticmethod
+    def _inconsistent(ctx: _Ctx, message: str) -> None:
+        """A contradiction: incremental polls fall back to a full read (the stored graph may be what is stale); a
+        full read that contradicts itself fails the poll as retriable, writing nothing."""
+        log.warning("tenant %s: inconsistent read (%s): %s", ctx.tenant_id, ctx.outcome.mode, message)
+        if ctx.outcome.mode == "incremental":
+            raise _NeedFull(f"inconsistent read: {message}")
+        raise InconsistentReadError(message)
+
+    async def _contradicted(self, ctx: _Ctx, items: list[PlanItem], roots: set[str]) -> list[PlanItem]:
+        """The deactivations among ``items`` that a second, independent Graph read says are still in scope.
+
+        Reads (``$batch`` of 20): each device with its registered owner, the ``transitiveMemberOf`` of those owners
+        and of devices that were in scope as members, and the names of groups that no longer resolved.
+        """
+        if not items:
+            return []
+        device_ids, direct, names = consistency.reads_needed(items)
+        devices: dict[str, DeviceRecord | None] = {}
+        for did, obj in (await ctx.reader.devices_by_id(device_ids)).items():
+            owners = (obj or {}).get("registeredOwners") or []
+            devices[did] = device_from_graph(obj, str(owners[0]["id"]) if owners else None) if obj else None
+        owners_now = sorted({r.owner_id for r in devices.values() if r is not None and r.owner_id})
+        member_of: dict[str, set[str] | None] = await ctx.reader.member_of(owners_now, direct)
+        again: set[str] = set()
+        for name in names:
+            found = await ctx.reader.groups_named(name)
+            if len(found) == 1:
+                again.add(name)
+                roots.add(found[0])
+        read = consistency.SecondRead(devices, member_of, roots, normalize_platforms(ctx.cfg.platforms), again)
+        return consistency.unsupported(items, read)
+
+    async def _recheck_stage(self, ctx: _Ctx, guard_status: Mapping[str, Any]) -> None:
+        """While deactivations are staged, every poll re-checks them cheaply against Graph.
+
+        The staged sample (≤ ``consistency.VERIFY_SAMPLE`` of the membership-derived rows: their owners', devices'
+        and groups' current memberships) is re-read; when Graph no longer supports any of it the stage is stale and
+        a full read recomputes the plan now (``_NeedFull``). Otherwise the check is recorded (``lastCheckedAt``).
+        """
+        items = [PlanItem.from_dict(d) for d in guard_status.get("sample") or () if isinstance(d, dict)]
+        targets = consistency.verification_targets(items, limit=consistency.VERIFY_SAMPLE)
+        resolved = ctx.record.status.get("scope", {}).get("resolvedGroups") or {}
+        wrong = await self._contradicted(ctx, list(targets.items), {str(v) for v in resolved.values()})
+        if wrong:
+            raise _NeedFull(f"{len(wrong)} staged deactivation(s) no longer supported by Graph")
+        if not ctx.dry_run:
+            await self.tenants.update_status(ctx.tenant_id, "guard", {
+                "lastCheckedAt": utc_iso(ctx.now), "lastCheck": f"{len(targets.items)} staged row(s) still supported",
+            })
+
     async def _write_scope_and_guard(
         self,
         ctx: _Ctx,
@@ -671,28 +826,49 @@ class PollEngine:
             scope_patch["ownerlessDevices"] = len(ownerless)
             scope_patch["ownerlessSample"] = ownerless[:OWNERLESS_SAMPLE]
         await self.tenants.update_status(tid, "scope", scope_patch)
+        if "pending" in extra:
+            still, gave_up = extra["pending"]
+            section = pending.status(still, ctx.now, gave_up)
+            before = ctx.record.status.get("pending", {})
+            # Given-up objects stay reported until the console has seen them (a running total and the latest sample).
+            section["gaveUp"] = int(before.get("gaveUp") or 0) + len(gave_up)
+            if not gave_up:
+                section["gaveUpSample"] = before.get("gaveUpSample") or []
+            await self.tenants.update_status(tid, "pending", section)
+            if gave_up:
+                log.warning("tenant %s: gave up on %d object(s) Graph never answered for: %s", tid, len(gave_up),
+                            [p.id for p in gave_up[:5]])
         previous = ctx.record.status.get("guard", {})
         if decision.staged:
             sample = [i.to_dict() for i in plan.of(DEACTIVATE)[:PLAN_SAMPLE]]
+            now = utc_iso(ctx.now)
+            same_plan = previous.get("state") == "deactivations_staged" and previous.get("planId") == out.plan_id
             patch: dict[str, Any] = {
                 "state": "deactivations_staged", "staged": decision.staged, "threshold": decision.threshold,
-                "stagedAt": utc_iso(ctx.now), "configVersion": ctx.cfg.config_version, "sample": sample,
-                "approvedCount": None,
+                "why": decision.why, "planId": out.plan_id,
+                "stagedAt": previous.get("stagedAt") if same_plan else now, "lastCheckedAt": now,
+                "configVersion": ctx.cfg.config_version, "sample": sample,
+                # An approval names one plan; it is consumed by the poll that recomputed the plan (applied when the
+                # ids matched, else the new plan is staged and needs its own approval).
+                "approvedPlanId": None,
             }
             # This poll decided from the guard section it read when it started. An approval that landed since
             # (POST …/deactivations/approve while we ran) is not ours to clear: keep it for the poll it enqueued.
             latest = await self.tenants.get(tid)
             current = latest.status.get("guard", {}) if latest is not None else {}
             if approval_token(current) != approval_token(previous):
-                del patch["approvedCount"]
+                del patch["approvedPlanId"]
                 log.info("tenant %s: an approval arrived during this poll; it is kept for the next poll", tid)
             await self.tenants.update_status(tid, "guard", patch)
-            out.notes.append(f"guard: {decision.staged} deactivations staged (threshold {decision.threshold})")
-            log.warning("tenant %s: %d deactivations staged (threshold %d)", tid, decision.staged, decision.threshold)
+            out.notes.append(f"guard: {decision.staged} deactivations staged ({decision.why}; threshold "
+                             f"{decision.threshold}; plan {out.plan_id})")
+            log.warning("tenant %s: %d deactivations staged (%s, threshold %d, plan %s)", tid, decision.staged,
+                        decision.why, decision.threshold, out.plan_id)
         elif previous.get("state") == "deactivations_staged":
             await self.tenants.update_status(tid, "guard", {
-                "state": "clear", "staged": 0, "approvedCount": None, "releasedAt": utc_iso(ctx.now),
-                "released": "approved" if decision.approved else "plan no longer exceeds the threshold",
+                "state": "clear", "staged": 0, "approvedPlanId": None, "planId": None, "releasedAt": utc_iso(ctx.now),
+                "lastCheckedAt": utc_iso(ctx.now),
+                "released": "approved" if decision.approved else "the current plan no longer needs approval",
             })
 
     @staticmethod

@@ -72,6 +72,21 @@ CALLS: tuple[ApiCall, ...] = (
         feature=_E, seed_api="GET /devices/{id}",
     ),
     ApiCall(
+        name="graph.user_member_of", api="graph", method="GET", path="/users/{id}/transitiveMemberOf?$select=id",
+        permission="User.Read.All", type="application",
+        purpose="Re-verification: is the owner of a device about to be deactivated (or staged) still in an "
+        "enrollment group? A second, independent read before anything is deactivated (batched 20 per $batch)",
+        feature=_E, seed_api=None,
+    ),
+    ApiCall(
+        name="graph.device_member_of", api="graph", method="GET",
+        path="/devices/{id}/transitiveMemberOf?$select=id",
+        permission="Device.Read.All", type="application",
+        purpose="Re-verification: is a device that is a member of an enrollment group itself, and about to be "
+        "deactivated (or staged), still in one? (batched 20 per $batch)",
+        feature=_E, seed_api=None,
+    ),
+    ApiCall(
         name="graph.object_counts", api="graph", method="GET", path="/users/$count, /devices/$count",
         permission="User.Read.All", type="application",
         purpose="Cost estimate: tenant shape (users, devices) before the first full reconcile picks a strategy "

@@ -15,6 +15,7 @@ from shared_code.errors import (
     CredentialRejectedError,
     CursorExpiredError,
     FatalError,
+    InconsistentReadError,
     PermissionMissingError,
     RetriableError,
 )
@@ -36,6 +37,8 @@ def failure_reason(error: BaseException) -> str:
         return "connector_credential_rejected"
     if isinstance(error, ConnectorCredentialError):
         return "connector_credential_unavailable"
+    if isinstance(error, InconsistentReadError):
+        return "inconsistent_read"
     if isinstance(error, RetriableError):
         return f"graph_unavailable ({error.status or 'transport'})"
     if isinstance(error, CursorExpiredError):

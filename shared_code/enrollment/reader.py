@@ -181,18 +181,19 @@ class DirectoryReader:
         perm = permission("graph.user_owned_devices")
         urls = {uid: f"/users/{uid}/ownedDevices?$select={DEVICE_SELECT_PARAM}&$top=999" for uid in user_ids}
         bodies = await self._batched(urls, perm)
-        out: dict[str, list[dict[str, Any]] | None] = {}
-        for uid, body in bodies.items():
-            if body is None:
-                out[uid] = None
-                continue
-            items = list(body.get("value", ()))
-            next_link = body.get("@odata.nextLink")
-            if next_link:
-                async for page in self._paged(self.graph.pages(str(next_link), permission=perm)):
-                    items.extend(page.get("value", ()))
-            out[uid] = items
-        return out
+        return {uid: await self._whole(body, perm) for uid, body in bodies.items()}
+
+    async def _whole(self, body: dict[str, Any] | None, perm: str) -> list[dict[str, Any]] | None:
+        """Every item of a batched collection answer: its ``value`` plus the pages of its inner ``@odata.nextLink``
+        (None when the answer was a 404)."""
+        if body is None:
+            return None
+        items = list(body.get("value", ()))
+        next_link = body.get("@odata.nextLink")
+        if next_link:
+            async for page in self._paged(self.graph.pages(str(next_link), permission=perm)):
+                items.extend(page.get("value", ()))
+        return items
 
     async def devices_by_id(self, device_ids: Iterable[str]) -> dict[str, dict[str, Any] | None]:
         """Each device with ``registeredOwners`` expanded, 20 per ``$batch`` (None when deleted).
@@ -208,6 +209,55 @@ class DirectoryReader:
             did: f"/devices/{did}?$select={DEVICE_SELECT_PARAM}&$expand=registeredOwners" for did in device_ids
         }
         return await self._batched(urls, perm)
+
+    async def pending_reads(
+        self, user_ids: Iterable[str], device_ids: Iterable[str]
+    ) -> tuple[dict[str, list[dict[str, Any]] | None], dict[str, dict[str, Any] | None]]:
+        """Retry objects Graph could not read yet: users' owned devices and devices with their owner, in one set of
+        ``$batch`` requests (20 per request, users and devices mixed) so k pending objects cost ⌈k/20⌉ requests.
+
+        Endpoints: ``POST /$batch`` of ``GET /users/{id}/ownedDevices?$select=…`` (User.Read.All) and
+        ``GET /devices/{id}?$select=…&$expand=registeredOwners`` (Device.Read.All). 404 (not replicated yet) → None.
+
+        Raises:
+            PermissionMissingError, RetriableError, FatalError: see ``raise_for_graph``.
+        """
+        urls = {f"u:{uid}": f"/users/{uid}/ownedDevices?$select={DEVICE_SELECT_PARAM}&$top=999" for uid in user_ids}
+        urls.update({
+            f"d:{did}": f"/devices/{did}?$select={DEVICE_SELECT_PARAM}&$expand=registeredOwners" for did in device_ids
+        })
+        perm = permission("graph.user_owned_devices")
+        bodies = await self._batched(urls, perm)
+        owned: dict[str, list[dict[str, Any]] | None] = {}
+        devices: dict[str, dict[str, Any] | None] = {}
+        for key, body in bodies.items():
+            kind, oid = key.split(":", 1)
+            if kind == "d":
+                devices[oid] = body
+            else:
+                owned[oid] = await self._whole(body, perm)
+        return owned, devices
+
+    async def member_of(self, user_ids: Iterable[str], device_ids: Iterable[str]) -> dict[str, set[str] | None]:
+        """Ids of the groups each user and device is a transitive member of (None: no such object), 20 per ``$batch``.
+
+        The second, independent read that re-verifies a deactivation derived from membership data.
+        Endpoints: ``POST /$batch`` of ``GET /users/{id}/transitiveMemberOf?$select=id&$top=999`` (User.Read.All)
+        and ``GET /devices/{id}/transitiveMemberOf?$select=id&$top=999`` (Device.Read.All); a member of more than
+        999 groups is followed with the inner ``@odata.nextLink``.
+
+        Raises:
+            PermissionMissingError, RetriableError, FatalError: see ``raise_for_graph``.
+        """
+        out: dict[str, set[str] | None] = {}
+        for ids, call, collection in ((user_ids, "graph.user_member_of", "users"),
+                                      (device_ids, "graph.device_member_of", "devices")):
+            perm = permission(call)
+            urls = {oid: f"/{collection}/{oid}/transitiveMemberOf?$select=id&$top=999" for oid in ids}
+            for oid, body in (await self._batched(urls, perm)).items():
+                groups = await self._whole(body, perm)
+                out[oid] = None if groups is None else {str(g["id"]) for g in groups}
+        return out
 
     async def _batched(self, urls: dict[str, str], perm: str) -> dict[str, dict[str, Any] | None]:
         """Run GETs 20 per ``$batch``; re-batch inner 429s after the longest Retry-After; 404 → None."""

@@ -354,7 +354,8 @@ class EnrollmentService:
                     "state": "valid", "field": None, "detail": None, "clearedAt": utc_iso(self._clock()),
                 })
             try:
-                outcome = await self.engine.poll(tenant_id, force_full=force_full, keepalive=keeper.keepalive)
+                outcome = await self.engine.poll(tenant_id, force_full=force_full, keepalive=keeper.keepalive,
+                                                 previous_started=lease.previous_started or None)
             except ConflictError as exc:
                 log.warning("tenant %s: %s; stopping this poll", tenant_id, exc)
                 return {"tenantId": tenant_id, "result": "conflict"}
@@ -535,25 +536,47 @@ class EnrollmentService:
             "hasMore": more,
         }
 
-    async def approve(self, tenant_id: str, caller: str) -> dict[str, Any]:
-        """Approve the staged deactivations and enqueue a poll that applies them.
+    async def approve(self, tenant_id: str, caller: str, plan_id: str) -> dict[str, Any]:
+        """Approve the staged plan named ``plan_id`` and enqueue a full poll that applies it.
+
+        The poll recomputes the plan from fresh Graph reads and applies the deactivations only when the recomputed
+        plan has the approved id; otherwise the new plan is staged and needs its own approval.
 
         Raises:
             NotFoundError: unknown tenant.
-            ConflictError: nothing is staged.
+            ConflictError: nothing is staged, or the staged plan is not ``plan_id`` (its ``currentPlan`` attached).
         """
         record = await self._tenant(tenant_id)
         guard = record.status.get("guard", {})
         if guard.get("state") != "deactivations_staged":
-            raise ConflictError("no deactivations are staged for this tenant")
+            raise ConflictError("no deactivations are staged for this tenant", details={"currentPlan": None})
+        if guard.get("planId") != plan_id:
+            raise ConflictError(
+                "the staged plan is not the one approved; review the current plan and approve its planId",
+                details={"currentPlan": staged_plan(guard)},
+            )
         staged = int(guard.get("staged") or 0)
         await self.tenants.update_status(tenant_id, "guard", {
-            "approvedCount": staged, "approvedAt": utc_iso(self._clock()), "approvedBy": caller[:128],
+            "approvedPlanId": plan_id, "approvedAt": utc_iso(self._clock()), "approvedBy": caller[:128],
             # Identifies this approval, so a poll that started before it never clears it (approvedAt has 1 s steps).
             "approvalId": uuid.uuid4().hex,
         })
-        await self._send(PollMessage(tenant_id, "deactivations_approved", enqueued_at=self._clock()).to_json())
-        return {"tenantId": tenant_id, "approved": staged, "queued": True}
+        # A full poll: the approved plan applies only if fresh reads recompute exactly it.
+        await self._send(PollMessage(tenant_id, "deactivations_approved", full=True,
+                                     enqueued_at=self._clock()).to_json())
+        return {"tenantId": tenant_id, "approved": staged, "planId": plan_id, "queued": True}
+
+
+def staged_plan(guard: dict[str, Any]) -> dict[str, Any]:
+    """The staged plan as the console sees it (the 409 of a stale approval carries it)."""
+    return {
+        "planId": guard.get("planId"),
+        "staged": int(guard.get("staged") or 0),
+        "why": guard.get("why"),
+        "stagedAt": guard.get("stagedAt"),
+        "lastCheckedAt": guard.get("lastCheckedAt"),
+        "sample": list(guard.get("sample") or ())[:20],
+    }
 
 
 def build_enrollment_service(c: Container) -> EnrollmentService:
@@ -570,6 +593,7 @@ def build_enrollment_service(c: Container) -> EnrollmentService:
         graph_factory=c.graph,
         clock=c.clock.now,
         full_reconcile_hours=c.settings.full_reconcile_hours,
+        pending_give_up_hours=c.settings.pending_give_up_hours,
     )
     queue_name = c.settings.poll_queue_name
     created: list[bool] = []

@@ -96,6 +96,8 @@ def tenant_document(record: TenantRecord) -> dict[str, Any]:
             "quarantine": status.get("quarantine"),
             "stagedDeactivations": status.get("guard"),
             "enrollmentGroups": status.get("scope"),
+            # Objects Graph could not read yet (replication lag): count, oldest, sample, given up.
+            "pending": status.get("pending"),
             "activity": status.get("intune_activity", {}),
             "permissions": {k: v for k, v in permissions.items() if v},
             "problems": problems,

@@ -185,7 +185,8 @@ async def test_valid_tokens_reach_every_route_and_responses_match_the_schema(sta
         await hit("GET", "/tenants/{tenantId}/events", stack.read, 200, params={"limit": "5"})
     if _has("/tenants/{tenantId}/deactivations/approve"):
         # Nothing is staged for a freshly polled tenant: 409 conflict (documented); staging is the guard tests' job.
-        await hit("POST", "/tenants/{tenantId}/deactivations/approve", stack.manage, (202, 409))
+        await hit("POST", "/tenants/{tenantId}/deactivations/approve", stack.manage, (202, 409),
+                  json={"planId": "plan-" + "0" * 24})
     threat = {"level": "high", "detectedAt": "2026-11-30T10:00:00Z", "threats": ["jailbreak"],
               "idempotencyKey": "k-" + uuid.uuid4().hex}
     await hit("PUT", "/tenants/{tenantId}/devices/{deviceId}/threat", stack.manage, 202, json=threat)
@@ -287,15 +288,23 @@ async def test_valid_manage_token_approves_a_staged_mass_deactivation_and_delete
     assert staged and staged["state"] == "deactivations_staged" and staged["staged"] == len(enrolled), staged
 
     # A read token may not approve (403); the manage token does (202), and the poll it enqueues applies them.
-    await stack.call("POST", "/tenants/{tenantId}/deactivations/approve", token=stack.read, ids=ids, expect=403)
+    plan = {"planId": staged["planId"]}
+    await stack.call("POST", "/tenants/{tenantId}/deactivations/approve", token=stack.read, ids=ids, expect=403,
+                     json=plan)
+    # Another plan than the staged one: 409 with the current plan, which the console then approves by its id.
+    stale = await stack.call("POST", "/tenants/{tenantId}/deactivations/approve", token=stack.manage, ids=ids,
+                             expect=409, json={"planId": "plan-" + "0" * 24})
+    assert stale.json()["currentPlan"]["planId"] == staged["planId"], stale.text
     approval = await stack.call("POST", "/tenants/{tenantId}/deactivations/approve", token=stack.manage, ids=ids,
-                                expect=202)
+                                expect=202, json=plan)
     assert approval.json()["approved"] == staged["staged"], approval.text
     await devhost.drain_queues(120)
     page = (await stack.call("GET", "/tenants/{tenantId}/devices", token=stack.read, ids=ids, expect=200)).json()
     assert not [d for d in page["devices"] if d.get("state") == "enrolled"], page["devices"][:3]
     # Nothing staged any more: a second approval is a conflict (documented 409).
-    await stack.call("POST", "/tenants/{tenantId}/deactivations/approve", token=stack.manage, ids=ids, expect=409)
+    gone = await stack.call("POST", "/tenants/{tenantId}/deactivations/approve", token=stack.manage, ids=ids,
+                            expect=409, json=plan)
+    assert gone.json()["currentPlan"] is None
 
     # DELETE: a read token is refused (403); the manage token deprovisions (204), idempotently; history stays readable.
     await stack.call("DELETE", "/tenants/{tenantId}", token=stack.read, ids=ids, expect=403)

@@ -102,9 +102,14 @@ async def test_the_timer_fans_out_and_duplicates_do_one_poll(sim: Any, api: http
 
 async def test_guard_approval_with_nothing_staged_is_a_conflict(sim: Any, api: httpx.AsyncClient) -> None:
     summary = await provisioned(sim, api, 903)
-    response = await api.post(f"/api/tenants/{summary['tenant_id']}/deactivations/approve")
+    response = await api.post(f"/api/tenants/{summary['tenant_id']}/deactivations/approve",
+                              json={"planId": "plan-" + "a" * 24})
     assert response.status_code == 409
     assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["currentPlan"] is None
+    # The approval must name a plan.
+    response = await api.post(f"/api/tenants/{summary['tenant_id']}/deactivations/approve", json={})
+    assert response.status_code == 400 and response.json()["field"] == "planId"
 
 
 @pytest.mark.parametrize(
@@ -125,7 +130,6 @@ async def test_guard_approval_with_nothing_staged_is_a_conflict(sim: Any, api: h
         ("GET", "/api/tenants/{unknown}/events", {}, 404, None),
         ("GET", "/api/tenants/{unknown}/devices", {}, 404, None),
         ("POST", "/api/tenants/{unknown}/sync", {"dryRun": "true"}, 404, None),
-        ("POST", "/api/tenants/{unknown}/deactivations/approve", {}, 404, None),
     ],
 )
 async def test_bad_input_is_a_4xx_problem_naming_the_field(

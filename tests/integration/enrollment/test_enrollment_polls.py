@@ -174,6 +174,14 @@ async def test_each_directory_change_between_polls_converges_incrementally(
     head = await service.store.feed_heads(tid)
     result = await service.run_poll(tid)
     assert result["result"] == "ok" and result["mode"] == "incremental", result
+    if mutation == "rename_group":
+        # A configured group that no longer resolves: its deactivations are always staged, whatever their number,
+        # and apply once the named plan is approved (the approval's poll recomputes it from fresh reads).
+        assert result["staged"] > 0 and await service.store.feed_heads(tid) == head
+        record = await service.tenants.get(tid)
+        assert record is not None and record.status["guard"]["why"] == "cause"
+        await service.approve(tid, "admin", record.status["guard"]["planId"])
+        assert (await service.run_poll(tid, force_full=True))["applied"]["deactivate"] == result["staged"]
     after = await converged(sim, app_container, service, tid)
     new_events = (await service.store.events(tid, head, 10_000))[0]
     if expect_type is not None:
@@ -360,12 +368,15 @@ async def test_the_guard_stages_an_emptied_group_and_releases_it_on_approval(
     guard = record.status["guard"]
     assert guard["state"] == "deactivations_staged" and guard["staged"] == result["staged"]
     assert guard["sample"] and all(s["action"] == "deactivate" for s in guard["sample"])
-    # A quiet poll keeps waiting; approval releases.
+    assert guard["planId"] == result["planId"] and guard["why"] == "count"
+    # A quiet poll keeps waiting (re-checking the stage against Graph); approval of the named plan releases it.
     assert (await service.run_poll(tid))["mode"] == "noop"
-    approval = await service.approve(tid, "admin@test")
+    record = await service.tenants.get(tid)
+    assert record is not None and record.status["guard"]["lastCheckedAt"]
+    approval = await service.approve(tid, "admin@test", guard["planId"])
     assert approval["approved"] == result["staged"]
     result = await service.run_poll(tid)
-    assert result["applied"]["deactivate"] == approval["approved"]
+    assert result["mode"] == "full" and result["applied"]["deactivate"] == approval["approved"]
     await converged(sim, app_container, service, tid)
     record = await service.tenants.get(tid)
     assert record is not None and record.status["guard"]["state"] == "clear"
@@ -547,5 +558,5 @@ async def test_a_config_change_releases_a_staged_mass_deactivation(
     record = await service.tenants.get(tid)
     assert record is not None
     assert record.status["guard"]["state"] == "clear"
-    assert record.status["guard"]["released"] == "plan no longer exceeds the threshold"
+    assert record.status["guard"]["released"] == "the current plan no longer needs approval"
     await converged(sim, app_container, service, tid)

@@ -1,9 +1,10 @@
 """A small fake of :class:`shared_code.adapters.graph.GraphClient` over an in-memory directory (no HTTP).
 
 It answers only what the enrollment reader asks (``$count``, ``groups/delta``, ``devices/delta``, ``/groups?$filter``,
-``/devices?$expand=registeredOwners``, ``/users?$filter=accountEnabled eq false``, ``$batch`` of ``ownedDevices`` and
-``devices/{id}``), with Graph's shapes: ``members@delta`` items carry ``@odata.type`` and removed ones ``@removed``;
-delta rounds end with an ``@odata.deltaLink`` that replays only later changes. Every call is counted in ``requests``.
+``/devices?$expand=registeredOwners``, ``/users?$filter=accountEnabled eq false``, ``$batch`` of ``ownedDevices``,
+``devices/{id}`` and ``transitiveMemberOf``), with Graph's shapes: ``members@delta`` items carry ``@odata.type`` and
+removed ones ``@removed``; delta rounds end with an ``@odata.deltaLink`` that replays only later changes. Every call is
+counted in ``requests``.
 """
 
 from __future__ import annotations
@@ -59,6 +60,18 @@ class FakeDirectory:
         self.group_log.append(
             (self.version, gid, {"id": mid, "@odata.type": KIND_TYPES[kind], "@removed": {"reason": "deleted"}})
         )
+
+    def transitive_member_of(self, oid: str) -> set[str]:
+        """Groups ``oid`` is a member of, directly or through nested groups."""
+        out: set[str] = set()
+        todo = [oid]
+        while todo:
+            child = todo.pop()
+            for gid, g in self.groups.items():
+                if child in g["members"] and gid not in out:
+                    out.add(gid)
+                    todo.append(gid)
+        return out
 
     def device_json(self, did: str, *, owners: bool = False) -> dict[str, Any]:
         dev = self.devices[did]
@@ -144,7 +157,14 @@ class FakeGraph:
         out: dict[str, dict[str, Any]] = {}
         for item in items:
             parts = urlparse(item.url).path.strip("/").split("/")
-            if parts[0] == "users" and parts[2] == "ownedDevices":
+            if len(parts) == 3 and parts[2] == "transitiveMemberOf":
+                oid = parts[1]
+                if oid not in (self.dir.users if parts[0] == "users" else self.dir.devices):
+                    out[item.id] = {"id": item.id, "status": 404, "body": {}}
+                    continue
+                groups = [{"id": g} for g in sorted(self.dir.transitive_member_of(oid))]
+                out[item.id] = {"id": item.id, "status": 200, "body": {"value": groups}}
+            elif parts[0] == "users" and parts[2] == "ownedDevices":
                 uid = parts[1]
                 if uid not in self.dir.users:
                     out[item.id] = {"id": item.id, "status": 404, "body": {}}

@@ -204,9 +204,23 @@ def test_guard_threshold_is_the_smaller_of_count_and_percent() -> None:
     assert evaluate(20, 100, max_count=500, max_percent=20.0).apply_deactivations
     staged = evaluate(21, 100, max_count=500, max_percent=20.0)
     assert not staged.apply_deactivations and staged.staged == 21
-    approved = evaluate(30, 100, max_count=500, max_percent=20.0, approved_count=21)
+    assert staged.why == "count"
+
+
+def test_an_approval_applies_only_the_plan_it_names() -> None:
+    approved = evaluate(30, 100, max_count=500, max_percent=20.0, plan_id="plan-a", approved_plan_id="plan-a")
     assert approved.apply_deactivations and approved.approved
-    assert not evaluate(90, 100, max_count=500, max_percent=20.0, approved_count=21).apply_deactivations
+    other = evaluate(30, 100, max_count=500, max_percent=20.0, plan_id="plan-b", approved_plan_id="plan-a")
+    assert not other.apply_deactivations and other.staged == 30
+
+
+def test_the_guard_judges_causes_a_group_that_no_longer_resolves_is_always_staged() -> None:
+    # One renamed group of three: 10 of 100 enrolled is under the 20 % threshold, and is staged anyway.
+    decision = evaluate(10, 100, max_count=500, max_percent=20.0, protected=10, plan_id="plan-x")
+    assert not decision.apply_deactivations and decision.staged == 10 and decision.why == "cause"
+    assert evaluate(10, 100, max_count=500, max_percent=20.0, protected=10, plan_id="plan-x",
+                    approved_plan_id="plan-x").apply_deactivations
+    assert evaluate(0, 100, max_count=500, max_percent=20.0, protected=0).apply_deactivations
 
 
 def test_a_rejected_connector_credential_never_pushes_a_tenant_into_quarantine() -> None:

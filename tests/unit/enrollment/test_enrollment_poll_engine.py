@@ -188,7 +188,8 @@ async def test_an_approval_made_while_a_poll_runs_is_requeued_and_not_overwritte
     await reached.wait()
     h.pause = None
     h.clock.t += 1
-    await h.service.approve(T, "admin")
+    staged = (await h.tenants.get(T)).status["guard"]  # type: ignore[union-attr]
+    await h.service.approve(T, "admin", staged["planId"])
     approval_body, delay = h.sent[-1]
     assert delay == 0
     busy = await h.service.handle_message(approval_body)
@@ -200,7 +201,7 @@ async def test_an_approval_made_while_a_poll_runs_is_requeued_and_not_overwritte
     first = await running
     assert first["result"] == "ok" and first["staged"] == 6  # it read the tenant before the approval
     record = await h.tenants.get(T)
-    assert record is not None and record.status["guard"]["approvedCount"] == 6  # the approval survived
+    assert record is not None and record.status["guard"]["approvedPlanId"] == staged["planId"]  # survived
     h.clock.t += 60
     applied = await h.service.handle_message(requeued_body)
     assert applied["result"] == "ok" and applied["counts"]["deactivate"] == 6
