@@ -294,6 +294,13 @@ async def handle(req: func.HttpRequest, role: str, action: Action) -> func.HttpR
         return response
 
 
+def _upstream_ids() -> str:
+    """The failed Graph/Intune responses of this request (request-id, client-request-id) for the log line."""
+    work = telemetry.current()
+    summary = work.upstream_summary() if work is not None else ""
+    return f"; upstream: {summary}" if summary else ""
+
+
 def _route_template(req: func.HttpRequest) -> str:
     """The request path with its route parameters named (``/api/tenants/{tenantId}/sync``): bounded cardinality."""
     path = "/" + "/".join(req.url.split("://", 1)[-1].split("?", 1)[0].split("/")[1:])
@@ -327,11 +334,13 @@ async def _handle(req: func.HttpRequest, role: str, action: Action) -> func.Http
         return problem(424, "permission-missing", f"permission_missing: {exc.permission}", permission=exc.permission)
     except ConsentRequiredError:
         return problem(424, "consent-required", "the customer tenant has not granted admin consent to the connector")
-    except RetriableError:
+    except RetriableError as exc:
+        log.warning("upstream unavailable in HTTP route: %s (status %s)%s", type(exc).__name__, exc.status,
+                    _upstream_ids())
         return problem(503, "upstream-unavailable", "an upstream service is unavailable; retry later")
     except FatalError as exc:
         # An upstream refused for a reason retrying cannot fix; its message may name internals, so only the status.
-        log.warning("upstream error in HTTP route: %s (status %s)", type(exc).__name__, exc.status)
+        log.warning("upstream error in HTTP route: %s (status %s)%s", type(exc).__name__, exc.status, _upstream_ids())
         return problem(502, "upstream-error", f"an upstream service refused the request (HTTP {exc.status or '?'})")
     except Exception:
         # Unexpected: log with a correlation id, answer without internals.

@@ -320,6 +320,12 @@ async def unit(name: str, attributes: Mapping[str, Any] | None = None, *, wait: 
         raise
     finally:
         _current.reset(token)
+        parent = _current.get()
+        if parent is not None:
+            # A nested unit (an upload inside a console request) also counts for the enclosing one.
+            parent.upstream_requests += work.upstream_requests
+            parent.upstream_throttled += work.upstream_throttled
+            parent.upstream_errors.extend(work.upstream_errors[: MAX_UPSTREAM_ERRORS - len(parent.upstream_errors)])
         work.set(upstream_requests=work.upstream_requests, upstream_throttled=work.upstream_throttled)
         if work.upstream_errors:
             work.set(upstream_request_id=work.upstream_errors[-1].request_id,

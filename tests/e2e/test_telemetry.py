@@ -171,11 +171,16 @@ async def test_one_poll_is_one_span_with_its_cost_and_metrics_for_the_same(
     # A poll that fails: the span says so and the error log names the Graph request ids.
     sim.fault("status", match={"tenant": tid, "path_prefix": "/v1.0/"}, unlimited=True, status=503, retry_after=0.01)
     caplog.set_level(logging.ERROR, logger="connector.telemetry")
+    caplog.set_level(logging.WARNING, logger="connector.http")
     try:
         assert (await api.post(f"/api/tenants/{tid}/sync", params={"full": "true"})).status_code == 202
         await devhost.drain_queues()
+        # A console request Graph refuses: 503 to the caller, the request ids in the warning.
+        assert (await api.post(f"/api/tenants/{tid}/sync", params={"dryRun": "true"})).status_code == 503
     finally:
         sim.clear_faults()
+    [warning] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("upstream unavailable")]
+    assert "upstream: 503 request-id=" in warning and "client-request-id=" in warning
     failed = [s for s in console.spans("connector.poll")
               if s["attributes"].get("connector.tenant_id") == tid and s["attributes"]["connector.result"] == "failed"]
     assert len(failed) == 1
