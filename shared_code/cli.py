@@ -4,7 +4,7 @@
     show <tenant>                   one tenant's document
     plan <tenant> [--full]          the dry-run plan of the next poll (writes nothing)
     poll <tenant>|--all [--full] [--wait]
-    approve <tenant>                approve the staged deactivations
+    approve <tenant> [--plan ID]    approve the staged deactivation plan (by its planId)
     poison [<tenant>]               messages in the poll queue's poison queue
     requeue <tenant>|--all          move poison messages back to the poll queue
 
@@ -282,7 +282,13 @@ async def cmd_poll(c: Container, args: argparse.Namespace, out: Out) -> None:
 
 async def cmd_approve(c: Container, args: argparse.Namespace, out: Out) -> None:
     enrollment, _poison = _services(c)
-    result = await enrollment.approve(args.tenant, _caller())
+    plan = args.plan
+    if plan is None:
+        # Without --plan: the plan ``show`` displays as staged now (the poll still applies it only if fresh reads
+        # recompute exactly it).
+        record = await enrollment.tenants.get(args.tenant)
+        plan = str(((record.status.get("guard") or {}).get("planId") if record is not None else None) or "")
+    result = await enrollment.approve(args.tenant, _caller(), plan)
     if out.as_json:
         out.json(result)
         return
@@ -340,8 +346,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("tenants", help="every tenant with its state")
-    for name, text in (("show", "one tenant's document"), ("approve", "approve the staged deactivations")):
-        sub.add_parser(name, help=text).add_argument("tenant", type=_guid)
+    sub.add_parser("show", help="one tenant's document").add_argument("tenant", type=_guid)
+    approve = sub.add_parser("approve", help="approve the staged deactivation plan")
+    approve.add_argument("tenant", type=_guid)
+    approve.add_argument("--plan", help="the planId to approve (default: the plan staged now, as `show` displays)")
     plan = sub.add_parser("plan", help="the dry-run plan of the next poll (nothing written)")
     plan.add_argument("tenant", type=_guid)
     plan.add_argument("--full", action="store_true", help="plan a full reconcile")

@@ -653,12 +653,18 @@ class Run:
         await self.c.drain()
         self.log(f"duplicates x{copies} {t.tid[:8]}")
 
+    async def staged_plan(self, tid: str) -> str:
+        """The planId the tenant's status shows as staged (a well-formed id of no plan when nothing is staged)."""
+        staged = (await self.c.status(tid)).get("stagedDeactivations") or {}
+        return str(staged.get("planId") or "plan-" + "0" * 24)
+
     async def console_step(self) -> None:
         rng = self.rng
         t = rng.choice(self.tenants)
         kind = rng.choice(("approve", "heartbeat", "threat", "inventory", "results"))
         if kind == "approve":
-            r = await self.c.call("POST", f"/api/tenants/{t.tid}/deactivations/approve")
+            r = await self.c.call("POST", f"/api/tenants/{t.tid}/deactivations/approve",
+                                  json={"planId": await self.staged_plan(t.tid)})
             assert r.status_code in (202, 409), r.text
             await self.c.drain()
         elif kind == "heartbeat":
@@ -745,7 +751,8 @@ class Run:
                 status = await self.c.status(t.tid)
                 if (status.get("stagedDeactivations") or {}).get("state") == "deactivations_staged":
                     # The operator reviews the staged plan against the directory and approves it.
-                    r = await self.c.call("POST", f"/api/tenants/{t.tid}/deactivations/approve")
+                    r = await self.c.call("POST", f"/api/tenants/{t.tid}/deactivations/approve",
+                                          json={"planId": await self.staged_plan(t.tid)})
                     assert r.status_code in (202, 409), r.text
                     self.log(f"final approve {t.tid[:8]}")
             await self.c.drain()
