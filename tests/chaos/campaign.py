@@ -69,21 +69,22 @@ class HostKilled(BaseException):
 
 
 class KillSwitch:
-    """Counts one worker process's I/O operations and kills the process at an armed one."""
+    """Counts one worker process's I/O operations per kind (graph, table, queue) and kills the process at an armed
+    one."""
 
     def __init__(self, on_kill: Callable[[], None]) -> None:
         self.on_kill = on_kill
-        self.ops = 0
-        self.armed: tuple[int, str] | None = None
+        self.ops: Counter[str] = Counter()
+        self.armed: tuple[str, int, str] | None = None
         self.dead = False
         self.fired: str | None = None
 
-    def arm(self, at: int, mode: str) -> None:
-        """Die at the ``at``-th operation from now, ``before`` sending it or ``after`` its answer arrived."""
-        self.ops = 0
-        self.armed = (at, mode)
+    def arm(self, what: str, at: int, mode: str) -> None:
+        """Die at the ``at``-th ``what`` operation from now, ``before`` sending it or ``after`` its answer arrived."""
+        self.ops = Counter()
+        self.armed = (what, at, mode)
 
-    def disarm(self) -> int:
+    def disarm(self) -> Counter[str]:
         """Stop counting towards a kill; returns the operations counted since :meth:`arm`."""
         self.armed = None
         return self.ops
@@ -93,19 +94,19 @@ class KillSwitch:
         self.armed = None
         self.fired = f"{what}/{mode}"
         self.on_kill()
-        raise HostKilled(f"worker killed {mode} {what} operation {self.ops}")
+        raise HostKilled(f"worker killed {mode} {what} operation {self.ops[what]}")
 
     def before(self, what: str) -> None:
         if self.dead:
             raise HostKilled("worker is dead")
-        self.ops += 1
-        if self.armed and self.armed == (self.ops, "before"):
+        self.ops[what] += 1
+        if self.armed == (what, self.ops[what], "before"):
             self._fire(what, "before")
 
     def after(self, what: str) -> None:
         if self.dead:
             raise HostKilled("worker is dead")
-        if self.armed and self.armed == (self.ops, "after"):
+        if self.armed == (what, self.ops[what], "after"):
             self._fire(what, "after")
 
 
@@ -260,7 +261,7 @@ class Campaign:
         self.workers: Workers | None = None
         self.env: dict[str, str] = {}
         self.supported: set[str] = set()
-        self.last_ops = 30
+        self.last_ops: Counter[str] = Counter({"graph": 6, "table": 20, "queue": 1})
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -609,9 +610,11 @@ class Run:
         self.log(f"fault {name} {match.get('path_prefix')} x{count} {t.tid[:8]}")
 
     async def kill_step(self) -> None:
-        """Arm a kill at a seeded I/O operation of the worker and run a poll."""
+        """Arm a kill at a seeded I/O operation of the worker (the k-th Graph request, table operation or queue
+        send of the poll) and run a poll."""
         assert self.c.workers is not None
-        at = self.rng.randint(1, max(2, self.c.last_ops))
+        what = self.rng.choices(("graph", "table", "queue"), (5, 5, 1))[0]
+        at = self.rng.randint(1, max(2, self.c.last_ops[what]))
         mode = self.rng.choice(("before", "after"))
         switch = self.c.workers.current.switch
         kills = self.c.workers.kills
@@ -624,17 +627,17 @@ class Run:
                 t = self.rng.choice(self.tenants)
                 await self.c.call("POST", f"/api/tenants/{t.tid}/sync",
                                   params={"full": self.rng.choice(("true", "false"))})
-            switch.arm(at, mode)
+            switch.arm(what, at, mode)
             await self.c.drain()
         finally:
             ops = switch.disarm()
         if self.c.workers.kills > kills:
             self.fault(f"host_kill:{switch.fired}")
-            self.log(f"kill at op {at} {mode} -> {switch.fired}")
+            self.log(f"kill at {what} op {at} {mode} -> killed")
         else:
-            if ops:
-                self.c.last_ops = max(3, ops)
-            self.log(f"kill at op {at} {mode} armed, poll finished first ({ops} ops)")
+            for kind, n in ops.items():
+                self.c.last_ops[kind] = max(2, n)
+            self.log(f"kill at {what} op {at} {mode} armed, poll finished first ({dict(ops)})")
 
     async def duplicates_step(self) -> None:
         t = self.rng.choice(self.tenants)
