@@ -62,6 +62,7 @@ QUARANTINE_RETRY = 6 * 3600
 MAX_RETRIES = 2
 READ_TIMEOUT = 0.6  # the campaign's Graph read timeout (production: 60 s); "slow" faults answer after 0.9 s
 FINAL_ROUNDS = 4
+INTUNE_SERVICES = ("StatelessPartnerTenantDataSyncService", "StatelessPartnerDeviceDataSyncService")
 
 
 class HostKilled(BaseException):
@@ -326,6 +327,16 @@ class Campaign:
             except AssertionError:
                 pass
         self.sim.clear_faults()
+        probe = self.sim.create_tenant("small", seed=999_999)
+        probes: tuple[tuple[str, dict[str, Any]], ...] = (
+            ("add_user", {"lag_seconds": 1}), ("set_intune_endpoints", {"providers": list(INTUNE_SERVICES)}))
+        for op, args in probes:
+            try:
+                self.sim.mutate(probe["tenant_id"], op, **args)
+                kinds.add({"add_user": "replication_lag", "set_intune_endpoints": "intune_missing"}[op])
+            except AssertionError:
+                pass
+        self.sim.call("DELETE", f"/_sim/tenants/{probe['tenant_id']}")
         return kinds
 
     async def _stop(self) -> None:
@@ -422,6 +433,7 @@ class TenantModel:
     ever_out: set[str] = field(default_factory=set)
     last_truth: set[str] = field(default_factory=set)
     revoked: list[str] | None = None
+    intune_changed: bool = False
 
 
 GRAPH_PREFIXES = ("/v1.0/", "/v1.0/groups/delta", "/v1.0/devices/delta", "/v1.0/$batch", "/v1.0/users",
@@ -477,15 +489,16 @@ class Run:
         try:
             if op == "new_user_device" and gid:
                 target = rng.choice([gid, *t.extra_groups]) if t.extra_groups else gid
-                user = sim.mutate(t.tid, "add_user", groups=[target])["id"]
+                user = sim.mutate(t.tid, "add_user", groups=[target], **self.lag("lag_seconds"))["id"]
                 t.users.append(user)
                 t.memberships.append((target, user))
                 dev = sim.mutate(t.tid, "add_device", operatingSystem=rng.choice((*PLATFORMS, "Windows")),
-                                 owner_id=user)["id"]
+                                 owner_id=user, **self.lag("lag_seconds"), **self.lag("owner_lag_seconds"))["id"]
                 t.devices.append(dev)
             elif op == "new_device" and t.users:
                 dev = sim.mutate(t.tid, "add_device", operatingSystem=rng.choice((*PLATFORMS, "macOS")),
-                                 owner_id=rng.choice(t.users))["id"]
+                                 owner_id=rng.choice(t.users), **self.lag("lag_seconds"),
+                                 **self.lag("owner_lag_seconds"))["id"]
                 t.devices.append(dev)
             elif op == "delete_device" and t.devices:
                 dev = t.devices.pop(rng.randrange(len(t.devices)))
@@ -521,7 +534,7 @@ class Run:
                 sim.mutate(t.tid, "remove_member", group_id=group, member_id=member)
             elif op == "add_member" and gid and t.users:
                 member = rng.choice(t.users)
-                sim.mutate(t.tid, "add_member", group_id=gid, member_id=member)
+                sim.mutate(t.tid, "add_member", group_id=gid, member_id=member, **self.lag("lag_seconds"))
                 t.memberships.append((gid, member))
             elif op == "rename_group" and gid:
                 if gid in t.renamed:
@@ -537,6 +550,13 @@ class Run:
                 raise
         self.log(f"mutate {op} {t.tid[:8]}")
         self.observe(t)
+
+    def lag(self, name: str) -> dict[str, float]:
+        """Sometimes, replication lag for a new object or link (simulated seconds; Entra is eventually consistent)."""
+        if "replication_lag" not in self.c.supported or self.rng.random() > 0.3:
+            return {}
+        self.fault("replication_lag")
+        return {name: self.rng.choice((30, 600, 3600))}
 
     async def poll_step(self) -> None:
         """A poll of some kind: the timer, a console sync (full or not), or a dry run."""
@@ -569,6 +589,7 @@ class Run:
                  "delta_sync_state", "token_outage", "keyvault_outage", "consent_revoked"]
         names += sorted({"round_empty", "round_truncated", "members_short", "redirect"} & self.c.supported)
         names += ["malformed"] if "html" in self.c.supported else []
+        names += ["intune_missing"] if "intune_missing" in self.c.supported else []
         name = rng.choice(names)
         if name == "throttle":
             sim.fault("throttle", match=match, count=count, retry_after=rng.choice((0.01, 0.05)))
@@ -599,6 +620,12 @@ class Run:
             sim.fault("status", match={"path_prefix": "/secrets"}, count=rng.choice((2, 6)), status=503,
                       retry_after=0.01)
             self.c.workers.restart() if self.c.workers else None  # the secret is not cached by a new worker
+        elif name == "intune_missing":
+            # The Intune service principal lists fewer services (or none); a new worker discovers them again.
+            left = rng.choice(([], [INTUNE_SERVICES[0]], [INTUNE_SERVICES[1]]))
+            sim.mutate(t.tid, "set_intune_endpoints", providers=left)
+            t.intune_changed = True
+            self.c.workers.restart() if self.c.workers else None
         elif name == "consent_revoked":
             app_id = sim.info["connector"]["client_id"]
             if t.revoked is None:
@@ -656,20 +683,20 @@ class Run:
         await self.c.drain()
         self.log(f"duplicates x{copies} {t.tid[:8]}")
 
-    async def staged_plan(self, tid: str) -> str:
-        """The planId the tenant's status shows as staged (a well-formed id of no plan when nothing is staged)."""
-        staged = (await self.c.status(tid)).get("stagedDeactivations") or {}
-        return str(staged.get("planId") or "plan-" + "0" * 24)
+    async def approve(self, t: TenantModel) -> None:
+        """Approve the plan the tenant's status names (409 when nothing or another plan is staged)."""
+        staged = (await self.c.status(t.tid)).get("stagedDeactivations") or {}
+        plan = staged.get("planId") or f"plan-{self.rng.randrange(16**24):024x}"
+        r = await self.c.call("POST", f"/api/tenants/{t.tid}/deactivations/approve", json={"planId": plan})
+        assert r.status_code in (202, 409), r.text
+        await self.c.drain()
 
     async def console_step(self) -> None:
         rng = self.rng
         t = rng.choice(self.tenants)
         kind = rng.choice(("approve", "heartbeat", "threat", "inventory", "results"))
         if kind == "approve":
-            r = await self.c.call("POST", f"/api/tenants/{t.tid}/deactivations/approve",
-                                  json={"planId": await self.staged_plan(t.tid)})
-            assert r.status_code in (202, 409), r.text
-            await self.c.drain()
+            await self.approve(t)
         elif kind == "heartbeat":
             await self.c.devhost.run_timer("send_heartbeats", raise_on_error=False)
         elif kind == "results":
@@ -738,6 +765,9 @@ class Run:
         sim.clear_faults()
         app_id = sim.info["connector"]["client_id"]
         for t in self.tenants:
+            if t.intune_changed:
+                sim.mutate(t.tid, "set_intune_endpoints", providers=list(INTUNE_SERVICES))
+                t.intune_changed = False
             if t.revoked is not None:
                 sim.call("POST", "/_sim/consent", json={"tenant_id": t.tid, "app_id": app_id, "roles": t.revoked})
                 t.revoked = None
@@ -754,9 +784,7 @@ class Run:
                 status = await self.c.status(t.tid)
                 if (status.get("stagedDeactivations") or {}).get("state") == "deactivations_staged":
                     # The operator reviews the staged plan against the directory and approves it.
-                    r = await self.c.call("POST", f"/api/tenants/{t.tid}/deactivations/approve",
-                                          json={"planId": await self.staged_plan(t.tid)})
-                    assert r.status_code in (202, 409), r.text
+                    await self.approve(t)
                     self.log(f"final approve {t.tid[:8]}")
             await self.c.drain()
             if self.debug:
@@ -899,10 +927,10 @@ def replay_command(seed: int) -> str:
     return f".venv/bin/python -m tests.chaos.campaign --seed {seed}"
 
 
-ALL_FAULTS = ("throttle", "throttle_no_retry_after", "5xx", "504", "reset", "truncate", "malformed", "redirect", "slow",
-              "round_empty", "round_truncated", "members_short", "delta_410", "delta_sync_state", "token_outage",
-              "consent_revoked", "keyvault_outage", "azurite_restart", "host_kill", "duplicate_messages",
-              "concurrent_messages", "worker_restart", "clock_jump")
+ALL_FAULTS = ("replication_lag", "intune_missing", "throttle", "throttle_no_retry_after", "5xx", "504", "reset",
+              "truncate", "malformed", "redirect", "slow", "round_empty", "round_truncated", "members_short",
+              "delta_410", "delta_sync_state", "token_outage", "consent_revoked", "keyvault_outage", "azurite_restart",
+              "host_kill", "duplicate_messages", "concurrent_messages", "worker_restart", "clock_jump")
 
 
 def histogram(total: Counter[str]) -> list[str]:
