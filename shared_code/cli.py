@@ -4,7 +4,7 @@
     show <tenant>                   one tenant's document
     plan <tenant> [--full]          the dry-run plan of the next poll (writes nothing)
     poll <tenant>|--all [--full] [--wait]
-    approve <tenant> [--plan ID]    approve the staged deactivation plan (by its planId)
+    approve <tenant> --plan-id ID   approve the staged deactivations of that plan (its id: show / tenants / plan)
     poison [<tenant>]               messages in the poll queue's poison queue
     requeue <tenant>|--all          move poison messages back to the poll queue
 
@@ -151,6 +151,7 @@ def _tenant_row(record: Any, running: bool, poisoned: int) -> dict[str, Any]:
         "quarantine": quarantine.get("state") or "ok",
         "failures": quarantine.get("failures") or 0,
         "staged": guard.get("staged") if guard.get("state") == "deactivations_staged" else 0,
+        "planId": guard.get("planId") if guard.get("state") == "deactivations_staged" else None,
         "heartbeat": heartbeat.get("state"),
         "intune": status.get("intune", {}).get("state"),
         "delivery": status.get("delivery", {}).get("state"),
@@ -177,8 +178,8 @@ async def cmd_tenants(c: Container, args: argparse.Namespace, out: Out) -> None:
     if out.as_json:
         out.json(rows)
         return
-    columns = ["tenantId", "poll", "mode", "lastPollAt", "enrolled", "quarantine", "staged", "heartbeat", "intune",
-               "delivery", "poisoned"]
+    columns = ["tenantId", "poll", "mode", "lastPollAt", "enrolled", "quarantine", "staged", "planId", "heartbeat",
+               "intune", "delivery", "poisoned"]
     out.table(f"{len(rows)} active tenant(s)", columns, [[r[k] for k in columns] for r in rows])
 
 
@@ -215,7 +216,7 @@ async def cmd_plan(c: Container, args: argparse.Namespace, out: Out) -> None:
         out.json(plan)
         return
     out.kv(f"dry run of tenant {args.tenant} ({plan['mode']}): nothing was written", {
-        **plan["counts"], "staged": plan.get("staged"), "desired": plan.get("desired"),
+        **plan["counts"], "staged": plan.get("staged"), "planId": plan.get("planId"), "desired": plan.get("desired"),
         "enrolled": plan.get("enrolled"), "usage": plan.get("usage"),
     })
     items = plan.get("items") or []
@@ -282,13 +283,7 @@ async def cmd_poll(c: Container, args: argparse.Namespace, out: Out) -> None:
 
 async def cmd_approve(c: Container, args: argparse.Namespace, out: Out) -> None:
     enrollment, _poison = _services(c)
-    plan = args.plan
-    if plan is None:
-        # Without --plan: the plan ``show`` displays as staged now (the poll still applies it only if fresh reads
-        # recompute exactly it).
-        record = await enrollment.tenants.get(args.tenant)
-        plan = str(((record.status.get("guard") or {}).get("planId") if record is not None else None) or "")
-    result = await enrollment.approve(args.tenant, _caller(), plan)
+    result = await enrollment.approve(args.tenant, _caller(), args.plan_id)
     if out.as_json:
         out.json(result)
         return
@@ -347,9 +342,10 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("tenants", help="every tenant with its state")
     sub.add_parser("show", help="one tenant's document").add_argument("tenant", type=_guid)
-    approve = sub.add_parser("approve", help="approve the staged deactivation plan")
+    approve = sub.add_parser("approve", help="approve the staged deactivations of one plan")
     approve.add_argument("tenant", type=_guid)
-    approve.add_argument("--plan", help="the planId to approve (default: the plan staged now, as `show` displays)")
+    approve.add_argument("--plan-id", "--plan", dest="plan_id", required=True,
+                         help="the staged plan's id (stagedDeactivations.planId in show, planId in tenants)")
     plan = sub.add_parser("plan", help="the dry-run plan of the next poll (nothing written)")
     plan.add_argument("tenant", type=_guid)
     plan.add_argument("--full", action="store_true", help="plan a full reconcile")
@@ -395,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, ConnectorError) as exc:
         where = f" ({exc.field})" if isinstance(exc, ValidationError) else ""
         out.err.print(f"error: {type(exc).__name__}{where}: {exc}", markup=False)
+        details = getattr(exc, "details", None)
+        if details:
+            out.err.print(json.dumps(details, default=str, indent=2), markup=False)
         return 1
     return 0
 

@@ -100,15 +100,17 @@ async def test_every_command_against_the_local_stack(
         sim.mutate(tid, "delete_device", device_id=device)
     staged = await cli.json("poll", tid, "--wait")
     assert staged["polls"][tid]["result"] == "ok"
-    assert {r["tenantId"]: r["staged"] for r in await cli.json("tenants")}[tid] == len(gone)
-    approved = await cli.json("approve", tid)
-    assert approved["approved"] == len(gone) and approved["queued"] is True
+    row = {r["tenantId"]: r for r in await cli.json("tenants")}[tid]
+    assert row["staged"] == len(gone) and row["planId"]
+    _out, err = await cli.run("approve", tid, "--plan-id", "not-the-plan", expect=1)
+    assert "ConflictError" in err and row["planId"] in err  # the current plan is shown to approve instead
+    approved = await cli.json("approve", tid, "--plan-id", row["planId"])
+    assert approved["approved"] == len(gone) and approved["queued"] is True and approved["planId"] == row["planId"]
     await devhost.drain_queues()
-    # The approval was consumed by the poll it queued (whether that poll applies deleted devices' deactivations is
-    # the engine's business, tested in tests/integration/enrollment).
     after = await cli.json("show", tid)
+    assert after["status"]["counts"]["enrolled"] == len(truth) - len(gone)
     assert after["status"]["stagedDeactivations"]["state"] != "deactivations_staged"
-    _out, err = await cli.run("approve", tid, expect=1)
+    _out, err = await cli.run("approve", tid, "--plan-id", row["planId"], expect=1)
     assert "ConflictError" in err and "no deactivations are staged" in err
 
     # poison / requeue: the host's poison copy of this tenant's message, and a message nobody can read.
