@@ -30,6 +30,7 @@ import platform
 import ssl
 import sys
 import tempfile
+import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import perf as perf_mod  # noqa: E402
-from bench import report  # noqa: E402
+from bench import plots, report  # noqa: E402
 from bench.baseline import seed_strategy  # noqa: E402
 from bench.bound import lower_bound, scope_shape  # noqa: E402
 from shared_code.adapters.http_retry import UsageMeter  # noqa: E402
@@ -245,6 +246,8 @@ def perf(args: argparse.Namespace, command: str) -> list[str]:
     scenarios = [s for s in args.perf_scenarios.split(",") if s] + (["XL"] if args.xl else [])
     with tempfile.TemporaryDirectory() as wd:
         info, proc = launch.start(wd, timeout=300)
+        # This simulator's CA (the cost table's simulator, and its CA file, are gone by now).
+        os.environ["SSL_CERT_FILE"] = os.environ["REQUESTS_CA_BUNDLE"] = info["ca_path"]
         azurite = None if args.no_azurite else start_azurite()
         runner = perf_mod.Runner(info, proc.pid, seed=args.seed, azurite=azurite,
                                  log=lambda m: print(m, flush=True))
@@ -274,6 +277,13 @@ def perf(args: argparse.Namespace, command: str) -> list[str]:
             steps.append(("baseline XL", lambda: runner.baseline("XL", command, timeout=3600)))
         if args.fleet:
             steps.append(("fleet", lambda: runner.fleet(args.fleet_tenants, args.heartbeat_concurrency, command)))
+        if args.fleet_poll:
+            workers = [int(w) for w in args.fleet_workers.split(",") if w]
+            steps.append(("fleetpoll", lambda: runner.fleet_poll(args.fleet_poll, workers, command,
+                                                                 throttle_scale=args.fleet_scale,
+                                                                 scaled_count=args.fleet_scaled_tenants)))
+        if args.coldstart:
+            steps.append(("coldstart", lambda: runner.coldstart(command)))
         stack = [s for s in args.stack.split(",") if s] + (["XL"] if args.xl and "XL" not in args.stack else [])
         for scen in stack:
             steps.append((f"stack {scen}", lambda scen=scen: runner.stack(scen, command, cap=args.stack_cap)))
@@ -286,7 +296,8 @@ def perf(args: argparse.Namespace, command: str) -> list[str]:
                 try:
                     step()
                 except Exception as exc:  # noqa: BLE001 - one failed measurement must not lose the others
-                    print(f"  {name} FAILED: {str(exc)[-1500:]}", flush=True)
+                    where = "".join(traceback.format_exception(exc)[-3:])
+                    print(f"  {name} FAILED: {str(exc)[-1500:]}\n{where}", flush=True)
                     failed.append(name)
         finally:
             runner.close()
@@ -307,6 +318,7 @@ def render_all(results: dict[str, Any]) -> str:
     cost_meta = next((entries[k] for k in entries if k.startswith("cost:")), {})
     lines = ["# Benchmarks", ""]
     lines += report.prose("intro")
+    lines += report.targets_section(results)
     lines += report.machine_section(results)
     lines += report.serve_section(results)
     lines += report.sync_section(results)
@@ -316,6 +328,9 @@ def render_all(results: dict[str, Any]) -> str:
     lines += report.baseline_section(results)
     lines += report.fleet_section(results)
     lines += report.stack_section(results)
+    lines += report.fleetpoll_section(results)
+    lines += report.coldstart_section(results)
+    lines += report.plots_section(plots.draw(results))
     if cost_rows:
         lines.append(render(cost_rows, int(cost_meta.get("seed", 7)), cost_meta.get("measured")))
     lines += report.prose("meaning")
@@ -383,14 +398,24 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stack-cap", type=float, default=1800.0,
                         help="seconds a stack run's first full reconcile may take before it is recorded as not "
                              "converged")
+    parser.add_argument("--fleet-poll", type=int, default=1000, metavar="N",
+                        help="N tenants polled through timer + queue on devhost nodes (0: skip)")
+    parser.add_argument("--fleet-workers", default="1,2,4", help="queue-worker (devhost process) counts to measure")
+    parser.add_argument("--fleet-scale", type=float, default=0.002,
+                        help="Graph quota scale of the paced / not paced comparison (0: skip it)")
+    parser.add_argument("--fleet-scaled-tenants", type=int, default=200)
+    parser.add_argument("--no-coldstart", dest="coldstart", action="store_false",
+                        help="skip the cold-start measurements")
     parser.add_argument("--quick", action="store_true",
                         help="the < 5-minute subset: cost table small+M, speed/memory and seed baseline on M, the "
-                             "stack run on M (make bench BENCH=quick)")
+                             "stack run on M, cold start, a 50-tenant fleet on 1 and 2 workers and the paced / "
+                             "not paced comparison on 20 tenants (make bench BENCH=quick)")
     parser.add_argument("--snapshot", action="store_true",
                         help="measure the committed code (git archive HEAD + this bench/) instead of the work tree")
     args = parser.parse_args(argv)
     if args.quick:
         args.scenarios, args.perf_scenarios, args.stack, args.xl, args.xl_azurite = "small,M", "M", "M", False, False
+        args.fleet_poll, args.fleet_workers, args.fleet_scaled_tenants = 50, "1,2", 20
     raw = list(argv if argv is not None else sys.argv[1:])
     if args.snapshot:
         return snapshot_run(raw)

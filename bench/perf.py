@@ -15,8 +15,10 @@ import platform
 import ssl
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -248,6 +250,138 @@ class Runner:
             self.admin.delete(t["tenant_id"])
         hb = beat["phases"]["heartbeats_cold"]
         self.log(f"  cold heartbeat run {hb['requests']} req {hb['wall_s']} s")
+
+    def fleet_poll(self, count: int, workers: list[int], command: str, *, throttle_scale: float = 0.002,
+                   scaled_count: int = 200, limit_s: float = 1800) -> dict[str, Any]:
+        """A fleet polled through timer + queue on 1..N devhost nodes (bench/fleet.py).
+
+        ``count`` tenants: provisioning through the HTTP API, the first cycle (full reconciles), then a quiet
+        5-minute cycle per worker count. Then, with Graph's quotas scaled by ``throttle_scale`` in the simulator,
+        ``scaled_count`` new tenants provisioned and fully reconciled twice over: with the pacer scaled alike, and
+        with pacing off (the control).
+        """
+        from bench.fleet import Node, drain_all
+        from bench.worker import _totals, sim_totals
+
+        assert self.azurite is not None, "the fleet keeps its state in Table Storage (Azurite)"
+        azurite = self.azurite
+        out: dict[str, Any] = {"tenants": count, "cycles": {}}
+        offset = 0.0
+        token = self.admin.post("/_sim/tokens/console", {"roles": ["Console.Manage", "Console.Read"]})
+
+        def start(k: int, prefix: str, settings: dict[str, str]) -> list[Node]:
+            job = {"info": self.info, "connection_string": azurite.connection_string, "table_prefix": prefix,
+                   "clock_offset": offset, "settings": {"GRAPH_PACER_INSTANCES": str(k), **settings}}
+            with ThreadPoolExecutor(k) as pool:
+                return list(pool.map(lambda _: Node(job), range(k)))
+
+        def graph(ids: list[str]) -> dict[str, Any]:
+            t = _totals(sim_totals(self.admin.http, ids))
+            return {"requests": t["by_family"].get("graph", 0), "ru": t["ru"], "throttled": t["throttled"],
+                    "tokens": t["by_family"].get("token", 0), "intune": t["by_family"].get("intune", 0)}
+
+        def tenants_of(n: int, seed: int) -> list[dict[str, Any]]:
+            fleet = self.admin.post("/_sim/tenants", {"scenario": "fleet", "count": n, "seed": seed})
+            return [{"tenant_id": t["tenant_id"], "enrollment_groups": t["enrollment_groups"],
+                     "scenario": t["scenario"]} for t in fleet["tenants"]]
+
+        def provision(nodes: list[Node], tenants: list[dict[str, Any]]) -> dict[str, Any]:
+            ids = [t["tenant_id"] for t in tenants]
+            self.admin.http.post("/_sim/counters/reset")
+            t0 = time.perf_counter()
+            with httpx.Client(base_url=nodes[0].ready["base_url"], timeout=300, trust_env=False,
+                              headers={"Authorization": f"Bearer {token['access_token']}"}) as api, \
+                    ThreadPoolExecutor(16) as pool:
+                codes = list(pool.map(lambda t: api.put(f"/api/tenants/{t['tenant_id']}", json={
+                    "enrollmentGroups": t["enrollment_groups"], "platforms": ["iOS", "iPadOS", "Android"]}).status_code,
+                    tenants))
+            return {"wall_s": round(time.perf_counter() - t0, 2), "ok": sum(1 for c in codes if c < 300),
+                    **graph(ids)}
+
+        def cycle(name: str, nodes: list[Node], ids: list[str], **extra: Any) -> dict[str, Any]:
+            self.admin.http.post("/_sim/counters/reset")
+            inv0 = sum(n.command("stats")["invocations"] for n in nodes)
+            t0 = time.perf_counter()
+            nodes[0].command("dispatch")
+            drained = drain_all(nodes, limit_s)
+            wall = time.perf_counter() - t0
+            stats = [n.command("stats") for n in nodes]
+            polls = sum(s["invocations"] for s in stats) - inv0
+            res = {"workers": len(nodes), "tenants": len(ids), "wall_s": round(wall, 2), "drained": drained,
+                   "polls": polls, "tenants_per_min": round(len(ids) / wall * 60, 1) if drained else None,
+                   **graph(ids), "failures": sum(s["failures"] for s in stats),
+                   "poisoned": sum(s["poisoned"] for s in stats), "pacer": [s["pacer"] for s in stats],
+                   "peak_rss_mb": max(s["peak_rss_mb"] for s in stats), "loadavg_1m": round(os.getloadavg()[0], 2),
+                   **extra}
+            out["cycles"][name] = res
+            self.log(f"  {name}: {len(nodes)} worker(s) {res['wall_s']} s, {polls} polls, {res['requests']} req, "
+                     f"{res['throttled']} × 429, {res['tenants_per_min']} tenants/min")
+            return res
+
+        def stop(nodes: list[Node]) -> None:
+            for n in nodes:
+                n.stop()
+
+        tenants = tenants_of(count, self.seed)
+        ids = [t["tenant_id"] for t in tenants]
+        out["mix"] = {sc: sum(1 for t in tenants if t["scenario"] == sc) for sc in sorted({t["scenario"] for t in
+                                                                                          tenants})}
+        prefix = f"p{uuid.uuid4().hex[:10]}"
+        self.log(f"fleet poll: {count} tenants {out['mix']}, workers {workers}")
+        nodes = start(workers[0], prefix, {})
+        try:
+            out["provision"] = provision(nodes, tenants)
+            self.log(f"  provisioned {out['provision']['ok']}/{count} in {out['provision']['wall_s']} s")
+            cycle("first", nodes, ids)
+        finally:
+            stop(nodes)
+        for k in workers:
+            offset += 300
+            nodes = start(k, prefix, {})
+            try:
+                cycle(f"quiet x{k}", nodes, ids)
+            finally:
+                stop(nodes)
+        for t in ids:
+            self.admin.delete(t)
+        if throttle_scale:
+            k = workers[-1]
+            scaled = {"GRAPH_APP_RU_PER_20S": str(round(150_000 * throttle_scale)),
+                      "GRAPH_TENANT_RU_PER_10S": str(max(1, round(3500 * throttle_scale)))}
+            out["scaled"] = {"scale": throttle_scale, "tenants": scaled_count, **scaled}
+            self.admin.post("/_sim/throttle", {"scale": throttle_scale})
+            try:
+                for i, (name, settings) in enumerate((("scaled quotas, paced", scaled),
+                                                      ("scaled quotas, not paced",
+                                                       {**scaled, "GRAPH_PACER_INSTANCES": "0"}))):
+                    fresh = tenants_of(scaled_count, self.seed + 100 + i)
+                    fresh_ids = [t["tenant_id"] for t in fresh]
+                    nodes = start(k, f"q{uuid.uuid4().hex[:10]}", settings)
+                    try:
+                        prov = provision(nodes, fresh)
+                        cycle(name, nodes, fresh_ids, throttle_scale=throttle_scale, provision=prov)
+                    finally:
+                        stop(nodes)
+                        for t in fresh_ids:
+                            self.admin.delete(t)
+            finally:
+                self.admin.post("/_sim/throttle", {"scale": 1.0})
+        self.record(f"fleetpoll:{count}", command, out)
+        return out
+
+    def coldstart(self, command: str) -> dict[str, Any]:
+        """Start → first HTTP response / first Graph response of a poll, idle RSS, imports (bench/coldstart.py)."""
+        from bench.coldstart import measure
+
+        assert self.azurite is not None, "the cold-start runs keep state in Table Storage (Azurite)"
+        t = self.admin.post("/_sim/tenants", {"scenario": "M", "seed": self.seed})
+        self.log("cold start (fresh devhost processes, an M tenant)")
+        try:
+            res = measure(self.info, self.azurite, t, log=self.log)
+        finally:
+            self.admin.delete(t["tenant_id"])
+        self.record("coldstart", command, res)
+        return res
 
     def close(self) -> None:
         self.admin.close()
