@@ -317,7 +317,10 @@ async def _handle(req: func.HttpRequest, role: str, action: Action) -> func.Http
             raise ApiError(413, "body-too-large", f"request body exceeds {MAX_BODY_BYTES} bytes", field="body")
         return await action(RequestContext(req=req, caller=caller, services=services))
     except AuthenticationError as exc:
-        return problem(401, "unauthenticated", str(exc))
+        # The reason (expired, wrong audience, client not allowed …) goes to the log only: telling a caller which
+        # check failed helps whoever is forging tokens, not the console.
+        log.info("console token refused: %s", exc)
+        return problem(401, "unauthenticated", "the bearer token is missing or invalid")
     except ForbiddenError as exc:
         return problem(403, "forbidden", str(exc))
     except ApiError as exc:

@@ -1,16 +1,17 @@
-"""``POST /api/sso/roles``: console roles of a console user, from their delegated Graph token (User.Read).
+"""``POST /api/sso/roles``: console roles of a console user, from a sign-in token for the connector's own API.
 
-Body ``{"accessToken": "<user's Graph token>", "tenantId"?: "<guid>"}`` → ``{user, tenantId, roles,
-matchedGroups}``. The user token is used for two Graph calls as that user and never stored or logged.
+Body ``{"accessToken": "<the user's token for api://<connector>/Console.SignIn>", "tenantId"?: "<guid>"}`` →
+``{user, tenantId, roles, matchedGroups}``. The token is validated locally (shared_code/identity/sso.py) and never
+stored, logged or sent anywhere. Any invalid sign-in token is 401 ``user-token-rejected`` with a generic detail:
+the caller does not learn whether the tenant is provisioned, the token expired or the scope was missing.
 """
 
 from __future__ import annotations
 
 import azure.functions as func
 
-from functions.http_support import READ, ApiError, RequestContext, handle, invalid, json_response
-from shared_code.domain.ids import is_guid
-from shared_code.identity.sso import MAX_TOKEN_CHARS, UserTokenRejectedError, token_tenant
+from functions.http_support import READ, ApiError, RequestContext, handle, json_response
+from shared_code.identity.sso import MAX_TOKEN_CHARS, UserTokenRejectedError
 from shared_code.intune.wiring import build_intune
 from shared_code.validation import Guid, Obj, Prop, Str
 
@@ -27,13 +28,11 @@ SSO_BODY = Obj(
 
 async def _roles(ctx: RequestContext) -> func.HttpResponse:
     body = ctx.body(SSO_BODY)
-    # The tenant comes from the token: it must be a GUID too before it is used as a storage key.
-    if not is_guid(token_tenant(body["accessToken"])):
-        raise invalid("accessToken", "accessToken's tenant (tid) is not a GUID")
     try:
         result = await ctx.services.service(build_intune).sso.roles(body)
     except UserTokenRejectedError:
-        raise ApiError(400, "user-token-rejected", "Graph rejected the user's token", field="accessToken") from None
+        raise ApiError(401, "user-token-rejected", "the sign-in token is not valid for this connector",
+                       field="accessToken") from None
     return json_response(result)
 
 

@@ -99,6 +99,13 @@ param consoleApiAudience string = ''
 @description('Tenant that issues the console\'s tokens (CONSOLE_API_TENANT_ID). Default: this subscription\'s tenant.')
 param consoleApiTenantId string = subscription().tenantId
 
+@description('Client id(s), comma-separated, of the console app(s) whose tokens the API accepts (CONSOLE_ALLOWED_CLIENT_IDS; azp/appid). Required: with none, nobody is let in.')
+param consoleAllowedClientIds string
+
+@description('Console token kind (CONSOLE_TOKEN_KIND): app (the console backend\'s app-only token, default) or delegated (operators sign in).')
+@allowed(['app', 'delegated'])
+param consoleTokenKind string = 'app'
+
 // ---------------------------------------------------------------------------------------------------------------
 // Microsoft cloud endpoints and Intune partner services (defaults: the cloud this deployment runs in; see
 // shared_code/cloud.py and docs/deploy.md "Azure clouds")
@@ -382,6 +389,8 @@ var appSettings = union({
   INTUNE_RESOURCE: intuneResource
   CONSOLE_API_AUDIENCE: empty(consoleApiAudience) ? 'api://${connectorClientId}' : consoleApiAudience
   CONSOLE_API_TENANT_ID: consoleApiTenantId
+  CONSOLE_ALLOWED_CLIENT_IDS: consoleAllowedClientIds
+  CONSOLE_TOKEN_KIND: consoleTokenKind
   INTUNE_TENANT_SYNC_PROVIDER: intuneTenantSyncProvider
   INTUNE_DEVICE_SYNC_PROVIDER: intuneDeviceSyncProvider
   INTUNE_TENANT_API_VERSION: intuneTenantApiVersion

@@ -127,6 +127,7 @@ def build_env(info: dict[str, Any], storage: str) -> dict[str, str]:
         "INTUNE_SERVICE_DOMAINS": info["intune_service_domains"],
         "CONSOLE_API_AUDIENCE": info["console"]["audience"],
         "CONSOLE_API_TENANT_ID": info["console"]["tenant_id"],
+        "CONSOLE_ALLOWED_CLIENT_IDS": info["console"]["client_id"],
         "REQUESTS_CA_BUNDLE": info["ca_path"],
         "SSL_CERT_FILE": info["ca_path"],
     }

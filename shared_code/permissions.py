@@ -126,20 +126,15 @@ _OWN_CALLS: tuple[ApiCall, ...] = (
         feature="mam", seed_api=None,
     ),
     ApiCall(
-        name="graph.me",
-        api="graph", method="GET", path="/me?$select=id,displayName,userPrincipalName",
-        permission="User.Read", type="delegated",
-        purpose="Console SSO: identify the signed-in console user (called with the user's own token)",
-        feature="sso", seed_api="GET /me",
-    ),
-    ApiCall(
-        name="graph.me_get_member_objects",
-        api="graph", method="POST", path="/me/getMemberObjects",
-        permission="User.Read", type="delegated",
+        name="graph.user_transitive_member_of",
+        api="graph", method="GET", path="/users/{id}/transitiveMemberOf?$select=id",
+        permission="User.Read.All", type="application",
         purpose=(
-            "Console SSO: the signed-in user's transitive group ids, mapped to console roles. User.Read is the "
-            "least-privileged delegated permission for the signed-in user's memberships "
-            "(learn.microsoft.com/graph/api/directoryobject-getmemberobjects)"
+            "Console SSO: the transitive group ids of a console user whose sign-in token for the connector's API "
+            "(scope Console.SignIn) was validated locally, mapped to console roles. App-only with the permission "
+            "enrollment already needs (learn.microsoft.com/graph/api/user-list-transitivememberof: User.Read.All "
+            "is least privileged for another user's memberships), instead of on-behalf-of, which would add the "
+            "delegated User.Read to every customer's consent"
         ),
         feature="sso", seed_api=None,
     ),
@@ -255,9 +250,20 @@ def render_markdown() -> str:
         "",
         "Every Microsoft Graph and Intune call the connector makes is declared once in code",
         "(`shared_code/permissions.py`, `shared_code/enrollment/graph_calls.py`) with its permission and purpose;",
-        "this page is generated from those declarations and a test fails when it is stale. Application permissions",
-        "are granted by the customer's admin consent; the delegated `User.Read` is used only with a console user's",
-        "own token for single sign-on.",
+        "this page is generated from those declarations and a test fails when it is stale. Every permission is an",
+        "application permission granted by the customer's admin consent: the connector holds no delegated permission.",
+        "",
+        "## Console single sign-on",
+        "",
+        "The console sends an access token the user's tenant issued **for the connector's own API** with the",
+        "delegated scope `Console.SignIn` (exposed by the connector's app registration, docs/deploy.md). The",
+        "connector validates it locally (signature from that tenant's keys, `iss` = its v2 issuer, `tid` a",
+        "provisioned customer tenant, `aud` = the API, `azp` in `CONSOLE_ALLOWED_CLIENT_IDS`, `scp` contains",
+        "`Console.SignIn`, not app-only) and reads the user's groups app-only with",
+        "`graph.user_transitive_member_of` (`User.Read.All`, already needed for enrollment). A Microsoft Graph token",
+        "is never accepted as proof of sign-in: Graph accepts a `User.Read` token issued to any client app.",
+        "The on-behalf-of flow was not chosen: it would add the delegated `User.Read` to every customer's consent",
+        "and exchange the user's token with Entra, for the same group ids. So SSO adds no permission.",
         "",
         "## Permission set to grant",
         "",

@@ -32,6 +32,8 @@ SETTING_NAMES: tuple[str, ...] = (
     "INTUNE_SERVICE_DOMAINS",
     "CONSOLE_API_AUDIENCE",
     "CONSOLE_API_TENANT_ID",
+    "CONSOLE_ALLOWED_CLIENT_IDS",
+    "CONSOLE_TOKEN_KIND",
     "INTUNE_TENANT_SYNC_PROVIDER",
     "INTUNE_DEVICE_SYNC_PROVIDER",
     "INTUNE_TENANT_API_VERSION",
@@ -66,6 +68,9 @@ SETTING_DEFAULTS: dict[str, str] = {
     # sent elsewhere). The public cloud's; another AZURE_CLOUD uses its profile's (shared_code/cloud.py).
     "INTUNE_SERVICE_DOMAINS": "manage.microsoft.com",
     "CONNECTOR_SECRET_NAME": "connector-client-secret",
+    # "app": the console's backend calls with an app-only token (roles, no scp); "delegated": operators sign in and
+    # call with their own token (scp + their app-role assignments). One kind per deployment (docs/deploy.md).
+    "CONSOLE_TOKEN_KIND": "app",
     # "secret", or "certificate": CONNECTOR_SECRET_NAME then names a Key Vault certificate (PEM or PKCS#12).
     "CONNECTOR_CREDENTIAL_TYPE": "secret",
     # Intune partner service names and api-versions are not public (reference/intune.md §2). Provider names: the MTD
@@ -145,6 +150,9 @@ class Settings:
     intune_service_domains: tuple[str, ...] = (SETTING_DEFAULTS["INTUNE_SERVICE_DOMAINS"],)
     console_audience: str = ""
     console_tenant_id: str = ""
+    # Client ids (lower-case GUIDs) whose tokens the console API accepts (azp / appid); empty = nobody.
+    console_allowed_client_ids: tuple[str, ...] = ()
+    console_token_kind: str = SETTING_DEFAULTS["CONSOLE_TOKEN_KIND"]
     intune_tenant_provider: str = SETTING_DEFAULTS["INTUNE_TENANT_SYNC_PROVIDER"]
     intune_device_provider: str = SETTING_DEFAULTS["INTUNE_DEVICE_SYNC_PROVIDER"]
     intune_tenant_api_version: str = SETTING_DEFAULTS["INTUNE_TENANT_API_VERSION"]
@@ -218,7 +226,9 @@ class Settings:
             intune_resource=env.get("INTUNE_RESOURCE") or cloud.intune_resource,
             intune_service_domains=_intune_domains(env, cloud),
             console_audience=_str(env, "CONSOLE_API_AUDIENCE"),
-            console_tenant_id=_str(env, "CONSOLE_API_TENANT_ID"),
+            console_tenant_id=_console_tenant(env),
+            console_allowed_client_ids=_guid_list(env, "CONSOLE_ALLOWED_CLIENT_IDS"),
+            console_token_kind=_token_kind(env),
             intune_tenant_provider=_str(env, "INTUNE_TENANT_SYNC_PROVIDER"),
             intune_device_provider=_str(env, "INTUNE_DEVICE_SYNC_PROVIDER"),
             intune_tenant_api_version=_str(env, "INTUNE_TENANT_API_VERSION"),
@@ -253,3 +263,41 @@ def _intune_domains(env: Mapping[str, str], cloud: CloudProfile) -> tuple[str, .
         msg = f"setting INTUNE_SERVICE_DOMAINS must list DNS names separated by commas, got {raw!r}"
         raise SettingsError(msg)
     return domains
+
+
+_GUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _console_tenant(env: Mapping[str, str]) -> str:
+    """CONSOLE_API_TENANT_ID as a lower-case GUID ("" when unset: the console API then accepts nobody).
+
+    Raises:
+        SettingsError: set but not a GUID (a domain name or "common" would never match a token's ``tid``).
+    """
+    raw = _str(env, "CONSOLE_API_TENANT_ID").strip().lower()
+    if raw and not _GUID_RE.fullmatch(raw):
+        msg = f"setting CONSOLE_API_TENANT_ID must be the vendor tenant's id (a GUID), got {raw!r}"
+        raise SettingsError(msg)
+    return raw
+
+
+def _guid_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated list of GUIDs, lower-cased.
+
+    Raises:
+        SettingsError: an entry is not a GUID.
+    """
+    items = tuple(item.strip().lower() for item in _str(env, name).split(",") if item.strip())
+    bad = [item for item in items if not _GUID_RE.fullmatch(item)]
+    if bad:
+        msg = f"setting {name} must list client ids (GUIDs) separated by commas, got {bad[0]!r}"
+        raise SettingsError(msg)
+    return items
+
+
+def _token_kind(env: Mapping[str, str]) -> str:
+    kind = _str(env, "CONSOLE_TOKEN_KIND").strip().lower()
+    if kind not in ("app", "delegated"):
+        msg = f"setting CONSOLE_TOKEN_KIND must be 'app' or 'delegated', got {kind!r}"
+        raise SettingsError(msg)
+    return kind

@@ -229,7 +229,7 @@ async def token_console(request: web.Request) -> web.Response:
 @handler
 async def token_user(request: web.Request) -> web.Response:
     data = await body_object(request, {"tenant_id", "user_id", "scopes", "audience", "name", "upn", "exp_in",
-                                       "roles", "claims"})
+                                       "roles", "claims", "client_id"})
     entra = request.app[ENTRA]
     tenant = _guid(data, "tenant_id")
     user = _guid(data, "user_id")
@@ -246,7 +246,7 @@ async def token_user(request: web.Request) -> web.Response:
     exp_in = _int(data, "exp_in", 3600, -86400 * 365, 86400)
     tok = entra.mint_user_token(tenant, user, scopes, audience=audience, name=_str(data, "name", required=False),
                                 upn=_str(data, "upn", required=False), exp_in=exp_in, roles=roles,
-                                overrides=_overrides(data))
+                                overrides=_overrides(data), client_id=_guid(data, "client_id", required=False))
     return web.json_response({"access_token": tok, "token_type": "Bearer", "expires_in": exp_in})
 
 

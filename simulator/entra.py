@@ -572,10 +572,15 @@ class Entra:
 
     def mint_user_token(self, tenant: str, user_id: str, scopes: list[str], *, audience: str = GRAPH_RESOURCE,
                         name: str | None = None, upn: str | None = None, exp_in: int = 3600,
-                        roles: list[str] | None = None, overrides: dict[str, Any] | None = None) -> str:
+                        roles: list[str] | None = None, overrides: dict[str, Any] | None = None,
+                        client_id: str | None = None) -> str:
+        """A delegated access token. ``client_id`` is the app the user signed in to (``azp``/``appid``): by default
+        the console app for the connector's API (the console SPA asks for ``api://…/Console.SignIn``) and the
+        connector app for Graph."""
         now = int(time.time())
-        assert self.connector is not None
+        assert self.connector is not None and self.console is not None
         v2 = audience == CONSOLE_AUDIENCE
+        client = client_id or (self.console.app_id if v2 else self.connector.app_id)
         claims: dict[str, Any] = {
             "aud": audience, "iat": now, "nbf": now, "exp": now + exp_in, "oid": user_id,
             "sub": _b64u(hashlib.sha256(f"{user_id}:{self.connector.app_id}".encode()).digest()[:24]),
@@ -583,9 +588,9 @@ class Entra:
             "ver": "2.0" if v2 else "1.0",
         }
         if v2:
-            claims.update({"iss": f"{self.base_url}/{tenant}/v2.0", "azp": self.connector.app_id, "azpacr": "1"})
+            claims.update({"iss": f"{self.base_url}/{tenant}/v2.0", "azp": client, "azpacr": "0"})
         else:
-            claims.update({"iss": f"https://sts.windows.net/{tenant}/", "appid": self.connector.app_id,
+            claims.update({"iss": f"https://sts.windows.net/{tenant}/", "appid": client,
                            "appidacr": "1", "idtyp": "user"})
         if name:
             claims["name"] = name

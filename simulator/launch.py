@@ -37,6 +37,7 @@ def client_env(info: dict[str, Any], base: dict[str, str] | None = None) -> dict
         "CONNECTOR_SECRET_NAME": info["connector"]["secret_name"],
         "CONSOLE_API_AUDIENCE": info["console"]["audience"],
         "CONSOLE_API_TENANT_ID": info["console"]["tenant_id"],
+        "CONSOLE_ALLOWED_CLIENT_IDS": info["console"]["client_id"],
     })
     return env
 

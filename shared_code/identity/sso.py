@@ -1,64 +1,51 @@
 """SSO role mapping: which console roles a signed-in console user holds, from their Entra group memberships.
 
-The console passes the user's delegated Microsoft Graph token (scope ``User.Read``). We call Graph **as that user**:
+The flow (docs/deploy.md, "Console sign-in"):
 
-* ``GET /me?$select=id,displayName,userPrincipalName`` — who they are (``User.Read``; user-get).
-* ``POST /me/getMemberObjects {"securityEnabledOnly": false}`` — the ids of every group (and directory role /
-  administrative unit) they belong to, **transitively**. For the signed-in user the least-privileged delegated
-  permission is ``User.Read`` ("Memberships for the signed-in user",
-  https://learn.microsoft.com/graph/api/directoryobject-getmemberobjects). It returns ids only, so Graph's "limited
-  information for inaccessible member objects" rule (which blanks group names under User.Read for ``/me/memberOf``)
-  does not matter: role mappings are keyed by group id. Nested groups count, which ``/me/memberOf`` (direct only)
-  would miss.
+1. The console signs the user in with their own tenant and asks Entra for an access token **for the connector's
+   API** with the delegated scope ``Console.SignIn`` (``api://<connector>/Console.SignIn``). A Microsoft Graph token
+   is *not* accepted: Graph takes a ``User.Read`` token issued to any client app, so holding one proves nothing to us.
+2. The connector validates that token locally (:class:`~shared_code.adapters.console_auth.SsoTokenValidator`):
+   signature from the signing tenant's keys, ``iss`` = that tenant's v2 issuer, ``tid`` an active provisioned
+   customer tenant, ``aud`` = our API, ``azp`` in ``CONSOLE_ALLOWED_CLIENT_IDS``, ``scp`` contains
+   ``Console.SignIn``, not an app-only token, not expired.
+3. Group membership comes **app-only**: ``GET /users/{oid}/transitiveMemberOf?$select=id`` with the connector's
+   own token for that tenant (``graph.user_transitive_member_of``, ``User.Read.All``). Why not on-behalf-of: OBO
+   would add a delegated permission (``User.Read``) to every customer's consent and hand the user's token to a
+   second exchange; the application permission ``User.Read.All`` is one the connector already holds for
+   enrollment (``/users?$expand=ownedDevices``), so SSO adds no permission at all (docs/permissions.md). The user
+   is identified by the verified ``oid``, never by anything the caller chose. Ids only are read, so Graph's
+   "limited information for inaccessible member objects" does not matter: role mappings are keyed by group id.
 
-Why not :class:`shared_code.adapters.graph.GraphClient`: it authenticates every request with the connector's own
-app token for a customer tenant (``TenantCredentials.get_token``), and on a 401 it drops and renews that token —
-neither makes sense for a token the console user handed us. So SSO sends its two requests itself, but over the very
-same HTTP stack as GraphClient: ``RetryTransport`` (the one retry layer) in ``graph_http_client`` (whose msgraph-core
-middleware only runs for SDK requests, not for these raw ones), and errors mapped by the same ``raise_for_graph``.
-
-The user token is used for these two requests only: it is never stored, logged, or sent anywhere but Graph, and
-error messages never include it. The tenant is the token's ``tid`` claim, read without verification only to pick the
-tenant's role mappings — Graph verifies the token, and nothing is answered unless Graph accepted it.
+The sign-in token is used for validation only: it is never sent anywhere, stored or logged.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable
-from typing import Any
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
-import httpx
-import jwt
-import orjson
-
-from shared_code.adapters.graph import graph_http_client, raise_for_graph
-from shared_code.adapters.http_retry import RetryTransport, UsageMeter
-from shared_code.errors import ConnectorError, NotFoundError, RetriableError, ValidationError
+from shared_code.adapters.graph import GraphClient
+from shared_code.adapters.http_retry import UsageMeter
+from shared_code.errors import AuthenticationError, ConnectorError, NotFoundError, ValidationError
 from shared_code.permissions import call
 from shared_code.tenants import TenantRepository
 
 MAX_TOKEN_CHARS = 16 * 1024
+log = logging.getLogger("connector.sso")
 
 
 class UserTokenRejectedError(ConnectorError):
-    """Graph rejected the console user's token (expired, wrong audience, revoked)."""
+    """The console user's sign-in token is not valid for the connector (answered 401, reason logged)."""
 
 
-def token_tenant(user_token: str) -> str:
-    """The ``tid`` claim of a JWT, unverified (Graph verifies the token itself).
+class SignInValidator(Protocol):
+    """Validates a console sign-in token (shared_code/adapters/console_auth.py: SsoTokenValidator)."""
 
-    Raises:
-        ValidationError: not a JWT or no ``tid``.
-    """
-    try:
-        claims = jwt.decode(user_token, options={"verify_signature": False})
-    except jwt.PyJWTError:
-        raise ValidationError("accessToken is not a JWT", field="accessToken") from None
-    tid = claims.get("tid")
-    if not isinstance(tid, str) or not tid:
-        raise ValidationError("accessToken carries no tenant (tid)", field="accessToken")
-    return tid
+    async def validate(self, token: str, provisioned: Callable[[str], Awaitable[bool]]) -> dict[str, Any]:
+        """The verified claims, or AuthenticationError."""
+        ...
 
 
 class SsoService:
@@ -68,85 +55,79 @@ class SsoService:
         self,
         *,
         tenants: TenantRepository,
-        graph_base_url: str,
-        max_retries: int,
-        transport_factory: Callable[[], httpx.AsyncBaseTransport] | None = None,
+        validator: SignInValidator,
+        graph_for: Callable[[str, UsageMeter], GraphClient],
     ) -> None:
         self._tenants = tenants
-        self._v1 = graph_base_url.rstrip("/") + "/v1.0"
-        self._max_retries = max_retries
-        self._transport_factory = transport_factory or (lambda: httpx.AsyncHTTPTransport(retries=0))
-        self.meter = UsageMeter()
+        self._validator = validator
+        self._graph_for = graph_for
+
+    async def _provisioned(self, tenant_id: str) -> bool:
+        record = await self._tenants.get(tenant_id)
+        return record is not None and record.state == "active"
 
     async def roles(self, body: dict[str, Any]) -> dict[str, Any]:
         """``{accessToken, tenantId?}`` → ``{user, tenantId, roles, matchedGroups}``.
 
         Raises:
-            ValidationError: bad body (field named).
-            NotFoundError: the user's tenant is not provisioned.
-            UserTokenRejectedError: Graph rejected the user token.
-            PermissionMissingError: the user token lacks User.Read.
-            RetriableError: Graph unavailable.
+            ValidationError: ``tenantId`` differs from the token's tenant.
+            UserTokenRejectedError: the sign-in token is not valid (any reason: the caller learns none).
+            PermissionMissingError: the tenant did not grant User.Read.All.
+            ConsentRequiredError, RetriableError: no token for the tenant, Graph unavailable.
         """
-        for name in body:
-            if name not in ("accessToken", "tenantId"):
-                raise ValidationError(f"unknown field '{name}'", field=name)
-        token = body.get("accessToken")
-        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
-            raise ValidationError("accessToken (the user's delegated Graph token) is required", field="accessToken")
-        tenant_id = token_tenant(token)
+        token = body["accessToken"]
+        try:
+            claims = await self._validator.validate(token, self._provisioned)
+        except AuthenticationError as exc:
+            log.info("sso: sign-in token refused: %s", exc)
+            raise UserTokenRejectedError("the sign-in token is not valid for this connector") from None
+        tenant_id = str(claims["tid"]).lower()
         requested = body.get("tenantId")
-        if requested is not None and (not isinstance(requested, str) or requested.lower() != tenant_id.lower()):
+        if requested is not None and str(requested).lower() != tenant_id:
             raise ValidationError("tenantId does not match the token's tenant", field="tenantId")
         record = await self._tenants.get(tenant_id)
         if record is None or record.state != "active":
-            raise NotFoundError(f"tenant {tenant_id} is not provisioned", status=404)
-
-        # Built exactly as GraphClient builds its client (same retry layer), per request because the
-        # token is the caller's; see the module docstring for why GraphClient itself cannot be used.
-        retry = RetryTransport(
-            self._transport_factory(), max_retries=self._max_retries, meter_for=lambda _: self.meter
-        )
-        async with graph_http_client(retry) as http:
-            me = await self._send(http, token, "GET", "/me?$select=id,displayName,userPrincipalName", "graph.me")
-            member = await self._send(
-                http, token, "POST", "/me/getMemberObjects", "graph.me_get_member_objects",
-                {"securityEnabledOnly": False},
-            )
-        group_ids = {str(g).lower() for g in member.get("value", [])}
+            raise UserTokenRejectedError("the sign-in token is not valid for this connector")
+        user_id = str(claims["oid"]).lower()
+        try:
+            group_ids = await self._member_of(tenant_id, user_id)
+        except NotFoundError:
+            # The user was deleted since the token was issued.
+            raise UserTokenRejectedError("the sign-in token is not valid for this connector") from None
         matched = sorted({gid for gid, _ in record.config.role_mappings if gid.lower() in group_ids})
         roles = sorted({role for gid, role in record.config.role_mappings if gid.lower() in group_ids})
         return {
             "user": {
-                "id": me.get("id"),
-                "displayName": me.get("displayName"),
-                "userPrincipalName": me.get("userPrincipalName"),
+                "id": user_id,
+                "displayName": claims.get("name"),
+                "userPrincipalName": claims.get("preferred_username") or claims.get("upn"),
             },
             "tenantId": tenant_id,
             "roles": roles,
             "matchedGroups": matched,
         }
 
-    async def _send(
-        self, http: httpx.AsyncClient, token: str, method: str, path: str, name: str, body: Any = None
-    ) -> dict[str, Any]:
-        headers = {
-            "Authorization": f"Bearer {token}",
-            "Accept": "application/json",
-            "client-request-id": str(uuid.uuid4()),
-            # A user is waiting on this call (graph.md §1: High only for user-initiated calls).
-            "x-ms-throttle-priority": "High",
-        }
-        content = None
-        if body is not None:
-            content = orjson.dumps(body)
-            headers["Content-Type"] = "application/json"
+    async def _member_of(self, tenant_id: str, user_id: str) -> set[str]:
+        """Ids of every group (and directory role / administrative unit) the user belongs to, transitively.
+
+        Endpoint: ``GET /users/{id}/transitiveMemberOf?$select=id&$top=999`` (paged), app-only.
+        Permission: User.Read.All (call ``graph.user_transitive_member_of``).
+
+        Raises:
+            NotFoundError: no such user. PermissionMissingError, ConsentRequiredError, RetriableError, FatalError:
+            see ``raise_for_graph`` and TenantCredentials.get_token.
+        """
+        graph = self._graph_for(tenant_id, UsageMeter())
+        ids: set[str] = set()
         try:
-            response = await http.request(method, self._v1 + path, headers=headers, content=content)
-        except httpx.HTTPError as exc:
-            raise RetriableError(f"Graph unreachable: {type(exc).__name__}") from None
-        if response.status_code == 401:
-            raise UserTokenRejectedError("Graph rejected the user's token")
-        raise_for_graph(response, permission=call(name).permission)
-        parsed: dict[str, Any] = orjson.loads(response.content)
-        return parsed
+            async for page in graph.pages(
+                f"/users/{user_id}/transitiveMemberOf",
+                permission=call("graph.user_transitive_member_of").permission,
+                params={"$select": "id", "$top": "999"},
+                # A user is waiting on this call (graph.md §1: High only for user-initiated calls).
+                headers={"x-ms-throttle-priority": "High"},
+            ):
+                ids.update(str(item.get("id", "")).lower() for item in page.get("value", ()))
+        finally:
+            await graph.aclose()
+        return ids

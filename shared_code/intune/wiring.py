@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shared_code.adapters.console_auth import SsoTokenValidator
 from shared_code.adapters.intune import IntuneClient
 from shared_code.adapters.tenant_store import build_tenant_repository
 from shared_code.bootstrap import Container
@@ -95,6 +96,6 @@ def build_intune(c: Container) -> IntuneServices:
         threat=ThreatService(messages),
         inventory=InventoryService(messages),
         mam=MamService(tenants=tenants, devices=devices, graph_for=c.graph),
-        sso=SsoService(tenants=tenants, graph_base_url=s.graph_base_url, max_retries=s.graph_max_retries),
+        sso=SsoService(tenants=tenants, validator=SsoTokenValidator(s), graph_for=c.graph),
         counters=counters,
     )

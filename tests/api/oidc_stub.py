@@ -19,6 +19,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 AUDIENCE = "api://mtd-connector"
+# The console app the stub's tokens are issued to (azp); tests allow-list it in CONSOLE_ALLOWED_CLIENT_IDS.
+CONSOLE_CLIENT_ID = "5f2b3c4d-0000-4000-8000-00000000c0de"
 
 
 def _b64u_int(n: int) -> str:
@@ -51,6 +53,8 @@ class OidcStub:
     metadata_hits: int = 0
     jwks_hits: int = 0
     down: bool = False
+    # The v1 issuer the tenant's v1 document names ({tid} is replaced); a sovereign cloud has another host.
+    v1_issuer_template: str = "https://sts.windows.net/{tid}/"
     _runner: web.AppRunner | None = None
 
     @property
@@ -66,6 +70,7 @@ class OidcStub:
         cert.configure_cert(ctx)
         app = web.Application()
         app.router.add_get("/{tid}/v2.0/.well-known/openid-configuration", self._metadata)
+        app.router.add_get("/{tid}/.well-known/openid-configuration", self._metadata_v1)
         app.router.add_get("/{tid}/discovery/v2.0/keys", self._jwks)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
@@ -90,6 +95,15 @@ class OidcStub:
             "id_token_signing_alg_values_supported": ["RS256"],
         })
 
+    async def _metadata_v1(self, request: web.Request) -> web.Response:
+        if self.down:
+            return web.json_response({"error": "temporarily_unavailable"}, status=503)
+        tid = request.match_info["tid"]
+        return web.json_response({
+            "issuer": self.v1_issuer_template.format(tid=tid),
+            "jwks_uri": f"{self.base_url}/{tid}/discovery/keys",
+        })
+
     async def _jwks(self, request: web.Request) -> web.Response:
         self.jwks_hits += 1
         return web.json_response({"keys": [k.jwk() for k in self.keys]})
@@ -103,7 +117,7 @@ class OidcStub:
         now = int(time.time())
         claims: dict[str, Any] = {
             "aud": AUDIENCE, "iss": self.issuer, "iat": now, "nbf": now, "exp": now + 3600,
-            "tid": self.tenant_id, "oid": str(uuid.uuid4()), "sub": "console-app", "azp": str(uuid.uuid4()),
+            "tid": self.tenant_id, "oid": str(uuid.uuid4()), "sub": "console-app", "azp": CONSOLE_CLIENT_ID,
             "ver": "2.0", "roles": roles if roles is not None else ["Console.Read"],
         }
         for k, v in overrides.items():

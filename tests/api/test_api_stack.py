@@ -196,7 +196,8 @@ async def test_valid_tokens_reach_every_route_and_responses_match_the_schema(sta
         await hit("GET", "/tenants/{tenantId}/devices/{deviceId}/inventory", stack.read, 200)
     await hit("GET", "/tenants/{tenantId}/users/{userId}/mam", stack.read, 200)
     user_token = stack.sim.call("POST", "/_sim/tokens/user", json={
-        "tenant_id": a["id"], "user_id": device["ownerId"], "scopes": ["User.Read"]})["access_token"]
+        "tenant_id": a["id"], "user_id": device["ownerId"], "scopes": ["Console.SignIn"],
+        "audience": "api://mtd-connector"})["access_token"]
     stack.secrets.add(user_token)
     await hit("POST", "/sso/roles", stack.read, 200, json={"accessToken": user_token})
     print(f"routes answered 2xx with valid tokens: {len(ok)} of {len(SECURED)}: {sorted(ok)}")

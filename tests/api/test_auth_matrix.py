@@ -24,7 +24,7 @@ from functions.http_support import PROBLEM_BASE, ApiError
 from shared_code.adapters.console_auth import JwtConsoleAuth
 from shared_code.bootstrap import Container, use_container
 from shared_code.settings import Settings
-from tests.api.oidc_stub import AUDIENCE, OidcStub
+from tests.api.oidc_stub import AUDIENCE, CONSOLE_CLIENT_ID, OidcStub
 from tests.api.routes import Route, fill_path, registered_routes, required_role, sample_body
 from tests.api.tokens import MANAGE, READ, bad_auth_cases
 
@@ -54,7 +54,8 @@ async def stub(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[OidcSt
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
 async def auth(stub: OidcStub) -> AsyncIterator[StopAfterAuth]:
     settings = Settings(storage_connection="UseDevelopmentStorage=true", client_id="c", client_secret="s",
-                        authority_host=stub.base_url, console_audience=AUDIENCE, console_tenant_id=stub.tenant_id)
+                        authority_host=stub.base_url, console_audience=AUDIENCE, console_tenant_id=stub.tenant_id,
+                        console_allowed_client_ids=(CONSOLE_CLIENT_ID,))
     async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=stub.ca_path)) as http:
         wrapped = StopAfterAuth(JwtConsoleAuth(settings, http=http))
         use_container(Container(settings, console_auth=wrapped))
@@ -104,6 +105,9 @@ async def test_bad_tokens_are_refused_and_good_ones_pass(route: Route, stub: Oid
         body = json.loads(resp.get_body())
         assert body["type"] == PROBLEM_BASE + ("unauthenticated" if case.status == 401 else "forbidden")
         assert "eyJ" not in resp.get_body().decode(), case.name  # no token echoed
+        if case.status == 401:
+            # One generic detail for every reason: which check failed is logged, never told to the caller.
+            assert body["detail"] == "the bearer token is missing or invalid", case.name
     before = auth.accepted
     good_roles = [[MANAGE]] if role == MANAGE else [[READ], [MANAGE]]
     for roles in good_roles:

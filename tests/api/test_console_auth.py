@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from shared_code.adapters.console_auth import JwtConsoleAuth
 from shared_code.errors import AuthenticationError, ForbiddenError, RetriableError
 from shared_code.settings import Settings
-from tests.api.oidc_stub import AUDIENCE, Key, OidcStub
+from tests.api.oidc_stub import AUDIENCE, CONSOLE_CLIENT_ID, Key, OidcStub
 from tests.api.tokens import MANAGE, READ, bad_auth_cases, with_header
 
 
@@ -27,14 +27,19 @@ class FakeClock:
         return self.t
 
 
+CONNECTOR_CLIENT_ID = "0c0c0c0c-1111-4222-8333-444444444444"
+
+
 def _settings(stub: OidcStub, **kw: str) -> Settings:
     return Settings(
         storage_connection="UseDevelopmentStorage=true",
-        client_id="c",
+        client_id=CONNECTOR_CLIENT_ID,
         client_secret="s",
         authority_host=kw.get("authority", stub.base_url),
         console_audience=kw.get("audience", AUDIENCE),
         console_tenant_id=kw.get("tenant", stub.tenant_id),
+        console_allowed_client_ids=tuple(kw.get("clients", CONSOLE_CLIENT_ID).split(",")),
+        console_token_kind=kw.get("kind", "app"),
     )
 
 
@@ -96,7 +101,7 @@ class TestRejectedTokens:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         cases = bad_auth_cases(lambda roles, **o: stub.token(roles, **o), write=write, hmac_secret=pem)
-        assert len(cases) == (19 if write else 18)
+        assert len(cases) == (25 if write else 24)
         for case in cases:
             expected = AuthenticationError if case.status == 401 else ForbiddenError
             with pytest.raises(expected) as info:
@@ -193,3 +198,68 @@ async def test_default_http_client_trusts_ssl_cert_file(stub, monkeypatch):
         assert await auth.authenticate("Bearer " + stub.token([READ]), READ)
     finally:
         await auth.close()
+
+
+class TestTokenPolicy:
+    """Issue 11 §3: allow-listed clients, no ID tokens, one token kind per deployment, both audience forms, v1
+    issuer from the authority's v1 document, bounded trust in cached keys."""
+
+    async def test_both_audience_forms_of_the_api_are_accepted(self, stub, http):
+        api = "7a7a7a7a-1111-4222-8333-000000000001"
+        auth = _auth(stub, http, audience=f"api://{api}")
+        assert await auth.authenticate("Bearer " + stub.token([READ], aud=api), READ)
+        assert await auth.authenticate("Bearer " + stub.token([READ], aud=f"api://{api}"), READ)
+        # A custom App ID URI is the connector app registration's: its client id is the other form.
+        custom = _auth(stub, http)
+        assert await custom.authenticate("Bearer " + stub.token([READ], aud=CONNECTOR_CLIENT_ID), READ)
+        with pytest.raises(AuthenticationError, match="audience"):
+            await custom.authenticate("Bearer " + stub.token([READ], aud=api), READ)
+
+    async def test_delegated_operators_are_a_setting_and_exclude_app_tokens(self, stub, http):
+        auth = _auth(stub, http, kind="delegated")
+        operator = stub.token([MANAGE], scp="Console.Manage", idtyp="user")
+        assert await auth.authenticate("Bearer " + operator, MANAGE)
+        with pytest.raises(AuthenticationError, match="delegated"):
+            await auth.authenticate("Bearer " + stub.token([MANAGE]), READ)
+        with pytest.raises(AuthenticationError, match="app"):
+            await _auth(stub, http).authenticate("Bearer " + operator, READ)
+
+    async def test_id_tokens_and_foreign_clients_are_refused(self, stub, http):
+        auth = _auth(stub, http)
+        with pytest.raises(AuthenticationError, match="not an access token"):
+            await auth.authenticate("Bearer " + stub.token([READ], nonce="abc", azp=None), READ)
+        with pytest.raises(AuthenticationError, match="not allowed"):
+            await auth.authenticate("Bearer " + stub.token([READ], azp="11111111-2222-4333-8444-555555555555"), READ)
+        # v1 tokens name the client in appid.
+        v1 = stub.token([READ], azp=None, appid=CONSOLE_CLIENT_ID, iss=f"https://sts.windows.net/{stub.tenant_id}/")
+        assert await auth.authenticate("Bearer " + v1, READ)
+
+    async def test_the_v1_issuer_comes_from_the_authority_not_a_hard_coded_host(self, stub, http):
+        stub.v1_issuer_template = "https://sts.chinacloudapi.cn/{tid}/"
+        try:
+            auth = _auth(stub, http)
+            sovereign = stub.token([READ], iss=f"https://sts.chinacloudapi.cn/{stub.tenant_id}/", ver="1.0")
+            assert await auth.authenticate("Bearer " + sovereign, READ)
+            public = stub.token([READ], iss=f"https://sts.windows.net/{stub.tenant_id}/", ver="1.0")
+            with pytest.raises(AuthenticationError, match="issuer"):
+                await auth.authenticate("Bearer " + public, READ)
+        finally:
+            stub.v1_issuer_template = "https://sts.windows.net/{tid}/"
+
+    async def test_cached_keys_are_trusted_for_a_bounded_time_without_a_refresh(self, stub, http):
+        clock = FakeClock()
+        auth = _auth(stub, http, clock)
+        assert await auth.authenticate("Bearer " + stub.token([READ]), READ)
+        stub.down = True
+        try:
+            clock.t += 20 * 3600  # the scheduled refresh fails; the keys are still within their trust window
+            assert await auth.authenticate("Bearer " + stub.token([READ]), READ)
+            clock.t += 5 * 3600  # 25 h without a successful refresh
+            with pytest.raises(RetriableError):
+                await auth.authenticate("Bearer " + stub.token([READ]), READ)
+            stub.down = False
+            clock.t += 301
+            assert await auth.authenticate("Bearer " + stub.token([READ]), READ)
+        finally:
+            stub.down = False
+

@@ -134,14 +134,16 @@ async def test_idempotency_key_header_is_bounded(key: str) -> None:
         ({"accessToken": "x", "tenant": GUID}, "unknown-field", "tenant"),
         ({"tenantId": GUID}, "validation-error", "accessToken"),
         ({"accessToken": ""}, "validation-error", "accessToken"),
-        ({"accessToken": "not a jwt"}, "validation-error", "accessToken"),
+        # A well-formed body whose token is no sign-in token: 401, like every invalid sign-in token (issue 11 §1).
+        ({"accessToken": "not a jwt"}, "user-token-rejected", "accessToken"),
     ],
 )
 async def test_sso_body_is_strict(body: dict[str, Any], type_: str, field: str) -> None:
     route = _route("POST", "/sso/roles")
     resp = await route.user_function(_call(route, {}, body=body))
     problem = _problem(resp)
-    assert (resp.status_code, problem["type"], problem["field"]) == (400, PROBLEM_BASE + type_, field), problem
+    status = 401 if type_ == "user-token-rejected" else 400
+    assert (resp.status_code, problem["type"], problem["field"]) == (status, PROBLEM_BASE + type_, field), problem
 
 
 def test_the_malformed_spellings_are_ones_uuid_would_have_accepted() -> None:

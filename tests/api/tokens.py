@@ -91,6 +91,14 @@ def bad_auth_cases(mint: Mint, *, write: bool, hmac_secret: bytes = b"x" * 32) -
         BadAuth("unknown kid", "Bearer " + with_header(good, kid="unknown-kid-0001"), 401),
         BadAuth("alg none", "Bearer " + alg_none(good), 401),
         BadAuth("alg HS256", "Bearer " + hs256_with(good, hmac_secret), 401),
+        # The token policy (issue 11 §3): the calling client is allow-listed, ID tokens and delegated tokens are
+        # refused by an app-only deployment, both audience forms are the API's own (a foreign API's is not).
+        BadAuth("client not allowed", "Bearer " + mint([MANAGE], azp="00000000-0000-0000-0000-00000000beef"), 401),
+        BadAuth("no client", "Bearer " + mint([MANAGE], azp=None, appid=None), 401),
+        BadAuth("ID token", "Bearer " + mint([MANAGE], nonce="n-0S6_WzA2Mj", idtyp=None), 401),
+        BadAuth("delegated token", "Bearer " + mint([MANAGE], scp="Console.SignIn", idtyp=None), 401),
+        BadAuth("idtyp user without scp", "Bearer " + mint([MANAGE], idtyp="user"), 401),
+        BadAuth("bare id of another API", "Bearer " + mint([MANAGE], aud="00000000-0000-0000-0000-0000000000a1"), 401),
         BadAuth("no roles", "Bearer " + mint([]), 403),
         BadAuth("foreign role", "Bearer " + mint(["Console.Admin"]), 403),
     ]

@@ -51,7 +51,8 @@ class Api:
         self.sim.call("POST", "/_sim/consent", json={"tenant_id": tid, "app_id": self.connector_app, "roles": roles})
 
     def user_token(self, tid: str, user_id: str, scopes: list[str]) -> str:
-        body = {"tenant_id": tid, "user_id": user_id, "scopes": scopes}
+        """A console user's sign-in token for the connector's API (what the console SPA posts to /sso/roles)."""
+        body = {"tenant_id": tid, "user_id": user_id, "scopes": scopes, "audience": "api://mtd-connector"}
         return str(self.sim.call("POST", "/_sim/tokens/user", json=body)["access_token"])
 
     async def document(self, tid: str) -> dict[str, Any]:
@@ -245,20 +246,21 @@ async def test_sso_roles_endpoint(api: Api) -> None:
     body = {"enrollmentGroups": info["summary"]["enrollment_groups"],
             "roleMappings": [{"groupId": g, "role": "Console.Manage"} for g in group_ids]}
     assert (await api.client.put(f"/api/tenants/{tid}", json=body)).status_code == 200
-    token = api.user_token(tid, owner, ["User.Read"])
+    token = api.user_token(tid, owner, ["Console.SignIn"])
     response = await api.client.post("/api/sso/roles", json={"accessToken": token})
     assert response.status_code == 200, response.text
     assert response.json()["roles"] == ["Console.Manage"] and response.json()["user"]["id"] == owner
     assert token not in response.text
 
     missing = await api.client.post("/api/sso/roles", json={"accessToken": api.user_token(tid, owner, ["Mail.Read"])})
-    assert missing.status_code == 424 and missing.json()["permission"] == "User.Read"
+    assert missing.status_code == 401 and missing.json()["type"].endswith("user-token-rejected")
     bad = await api.client.post("/api/sso/roles", json={"token": token})
     assert bad.status_code == 400 and bad.json()["field"] == "token"
 
 
 # ---- the permissions test ----------------------------------------------------------------------------------------
-APPLICATION_PERMISSIONS = sorted(p for p in permission_set() if p != "User.Read")
+# Every permission is an application permission (SSO reads memberships app-only: issue 11 §1).
+APPLICATION_PERMISSIONS = sorted(permission_set())
 
 
 async def _cycle(api: Api, tid: str, groups: list[str]) -> dict[str, Any]:
@@ -278,7 +280,7 @@ async def _cycle(api: Api, tid: str, groups: list[str]) -> dict[str, Any]:
     out["threat"] = threat.status_code
     out["mam"] = (await api.client.get(f"/api/tenants/{tid}/users/{owner['ownerId']}/mam")).status_code
     sso = await api.client.post("/api/sso/roles", json={"accessToken": api.user_token(tid, owner["ownerId"],
-                                                                                      ["User.Read"])})
+                                                                                      ["Console.SignIn"])})
     out["sso"] = sso.status_code
     out["doc"] = await api.document(tid)
     out["intune"] = api.sim.intune(tid)
@@ -305,7 +307,9 @@ async def test_one_permission_removed_breaks_only_its_feature(api: Api, removed:
     problems = out["doc"]["status"]["problems"]
     assert f"permission_missing: {removed}" in problems, (removed, problems)
     assert out["put"] == 201, "provisioning stores the tenant whatever the Intune side says"
-    assert out["sso"] == 200, "SSO uses the user's own token"
+    # transitiveMemberOf takes User.Read.All or the higher GroupMember.Read.All (user-list-transitivememberof), so
+    # no single removal stops SSO.
+    assert out["sso"] == 200, out
     intune_feature = removed in ("Application.Read.All", "update_device_health")
     if intune_feature:
         assert out["doc"]["status"]["intune"]["state"] == "permission_missing"
@@ -321,11 +325,11 @@ async def test_one_permission_removed_breaks_only_its_feature(api: Api, removed:
         assert out["mam"] == 200
 
 
-async def test_user_read_missing_breaks_only_sso(api: Api) -> None:
+async def test_a_sign_in_token_without_the_scope_breaks_only_sso(api: Api) -> None:
     summary = api.sim.create_tenant("small", seed=530)
     tid = summary["tenant_id"]
     out = await _cycle(api, tid, summary["enrollment_groups"])
     owner = api.sim.truth(tid, summary["enrollment_groups"])["devices"][0]["ownerId"]
     sso = await api.client.post("/api/sso/roles", json={"accessToken": api.user_token(tid, owner, ["openid"])})
-    assert sso.status_code == 424 and sso.json()["detail"] == "permission_missing: User.Read"
+    assert sso.status_code == 401 and sso.json()["type"].endswith("user-token-rejected")
     assert (out["threat"], out["mam"]) == (202, 200)

@@ -7,7 +7,7 @@ provisions it again with its original configuration (``PUT``), and records that 
 
 Environment (set by tests/fuzz/run.py): ``FUZZ_API`` (base URL ending in /api), ``FUZZ_TOKEN`` (a Console.Manage
 bearer token), ``FUZZ_RESTORE`` (JSON: tenant id → PUT body), ``FUZZ_RESTORE_LOG`` (file to append to),
-``FUZZ_TENANT`` and ``FUZZ_USER_TOKEN`` (the fuzz tenant and a delegated Graph token of one of its users).
+``FUZZ_TENANT`` and ``FUZZ_USER_TOKEN`` (the fuzz tenant and the console sign-in token of one of its users).
 """
 
 from __future__ import annotations

@@ -151,8 +151,10 @@ async def run(*, full: bool, max_examples: int | None, seed: int, workdir: Path,
         token = sim("POST", "/_sim/tokens/console", json={"roles": ["Console.Manage"], "exp_in": 7200})["access_token"]
         # A console user of the fuzz tenant (a device owner), for the success path of POST /sso/roles (hooks.py).
         owner = next((d["ownerId"] for d in truth["devices"] if d.get("ownerId")), None)
+        # Its sign-in token for the connector's API (scope Console.SignIn), as the console SPA would get it.
         user_token = sim("POST", "/_sim/tokens/user", json={"tenant_id": tenant["tenant_id"], "user_id": owner,
-                                                            "scopes": ["User.Read"], "exp_in": 7200}
+                                                            "scopes": ["Console.SignIn"], "exp_in": 7200,
+                                                            "audience": "api://mtd-connector"}
                           )["access_token"] if owner else ""
         tenant_body = {"enrollmentGroups": tenant["enrollment_groups"]}
         async with httpx.AsyncClient(base_url=host.base_url, timeout=60) as api:

@@ -7,11 +7,9 @@ StaticEnrolledDevices); everything else is the production wiring (``build_intune
 from __future__ import annotations
 
 import hashlib
-import ssl
 import uuid
 from typing import Any
 
-import httpx
 import pytest
 
 from shared_code.errors import ConflictError, ConsentRequiredError, NotFoundError, PermissionMissingError
@@ -351,7 +349,7 @@ async def test_mam_check(world: World) -> None:
     await world.grant(tid, DEFAULT_ROLES)
 
 
-async def test_sso_roles_as_the_user(world: World) -> None:
+async def test_sso_roles_from_a_sign_in_token_and_app_only_memberships(world: World) -> None:
     tid, groups, devices = world.new_tenant(seed=431)
     owner = devices[0]["ownerId"]
     graph = world.container.graph(tid)
@@ -368,53 +366,25 @@ async def test_sso_roles_as_the_user(world: World) -> None:
     other = str(uuid.uuid4())
     mappings = (*((g, "Console.Manage") for g in group_ids), (other, "Console.Admin"))
     await world.provision(tid, groups, role_mappings=mappings)
-    user_token = world.sim.call(
-        "POST", "/_sim/tokens/user", json={"tenant_id": tid, "user_id": owner, "scopes": ["User.Read"]}
-    )["access_token"]
+    user_token = world.sim.call("POST", "/_sim/tokens/user", json={
+        "tenant_id": tid, "user_id": owner, "scopes": ["Console.SignIn"], "audience": "api://mtd-connector",
+    })["access_token"]
     result = await world.services.sso.roles({"accessToken": user_token})
     assert result["tenantId"] == tid
     assert result["user"]["id"] == owner
-    # The owner is in the enrollment group directly or through nesting: getMemberObjects is transitive.
+    # The owner is in the enrollment group directly or through nesting: transitiveMemberOf is transitive.
     assert result["roles"] == ["Console.Manage"]
     assert result["matchedGroups"] and set(result["matchedGroups"]) <= set(group_ids)
 
-    no_scope = world.sim.call(
-        "POST", "/_sim/tokens/user", json={"tenant_id": tid, "user_id": owner, "scopes": ["Mail.Read"]}
-    )["access_token"]
-    with pytest.raises(PermissionMissingError) as info:
-        await world.services.sso.roles({"accessToken": no_scope})
-    assert info.value.permission == "User.Read"
-
-
-async def test_sso_user_token_never_leaves_for_other_hosts(world: World) -> None:
-    # The SSO client only ever talks to GRAPH_BASE_URL: a transport that records every request proves it.
-    seen: list[httpx.Request] = []
-
-    class Recorder(httpx.AsyncBaseTransport):
-        def __init__(self) -> None:
-            context = ssl.create_default_context(cafile=world.sim.info["ca_path"])
-            self._inner = httpx.AsyncHTTPTransport(retries=0, verify=context)
-
-        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            seen.append(request)
-            return await self._inner.handle_async_request(request)
-
-    from shared_code.identity.sso import SsoService
-
-    tid, groups, devices = world.new_tenant(seed=432)
-    await world.provision(tid, groups)
-    sso = SsoService(
-        tenants=world.services.tenants,
-        graph_base_url=world.container.settings.graph_base_url,
-        max_retries=1,
-        transport_factory=Recorder,
-    )
-    token = world.sim.call(
-        "POST", "/_sim/tokens/user", json={"tenant_id": tid, "user_id": devices[0]["ownerId"], "scopes": ["User.Read"]}
-    )["access_token"]
-    await sso.roles({"accessToken": token})
-    assert [r.url.path for r in seen] == ["/v1.0/me", "/v1.0/me/getMemberObjects"]
-    assert {r.url.host for r in seen} == {httpx.URL(world.container.settings.graph_base_url).host}
+    # Memberships are read app-only with User.Read.All (the permission enrollment needs anyway; Graph also takes
+    # the higher GroupMember.Read.All, so both are withdrawn to see the failure).
+    await world.grant(tid, [r for r in DEFAULT_ROLES if r not in ("User.Read.All", "GroupMember.Read.All")])
+    try:
+        with pytest.raises(PermissionMissingError) as info:
+            await world.services.sso.roles({"accessToken": user_token})
+        assert info.value.permission == "User.Read.All"
+    finally:
+        await world.grant(tid, DEFAULT_ROLES)
 
 
 async def test_discovery_is_cached_and_rediscovered_on_404_and_unreachable(world: World) -> None:

@@ -116,3 +116,18 @@ def test_intune_service_domains_default_per_cloud_and_refuse_junk() -> None:
     assert local.intune_service_domains == ("localhost", "example.test")
     with pytest.raises(SettingsError, match="INTUNE_SERVICE_DOMAINS"):
         Settings.from_env(BASE | {"INTUNE_SERVICE_DOMAINS": "https://evil/"})
+
+
+def test_console_settings_are_validated_and_normalised() -> None:
+    tid = "AAAAAAAA-BBBB-4CCC-8DDD-EEEEEEEEEEEE"
+    other = "11111111-2222-4333-8444-555555555555"
+    settings = Settings.from_env(BASE | {"CONSOLE_API_TENANT_ID": f" {tid} ",
+                                         "CONSOLE_ALLOWED_CLIENT_IDS": f"{tid.lower()}, {other}"})
+    assert settings.console_tenant_id == tid.lower()
+    assert settings.console_allowed_client_ids == (tid.lower(), "11111111-2222-4333-8444-555555555555")
+    assert settings.console_token_kind == "app"
+    for name, value in (("CONSOLE_API_TENANT_ID", "contoso.onmicrosoft.com"), ("CONSOLE_API_TENANT_ID", "common"),
+                        ("CONSOLE_ALLOWED_CLIENT_IDS", "console-app"), ("CONSOLE_TOKEN_KIND", "both")):
+        with pytest.raises(SettingsError, match=name):
+            Settings.from_env(BASE | {name: value})
+

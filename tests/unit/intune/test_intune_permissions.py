@@ -50,4 +50,11 @@ def test_permission_set_is_least_privilege_and_matches_the_seed() -> None:
     seed_permissions = {row.permission for row in SEED_TABLE}
     # Never more than the seed asks for (the seed is the vendor-approved least-privilege set).
     assert granted <= seed_permissions, sorted(granted - seed_permissions)
-    assert "update_device_health" in granted and "User.Read" in granted
+    assert "update_device_health" in granted
+    # SSO adds no permission: memberships are read app-only with User.Read.All, which enrollment needs anyway, and
+    # the connector holds no delegated permission at all (issue 11 §1; no on-behalf-of).
+    assert "User.Read" not in granted
+    assert {c.type for c in all_calls().values()} == {"application"}
+    sso = {c.permission for c in all_calls().values() if c.feature == "sso"}
+    others = {c.permission for c in all_calls().values() if c.feature != "sso"}
+    assert sso <= others, sorted(sso - others)
