@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +106,16 @@ def merge(kept: Iterable[Pending], new: Iterable[Pending]) -> list[Pending]:
     for p in new:
         out.setdefault((p.id, p.kind), p)
     return sorted(out.values(), key=lambda p: (p.since, p.id))
+
+
+def after_poll(
+    live: Iterable[Pending], answered: Iterable[Pending], new: Iterable[Pending], users_in_scope: Collection[str]
+) -> list[Pending]:
+    """What stays pending after a poll: the live objects Graph did not answer (a user only while still in scope),
+    plus what this poll could not read."""
+    done = {(p.id, p.kind) for p in answered}
+    kept = [p for p in live if (p.id, p.kind) not in done and (p.kind != USER or p.id in users_in_scope)]
+    return merge(kept, new)
 
 
 def status(items: Sequence[Pending], now: float, gave_up: Sequence[Pending] = ()) -> dict[str, Any]:

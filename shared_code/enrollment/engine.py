@@ -13,6 +13,9 @@ fetch owned devices only for users who *entered* scope and owners only for devic
 platform (``$batch``, 20 per request), reconcile against the stored rows those changes can touch (the rows of the
 devices named and of the owners who entered or left scope; the whole partition only while deactivations are staged,
 when the disabled-users set changed, or for a change too wide for targeted reads), write, commit cursors last.
+Every decision of that path is pure and lives in ``domain.incremental``; ``_incremental`` does the reads in between.
+Objects Graph cannot read yet (replication lag) are retried from the groups cursor's pending list
+(``domain.pending``); before anything is written both paths pass ``_judge`` (consistency, re-verification, guard).
 
 Crash safety: rows + events are written in per-partition transactions before the graph and the cursors; a poll that
 dies anywhere replays the same deltas next time against the (partly) updated rows, and reconcile only emits what
@@ -32,24 +35,21 @@ Rules worth knowing (documented for operators):
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 from shared_code.adapters.graph import GraphClient
 from shared_code.adapters.http_retry import UsageMeter
-from shared_code.domain import consistency, guard, pending
+from shared_code.domain import consistency, guard, incremental, pending
 from shared_code.domain.devices import (
     DeviceRecord,
     device_from_graph,
-    merge_device_update,
     normalize_platforms,
-    platform_matches,
 )
 from shared_code.domain.reconcile import (
     DEACTIVATE,
@@ -68,12 +68,23 @@ from shared_code.domain.scope import (
     Scope,
     expand_scope,
     resolve_from_matches,
-    resolve_names,
 )
 from shared_code.domain.timestamps import utc_iso
 from shared_code.enrollment import strategies
 from shared_code.enrollment.cursors import DEVICES, GROUPS, Cursor, CursorStore
 from shared_code.enrollment.reader import DirectoryReader, KeepAlive
+from shared_code.enrollment.status import (
+    EnrollmentStatus,
+    GuardStatus,
+    PendingStatus,
+    PollStatus,
+    ScopeStatus,
+    counts_of,
+    guard_of,
+    pending_of,
+    poll_of,
+    scope_of,
+)
 from shared_code.enrollment.store import EnrollmentStore
 from shared_code.errors import ConflictError, CursorExpiredError, InconsistentReadError, NotFoundError
 from shared_code.tenants import TenantConfig, TenantRecord, TenantRepository
@@ -90,10 +101,6 @@ DEVICE_TOKEN_REFRESH_SECONDS = 3 * 24 * 3600
 PLAN_SAMPLE = 50
 # A full dry run (synchronous, in an HTTP request) is refused above this estimated Graph request count.
 DRY_RUN_MAX_REQUESTS = 150
-# An incremental poll reads the stored rows of the owners and devices its deltas touch; past these many it reads the
-# tenant's whole partition instead (one scan is cheaper than hundreds of owner queries or point reads).
-OWNER_LOOKUP_LIMIT = 100
-DEVICE_LOOKUP_LIMIT = 200
 OWNERLESS_SAMPLE = 20
 
 GraphFactory = Callable[[str, UsageMeter], GraphClient]
@@ -200,6 +207,12 @@ class _Ctx:
         return self.record.config.tenant_id
 
 
+def _with_owner(found: Mapping[str, Any]) -> DeviceRecord:
+    """A device read with ``$expand=registeredOwners`` as a record (Graph allows one owner)."""
+    owners = found.get("registeredOwners") or []
+    return device_from_graph(dict(found), str(owners[0]["id"]) if owners else None)
+
+
 def _answered(
     item: pending.Pending,
     owned: Mapping[str, list[dict[str, Any]] | None],
@@ -235,6 +248,7 @@ class PollEngine:
         pending_give_up_hours: float = 24.0,
     ) -> None:
         self.tenants = tenants
+        self.status = EnrollmentStatus(tenants)
         self.store = store
         self.cursors = cursors
         self._graph_factory = graph_factory
@@ -317,10 +331,9 @@ class PollEngine:
             return "requested"
         if not ctx.groups_cursor.committed:
             return "no committed groups cursor"
-        poll_status = ctx.record.status.get("poll", {})
-        if int(poll_status.get("configVersion") or 0) != ctx.cfg.config_version:
+        if int(poll_of(ctx.record).get("configVersion") or 0) != ctx.cfg.config_version:
             return "configuration changed"
-        if approved_plan(ctx.record.status.get("guard", {})) is not None:
+        if approved_plan(guard_of(ctx.record)) is not None:
             # An approved plan applies only if fresh reads recompute exactly it.
             return "deactivations approved"
         if ctx.now - ctx.groups_cursor.full_at >= self._full_hours * 3600:
@@ -337,14 +350,14 @@ class PollEngine:
             group_pages.append(list(page.get("value", ())))
             groups_link = str(page.get("@odata.deltaLink") or groups_link)
         device_changes, devices_cursor = await self._device_deltas(ctx)
-        guard_status = ctx.record.status.get("guard", {})
+        guard_status = guard_of(ctx.record)
         staged = guard_status.get("state") == "deactivations_staged"
         need_disabled = not ctx.cfg.keep_disabled_users
         disabled = await ctx.reader.disabled_users() if need_disabled else set()
         digest = disabled_digest(disabled) if need_disabled else None
         # The disabled set is compared with the one the last applied poll saw: unchanged, its devices were dealt
         # with then, and only owners/devices the deltas touch need a look now.
-        disabled_changed = need_disabled and digest != ctx.record.status.get("scope", {}).get("disabledDigest")
+        disabled_changed = need_disabled and digest != scope_of(ctx.record).get("disabledDigest")
         # Objects Graph could not read yet (replication lag): retry the due ones, users and devices mixed in
         # ⌈due/20⌉ $batch requests; give up on those pending past the bound.
         held = pending.decode(ctx.groups_cursor.pending)
@@ -369,71 +382,32 @@ class PollEngine:
         loaded = await self.store.load_graph(ctx.tenant_id)
         if loaded is None:
             raise _NeedFull("no stored membership graph")
-        graph_old, _meta = loaded
-        graph_new = copy.deepcopy(graph_old)
-        graph_changed = False
-        for values in group_pages:
-            graph_changed = graph_new.apply_page(values) or graph_changed
-        names = list(ctx.cfg.enrollment_groups)
-        res_old, res_new = resolve_names(graph_old, names), resolve_names(graph_new, names)
-        scope_old, scope_new = expand_scope(graph_old, res_old.resolved), expand_scope(graph_new, res_new.resolved)
+        # The decisions are pure (domain.incremental); this method does the reads they ask for, in between.
+        shift = incremental.shift_scope(loaded[0], group_pages, list(ctx.cfg.enrollment_groups))
+        changes = incremental.fold_device_changes(device_changes)
         plat = normalize_platforms(ctx.cfg.platforms)
-
-        deleted: set[str] = set()
-        updated: dict[str, dict[str, Any]] = {}
-        for obj in device_changes:
-            did = str(obj["id"])
-            if "@removed" in obj:
-                deleted.add(did)
-                updated.pop(did, None)
-            else:
-                deleted.discard(did)
-                updated[did] = {**updated.get(did, {}), **obj}
-
-        # Which stored rows can this poll's plan touch? Devices the deltas name or that entered/left the direct
-        # scope, and devices of owners who entered/left scope. Every other enrolled row stays desired (its owner's
-        # scope, its platform and the disabled set are unchanged), so it is not read. The whole partition is read
-        # only when the plan must see every row: staged deactivations (re-evaluated every poll until approved or
-        # gone), a changed disabled-users set, or a change too wide for point reads.
-        affected_devices = set(updated) | deleted | (set(scope_old.devices) ^ set(scope_new.devices))
-        affected_owners = set(scope_old.users) ^ set(scope_new.users)
         # The guard needs the enrolled count; a partial read takes it from the last applied poll's status.
-        counted = ctx.record.status.get("counts", {}).get("enrolled")
+        counted = counts_of(ctx.record).get("enrolled")
         known_enrolled = counted if isinstance(counted, int) and not isinstance(counted, bool) else None
-        partial = not (
-            staged or disabled_changed or known_enrolled is None
-            or len(affected_owners) > OWNER_LOOKUP_LIMIT or len(affected_devices) > DEVICE_LOOKUP_LIMIT
+        rows = incremental.rows_to_read(
+            changes, shift, staged=staged, disabled_changed=disabled_changed, known_enrolled=known_enrolled,
+            extra_devices=[p.id for p in answered if p.kind != pending.USER],
         )
-        if partial:
+        if rows.partial:
             stored = await self.store.load_devices_for(
-                ctx.tenant_id, device_ids=sorted(affected_devices), owner_ids=sorted(affected_owners)
+                ctx.tenant_id, device_ids=rows.device_ids, owner_ids=rows.owner_ids
             )
         else:
             stored = await self.store.load_devices(ctx.tenant_id)
-
-        current: dict[str, DeviceRecord] = {}
-        for did, row in stored.items():
-            if row.state == ENROLLED:
-                rec = row.record
-                current[did] = merge_device_update(rec, updated[did]) if did in updated else rec
+        current = incremental.current_records(stored, changes)
         for item in answered:  # Graph answers now for objects it could not read on an earlier poll
             if item.kind == pending.USER:
                 for dev in owned_again.get(item.id) or ():
                     current[str(dev["id"])] = device_from_graph(dev, item.id)
             else:
-                again = devices_again[item.id] or {}
-                owners = again.get("registeredOwners") or []
-                current[item.id] = device_from_graph(again, str(owners[0]["id"]) if owners else None)
+                current[item.id] = _with_owner(devices_again[item.id] or {})
         not_yet: list[pending.Pending] = []
-        entering_set = set(scope_new.users) - set(scope_old.users)
-        if need_disabled:
-            # Owners re-enabled since their devices were deactivated count as entering: fetch their devices again.
-            entering_set |= {
-                row.record.owner_id for row in stored.values()
-                if row.state != ENROLLED and row.reason == "owner disabled" and row.record.owner_id
-                and row.record.owner_id in scope_new.users and row.record.owner_id not in disabled
-            }
-        entering = sorted(entering_set)
+        entering = incremental.entering_owners(shift, stored, disabled if need_disabled else None)
         if entering:
             for uid, devices in (await ctx.reader.owned_devices(entering)).items():
                 if devices is None:
@@ -441,64 +415,45 @@ class PollEngine:
                     not_yet.append(pending.Pending(uid, pending.USER, ctx.now))
                 for dev in devices or ():
                     current[str(dev["id"])] = device_from_graph(dev, uid)
-        lookups = set(scope_new.devices) - set(scope_old.devices)
-        for did, obj in updated.items():
-            known = stored.get(did)
-            if (known is None or known.state != ENROLLED) and platform_matches(
-                str(obj.get("operatingSystem") or ""), plat
-            ):
-                lookups.add(did)  # appeared, or moved into the platforms: who owns it?
-        lookups -= set(current) | deleted
+        lookups = incremental.device_lookups(changes, stored, shift, current, plat)
         if lookups:
-            for did, found in (await ctx.reader.devices_by_id(sorted(lookups))).items():
+            for did, found in (await ctx.reader.devices_by_id(lookups)).items():
                 if found is None:
                     # The delta or a membership just named it, so it exists: it has not replicated yet (a deletion
                     # comes as @removed in devices/delta).
                     not_yet.append(pending.Pending(did, pending.DEVICE, ctx.now))
                     continue
-                owners = found.get("registeredOwners") or []
-                current[did] = device_from_graph(found, str(owners[0]["id"]) if owners else None)
-                if not owners and did in updated and did not in scope_new.devices:
+                current[did] = _with_owner(found)
+                if current[did].owner_id is None and did in changes.updated and did not in shift.new.devices:
                     # A device that just appeared can be readable before its owner link is: look again later.
                     not_yet.append(pending.Pending(did, pending.OWNER_LINK, ctx.now))
-        if partial:
+        if rows.partial:
             # A device found through an entering owner may have a row stored under its previous owner.
             unread = sorted(set(current) - set(stored))
             if unread:
                 stored.update(await self.store.load_devices_for(ctx.tenant_id, device_ids=unread, owner_ids=()))
-        desired = desired_set(current, scope_new, plat, deleted=deleted, disabled_owners=disabled)
-        facts = Facts(
-            deleted=frozenset(deleted),
-            current=current,
-            platforms=plat,
-            disabled_owners=frozenset(disabled),
-            unresolved=frozenset(u["name"] for u in res_new.unresolved),
-        )
-        plan = reconcile(desired, stored, facts)
+        plan, desired = incremental.plan(current, stored, shift, plat, deleted=changes.deleted, disabled=disabled)
         extra: dict[str, Any] = {"ownerless": None}
         if digest is not None:
             extra["disabledDigest"] = digest
-        # Still pending: what was not answered (users only while they are in scope), plus what this poll could not
-        # read; committed with the groups cursor below.
-        answered_keys = {(p.id, p.kind) for p in answered}
-        kept = [p for p in live if (p.id, p.kind) not in answered_keys
-                and (p.kind != pending.USER or p.id in scope_new.users)]
-        still = pending.merge(kept, not_yet)
+        # Still pending (committed with the groups cursor below): what was not answered, plus what this poll could
+        # not read.
+        still = pending.after_poll(live, answered, not_yet, shift.new.users)
         pending_changed = still != list(held)
         if pending_changed:
             extra["pending"] = (still, [p for p in gave_up if p.kind != pending.OWNER_LINK])
         if not changed and not plan.items and not pending_changed:
             # Only the disabled-users set changed, and it touched no device: remember it, write nothing else.
             await self._noop(ctx, devices_cursor)
-            if disabled_changed and not ctx.dry_run:
-                await self.tenants.update_status(ctx.tenant_id, "scope", {"disabledDigest": digest})
+            if disabled_changed and digest is not None and not ctx.dry_run:
+                await self.status.scope(ctx.tenant_id, {"disabledDigest": digest})
             return
-        out.unresolved = res_new.unresolved
+        out.unresolved = shift.resolution.unresolved
         out.desired = len(desired)
         groups_cursor = replace(ctx.groups_cursor.commit(groups_link, ctx.now), pending=pending.encode(still))
         cursors = {GROUPS: groups_cursor, DEVICES: devices_cursor}
-        await self._finish(ctx, plan, stored, graph_new if graph_changed else None, res_new, scope_new, cursors,
-                           extra, enrolled_before=known_enrolled if partial else None)
+        await self._finish(ctx, plan, stored, shift.graph if shift.graph_changed else None, shift.resolution,
+                           shift.new, cursors, extra, enrolled_before=known_enrolled if rows.partial else None)
 
     async def _noop(self, ctx: _Ctx, devices_cursor: Cursor) -> None:
         """Nothing changed: write nothing (the deltaLinks we hold stay valid and replay nothing)."""
@@ -546,7 +501,7 @@ class PollEngine:
         out = ctx.outcome
         out.mode = "full"
         cfg = ctx.cfg
-        shape_status = ctx.record.status.get("poll", {}).get("shape") or {}
+        shape_status = poll_of(ctx.record).get("shape") or {}
         users = shape_status.get("users")
         devices = shape_status.get("devices")
         if users is None or devices is None:
@@ -749,7 +704,7 @@ class PollEngine:
             max_percent=cfg.guard_max_percent,
             protected=protected,
             plan_id=ctx.outcome.plan_id,
-            approved_plan_id=approved_plan(ctx.record.status.get("guard", {})),
+            approved_plan_id=approved_plan(guard_of(ctx.record)),
         )
 
     @staticmethod
@@ -794,12 +749,12 @@ class PollEngine:
         """
         items = [PlanItem.from_dict(d) for d in guard_status.get("sample") or () if isinstance(d, dict)]
         targets = consistency.verification_targets(items, limit=consistency.VERIFY_SAMPLE)
-        resolved = ctx.record.status.get("scope", {}).get("resolvedGroups") or {}
+        resolved = scope_of(ctx.record).get("resolvedGroups") or {}
         wrong = await self._contradicted(ctx, list(targets.items), {str(v) for v in resolved.values()})
         if wrong:
             raise _NeedFull(f"{len(wrong)} staged deactivation(s) no longer supported by Graph")
         if not ctx.dry_run:
-            await self.tenants.update_status(ctx.tenant_id, "guard", {
+            await self.status.guard(ctx.tenant_id, {
                 "lastCheckedAt": utc_iso(ctx.now), "lastCheck": f"{len(targets.items)} staged row(s) still supported",
             })
 
@@ -813,7 +768,7 @@ class PollEngine:
     ) -> None:
         tid = ctx.tenant_id
         out = ctx.outcome
-        scope_patch: dict[str, Any] = {
+        scope_patch: ScopeStatus = {
             "unresolvedGroups": [u for u in resolution.unresolved if u["reason"] == "not_found"],
             "ambiguousGroups": [u for u in resolution.unresolved if u["reason"] == "ambiguous"],
             "resolvedGroups": resolution.resolved,
@@ -825,25 +780,25 @@ class PollEngine:
         if ownerless is not None:
             scope_patch["ownerlessDevices"] = len(ownerless)
             scope_patch["ownerlessSample"] = ownerless[:OWNERLESS_SAMPLE]
-        await self.tenants.update_status(tid, "scope", scope_patch)
+        await self.status.scope(tid, scope_patch)
         if "pending" in extra:
             still, gave_up = extra["pending"]
-            section = pending.status(still, ctx.now, gave_up)
-            before = ctx.record.status.get("pending", {})
+            section = cast(PendingStatus, pending.status(still, ctx.now, gave_up))
+            before = pending_of(ctx.record)
             # Given-up objects stay reported until the console has seen them (a running total and the latest sample).
             section["gaveUp"] = int(before.get("gaveUp") or 0) + len(gave_up)
             if not gave_up:
                 section["gaveUpSample"] = before.get("gaveUpSample") or []
-            await self.tenants.update_status(tid, "pending", section)
+            await self.status.pending(tid, section)
             if gave_up:
                 log.warning("tenant %s: gave up on %d object(s) Graph never answered for: %s", tid, len(gave_up),
                             [p.id for p in gave_up[:5]])
-        previous = ctx.record.status.get("guard", {})
+        previous = guard_of(ctx.record)
         if decision.staged:
             sample = [i.to_dict() for i in plan.of(DEACTIVATE)[:PLAN_SAMPLE]]
             now = utc_iso(ctx.now)
             same_plan = previous.get("state") == "deactivations_staged" and previous.get("planId") == out.plan_id
-            patch: dict[str, Any] = {
+            patch: GuardStatus = {
                 "state": "deactivations_staged", "staged": decision.staged, "threshold": decision.threshold,
                 "why": decision.why, "planId": out.plan_id,
                 "stagedAt": previous.get("stagedAt") if same_plan else now, "lastCheckedAt": now,
@@ -859,13 +814,13 @@ class PollEngine:
             if approval_token(current) != approval_token(previous):
                 del patch["approvedPlanId"]
                 log.info("tenant %s: an approval arrived during this poll; it is kept for the next poll", tid)
-            await self.tenants.update_status(tid, "guard", patch)
+            await self.status.guard(tid, patch)
             out.notes.append(f"guard: {decision.staged} deactivations staged ({decision.why}; threshold "
                              f"{decision.threshold}; plan {out.plan_id})")
             log.warning("tenant %s: %d deactivations staged (%s, threshold %d, plan %s)", tid, decision.staged,
                         decision.why, decision.threshold, out.plan_id)
         elif previous.get("state") == "deactivations_staged":
-            await self.tenants.update_status(tid, "guard", {
+            await self.status.guard(tid, {
                 "state": "clear", "staged": 0, "approvedPlanId": None, "planId": None, "releasedAt": utc_iso(ctx.now),
                 "lastCheckedAt": utc_iso(ctx.now),
                 "released": "approved" if decision.approved else "the current plan no longer needs approval",
@@ -874,14 +829,14 @@ class PollEngine:
     @staticmethod
     def _recovering(ctx: _Ctx) -> bool:
         """Whether the last recorded poll failed (the next successful one records its outcome, even a no-op)."""
-        poll_status = ctx.record.status.get("poll", {})
+        poll_status = poll_of(ctx.record)
         return poll_status.get("result") == "failed" or poll_status.get("lastError") is not None
 
     async def _write_poll_status(self, ctx: _Ctx) -> None:
         out = ctx.outcome
         if out.mode == "noop":
             # A no-op after a failure: the outcome and its cost; mode, counts and shape stay from the last applied poll.
-            await self.tenants.update_status(ctx.tenant_id, "poll", {
+            await self.status.poll(ctx.tenant_id, {
                 "result": "ok", "lastError": None, "lastNoopAt": utc_iso(ctx.now),
                 "finishedAt": utc_iso(self._clock()),
                 "requests": out.usage.get("requests", 0),
@@ -890,7 +845,7 @@ class PollEngine:
                 "retries": out.usage.get("retries", 0),
             })
             return
-        patch: dict[str, Any] = {
+        patch: PollStatus = {
             "mode": out.mode,
             "startedAt": utc_iso(ctx.now),
             "finishedAt": utc_iso(self._clock()),
@@ -910,8 +865,8 @@ class PollEngine:
             patch["lastFullAt"] = utc_iso(ctx.now)
         if out.shape is not None:
             patch["shape"] = out.shape
-        await self.tenants.update_status(ctx.tenant_id, "poll", patch)
+        await self.status.poll(ctx.tenant_id, patch)
         # The console's summary (status.counts in the tenant document).
-        await self.tenants.update_status(ctx.tenant_id, "counts", {
+        await self.status.counts(ctx.tenant_id, {
             "enrolled": out.enrolled, "stagedDeactivations": out.staged, "updatedAt": patch["finishedAt"],
         })

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from shared_code.bootstrap import Container
 from shared_code.connector_status import ConnectorStatus, build_connector_status
@@ -26,6 +26,7 @@ from shared_code.enrollment import quarantine
 from shared_code.enrollment.cursors import CursorStore, TableCursorStore
 from shared_code.enrollment.engine import PollEngine, PollOutcome, usage_of
 from shared_code.enrollment.leases import Lease, LeaseStore, TableLeaseStore
+from shared_code.enrollment.status import EnrollmentStatus, GuardStatus, QuarantineStatus, guard_of, quarantine_of
 from shared_code.enrollment.store import EnrollmentStore, TableEnrollmentStore
 from shared_code.errors import (
     ConfigInvalidError,
@@ -241,6 +242,7 @@ class EnrollmentService:
         connector_status: ConnectorStatus | None = None,
     ) -> None:
         self.tenants = tenants
+        self.status = EnrollmentStatus(tenants)
         self.connector_status = connector_status
         self.store = store
         self.cursors = cursors
@@ -274,7 +276,7 @@ class EnrollmentService:
                 interval_minutes=record.config.poll_interval_minutes or self._default_interval,
                 last_started=info.last_started if info else 0.0,
                 holder_expires_at=info.expires_at if info and info.holder else 0.0,
-                quarantine=record.status.get("quarantine", {}),
+                quarantine=dict(quarantine_of(record)),
             ):
                 due.append(tid)
         # Bounded concurrency: a fleet of thousands of tenants is enqueued in seconds, not minutes.
@@ -363,10 +365,10 @@ class EnrollmentService:
                 return await self._record_failure(record, exc, usage_of(exc))
             if self.connector_status is not None:
                 await self.connector_status.succeeded()
-            patch = quarantine.after_success(record.status.get("quarantine", {}), self._clock())
+            patch = quarantine.after_success(dict(quarantine_of(record)), self._clock())
             if patch is not None:
-                await self.tenants.update_status(tenant_id, "quarantine", patch)
-                await self.tenants.update_status(tenant_id, "poll", {"lastError": None})
+                # (The poll section's own recovery — result ok, lastError cleared — is the engine's write.)
+                await self.status.quarantine(tenant_id, cast(QuarantineStatus, patch))
             log.info("tenant %s: poll %s (%s) %s", tenant_id, outcome.mode, reason, outcome.summary(0)["counts"])
             return {"tenantId": tenant_id, "result": "ok", **outcome.summary(0)}
         finally:
@@ -394,7 +396,7 @@ class EnrollmentService:
         if isinstance(exc, ConnectorCredentialError):
             return await self._record_connector_failure(record, exc, usage)
         patch = quarantine.after_failure(
-            record.status.get("quarantine", {}),
+            dict(quarantine_of(record)),
             exc,
             now,
             interval_minutes=record.config.poll_interval_minutes or self._default_interval,
@@ -402,13 +404,13 @@ class EnrollmentService:
         )
         log.warning("tenant %s: poll failed (%s); %s, failure %d", tid, patch["reason"], patch["state"],
                     patch["failures"], exc_info=not isinstance(exc, ConflictError))
-        if patch["state"] == "quarantined" and record.status.get("quarantine", {}).get("state") != "quarantined":
+        if patch["state"] == "quarantined" and quarantine_of(record).get("state") != "quarantined":
             # Logged once, on entry; the prefix is the alert contract (infra/modules/alerts.bicep).
             log.error("connector.tenant.quarantined tenant=%s reason=%s", tid, patch["reason"])
-        await self.tenants.update_status(tid, "quarantine", {
+        await self.status.quarantine(tid, cast(QuarantineStatus, {
             **patch, "lastFailureAt": utc_iso(now), "nextAttemptAtIso": utc_iso(patch["nextAttemptAt"]),
-        })
-        await self.tenants.update_status(tid, "poll", {
+        }))
+        await self.status.poll(tid, {
             "result": "failed",
             "lastError": patch["reason"],
             "lastErrorAt": utc_iso(now),
@@ -434,7 +436,7 @@ class EnrollmentService:
         log.warning("tenant %s: poll failed on the connector's own credential (%s): %s", tid, reason, exc)
         if self.connector_status is not None:
             await self.connector_status.failed(reason)
-        await self.tenants.update_status(tid, "poll", {
+        await self.status.poll(tid, {
             "result": "failed",
             "lastError": reason,
             "lastErrorAt": utc_iso(self._clock()),
@@ -443,7 +445,7 @@ class EnrollmentService:
             "throttled": usage.get("throttled", 0),
             "retries": usage.get("retries", 0),
         })
-        state = record.status.get("quarantine", {}).get("state") or "ok"
+        state = quarantine_of(record).get("state") or "ok"
         return {"tenantId": tid, "result": "failed", "reason": reason, "state": state, "connectorFault": True}
 
     # ---- console ----------------------------------------------------------------------------------------------
@@ -547,7 +549,7 @@ class EnrollmentService:
             ConflictError: nothing is staged, or the staged plan is not ``plan_id`` (its ``currentPlan`` attached).
         """
         record = await self._tenant(tenant_id)
-        guard = record.status.get("guard", {})
+        guard = guard_of(record)
         if guard.get("state") != "deactivations_staged":
             raise ConflictError("no deactivations are staged for this tenant", details={"currentPlan": None})
         if guard.get("planId") != plan_id:
@@ -556,7 +558,7 @@ class EnrollmentService:
                 details={"currentPlan": staged_plan(guard)},
             )
         staged = int(guard.get("staged") or 0)
-        await self.tenants.update_status(tenant_id, "guard", {
+        await self.status.guard(tenant_id, {
             "approvedPlanId": plan_id, "approvedAt": utc_iso(self._clock()), "approvedBy": caller[:128],
             # Identifies this approval, so a poll that started before it never clears it (approvedAt has 1 s steps).
             "approvalId": uuid.uuid4().hex,
@@ -567,7 +569,7 @@ class EnrollmentService:
         return {"tenantId": tenant_id, "approved": staged, "planId": plan_id, "queued": True}
 
 
-def staged_plan(guard: dict[str, Any]) -> dict[str, Any]:
+def staged_plan(guard: GuardStatus) -> dict[str, Any]:
     """The staged plan as the console sees it (the 409 of a stale approval carries it)."""
     return {
         "planId": guard.get("planId"),

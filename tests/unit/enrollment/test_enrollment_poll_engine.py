@@ -316,3 +316,33 @@ async def test_a_dry_run_of_a_small_tenant_answers_the_plan_and_writes_nothing()
     plan = await h.service.dry_run(T, full=True)
     assert plan["dryRun"] is True and plan["counts"]["enroll"] == 8
     assert h.store.writes == 0 and await h.events() == []
+
+
+async def test_a_quiet_poll_with_k_pending_objects_costs_two_plus_k_over_20_requests_and_writes_nothing() -> None:
+    h = Harness()
+    d = await h.tenant()
+    await h.service.run_poll(T)
+    k = 45
+    for i in range(k):  # members Graph cannot read yet: their ownedDevices answer 404 (not replicated)
+        d.add_member("g-sales", f"late{i}", "u")
+    h.clock.t += 300
+    first = await h.service.run_poll(T)
+    assert first["result"] == "ok" and first["mode"] == "incremental"
+    record = await h.tenants.get(T)
+    assert record is not None and record.status["pending"]["count"] == k
+    before = (h.store.writes, h.cursors.writes, record.status)
+    for advance in (300, 60):  # a retry point passed (2 + ⌈k/20⌉ requests); then none did (2 requests)
+        h.clock.t += advance
+        quiet = await h.service.run_poll(T)
+        assert quiet["mode"] == "noop"
+        assert len(h.requests) == (2 + -(-k // 20) if advance == 300 else 2), h.requests
+        after = await h.tenants.get(T)
+        assert after is not None and (h.store.writes, h.cursors.writes, after.status) == before
+    for i in range(k):  # replicated: their devices enroll on the next retry
+        d.add_user(f"late{i}")
+        d.add_device(f"late-d{i}", "Android", f"late{i}")
+    h.clock.t += 900
+    done = await h.service.run_poll(T)
+    assert done["counts"]["enroll"] == k and {f"late-d{i}" for i in range(k)} <= await h.enrolled()
+    record = await h.tenants.get(T)
+    assert record is not None and record.status["pending"]["count"] == 0
