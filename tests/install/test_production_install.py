@@ -106,6 +106,7 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     result["installed"] = {
         line.split("==")[0].lower().replace("_", "-"): line.split("==")[1] for line in frozen.split() if "==" in line
     }
+    result["package"] = str(package)
     result["install_s"] = install_s
     result["site_packages_mb"] = size_mb
     print(
@@ -183,11 +184,15 @@ def test_every_binding_resolves(production: dict[str, Any]) -> None:
 
 
 def test_production_indexes_what_the_dev_env_indexes(production: dict[str, Any]) -> None:
-    # The same app in the dev venv (where every other test runs): a function that indexes only with dev packages
+    # The same probe on the same package with the dev interpreter (where every other test runs), in a fresh process
+    # (the suite's own function_app is already indexed by devhost): a function that indexes only with dev packages
     # present, or a binding that differs, would be missed by the rest of the suite.
-    import function_app
-
-    dev = {fn.get_function_name(): json.loads(fn.get_function_json())["bindings"]
-           for fn in function_app.app.get_functions()}
+    package = production["package"]
+    probe = subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {package!r})\n{PROBE}"],
+        cwd=package, capture_output=True, text=True, check=False, timeout=120,
+    )
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    dev = {f["name"]: f["bindings"] for f in json.loads(probe.stdout.strip().splitlines()[-1])["functions"]}
     prod = {f["name"]: f["bindings"] for f in production["functions"]}
     assert prod == dev
