@@ -402,6 +402,11 @@ var appSettings = union({
   FULL_RECONCILE_HOURS: string(fullReconcileHours)
   POLL_QUEUE_NAME: pollQueueName
   TABLE_PREFIX: tablePrefix
+  // The host refuses larger request bodies before buffering them (the API's own cap is 64 KiB; the largest valid body
+  // is well under it), and the anonymous Functions landing page is off (learn.microsoft.com/azure/azure-functions/
+  // functions-app-settings: FUNCTIONS_REQUEST_BODY_SIZE_LIMIT, AzureWebJobsDisableHomepage).
+  FUNCTIONS_REQUEST_BODY_SIZE_LIMIT: '131072'
+  AzureWebJobsDisableHomepage: 'true'
 }, extraAppSettings)
 
 module functionApp 'modules/functionapp.bicep' = {

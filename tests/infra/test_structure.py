@@ -248,6 +248,12 @@ def test_no_settings_flex_rejects_or_secrets(app_settings: dict[str, Any]) -> No
     assert "AccountKey" not in repr(app_settings)
 
 
+def test_host_refuses_large_bodies_and_shows_no_homepage(app_settings: dict[str, Any]) -> None:
+    # Issue 11 §5: anonymous large bodies are refused by the host before they are buffered; no landing page.
+    assert 64 * 1024 < int(app_settings["FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"]) <= 256 * 1024
+    assert app_settings["AzureWebJobsDisableHomepage"] == "true"
+
+
 def test_flex_site_sets_no_property_flex_refuses(parsed: dict[str, dict[str, Any]]) -> None:
     # Properties ARM refuses on Flex Consumption sites (functionAppConfig replaces them): any of them fails `azd up`.
     _, _, site = _one(parsed, "Microsoft.Web/sites")
