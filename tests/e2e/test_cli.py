@@ -85,6 +85,11 @@ async def test_every_command_against_the_local_stack(
     assert plan["dryRun"] is True and plan["counts"]["enroll"] == len(truth)
     assert (await cli.json("show", tid))["status"]["lastPoll"] is None
 
+    # poll --all: every active tenant of this stack (one here), with a progress bar on stderr.
+    everyone = await cli.json("poll", "--all")
+    assert {q["tenantId"] for q in everyone["queued"]} == {tid}
+    await devhost.drain_queues()
+
     # poll --wait: enqueued through the service, run by the function app, waited for with a progress bar.
     polled = await cli.json("poll", tid, "--wait")
     assert polled["queued"] == [{"tenantId": tid, "queued": True, "full": False}]

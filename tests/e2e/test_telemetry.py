@@ -164,7 +164,10 @@ async def test_one_poll_is_one_span_with_its_cost_and_metrics_for_the_same(
     assert (await api.put(f"/api/tenants/{tid}/devices/{device}/threat", json=threat)).status_code == 202
     [upload] = [s for s in console.spans("connector.upload") if s["attributes"].get("connector.tenant_id") == tid]
     assert upload["attributes"]["connector.upload.kind"] and upload["attributes"]["connector.result"] == "Pending"
+    await devhost.run_timer("dispatch_polls")  # samples the poison queue for the alert's gauge
     metrics = console.metrics()
+    poison_queue = devhost.settings["POLL_QUEUE_NAME"] + "-poison"
+    assert _point(metrics["connector.queue.poison_length"], queue=poison_queue)["value"] == 0
     assert _point(metrics["connector.heartbeats"], result="sent")["value"] >= 1
     assert _point(metrics["connector.uploads"], result="Pending")["value"] >= 1
 
