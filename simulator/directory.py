@@ -226,6 +226,8 @@ class Tenant:
     owner_readable_at: dict[str, float] = field(default_factory=dict)         # device id → its owner link from
     member_readable_at: dict[tuple[str, str], float] = field(default_factory=dict)  # (group, member) → from
     now: float = 0.0  # the simulated clock when the current mutation runs (set by World.mutate)
+    # Soft-deleted users (restorable for 30 days): id -> (user, direct group ids, owned device ids) at deletion.
+    deleted_users: dict[str, tuple[Any, list[str], list[str]]] = field(default_factory=dict)
 
     # ---- replication lag ----------------------------------------------------------------------------------------
     def lagging(self, obj_id: str, now: float) -> bool:
@@ -620,6 +622,8 @@ def _reason(a: dict[str, Any]) -> str:
 
 def _op_delete_user(w: World, t: Tenant, a: dict[str, Any]) -> dict[str, Any]:
     u = _user(t, a)
+    if _reason(a) == "changed":
+        t.deleted_users[u.id] = (u, sorted(t.member_of.get(u.id, ())), list(t.owned.get(u.id, ())))
     _drop_memberships(t, u.id)
     for did in list(t.owned.get(u.id, ())):
         d = t.devices.get(did)
@@ -630,6 +634,32 @@ def _op_delete_user(w: World, t: Tenant, a: dict[str, Any]) -> dict[str, Any]:
     t.upn_index.pop(u.upn.casefold(), None)
     t.log("users", u.id, "del", reason=_reason(a))
     return {"id": u.id}
+
+
+def _op_restore_user(w: World, t: Tenant, a: dict[str, Any]) -> dict[str, Any]:
+    """``POST /directory/deletedItems/{id}/restore`` for a soft-deleted user: "you can fully restore the item"
+    (learn.microsoft.com/graph/api/directory-deleteditems-restore), so its group memberships and registered devices
+    (still present and unowned) come back. Delta reports the user again and each membership as added."""
+    uid = _arg(a, "user_id")
+    entry = t.deleted_users.pop(uid, None)
+    if entry is None:
+        raise DirectoryError("no such deleted user (permanently deleted users cannot be restored)", "user_id")
+    u, groups, devices = entry
+    if u.upn.casefold() in t.upn_index:
+        t.deleted_users[uid] = entry
+        raise DirectoryError("userPrincipalName is used by another user", "user_id")
+    t.users.add(u)
+    t.upn_index[u.upn.casefold()] = u.id
+    t.log("users", u.id, "new")
+    for gid in groups:
+        g = t.groups.get(gid)
+        if g is not None:
+            _add_member(t, g, u.id, "user_id")
+    for did in devices:
+        d = t.devices.get(did)
+        if d is not None and d.owner is None:
+            t._set_owner(d, u.id)
+    return {"id": u.id, "object": u.props()}
 
 
 def _op_delete_device(w: World, t: Tenant, a: dict[str, Any]) -> dict[str, Any]:
@@ -813,5 +843,6 @@ _MUTATIONS: dict[str, Any] = {
     "delete_group": _op_delete_group, "change_os": _op_change_os, "rename_group": _op_rename_group,
     "add_device": _op_add_device, "add_user": _op_add_user, "add_group": _op_add_group,
     "disable_user": _op_set_enabled(False), "enable_user": _op_set_enabled(True), "set_owner": _op_set_owner,
-    "add_mam_registration": _op_add_mam, "set_intune_endpoints": _op_set_intune_endpoints,
+    "add_mam_registration": _op_add_mam, "restore_user": _op_restore_user,
+    "set_intune_endpoints": _op_set_intune_endpoints,
 }

@@ -118,6 +118,29 @@ async def test_deletes_and_renames(world: World) -> None:
         assert rows == [{"id": other.id, "displayName": other.display_name, "accountEnabled": False}]
 
 
+async def test_a_restored_user_comes_back_with_its_memberships_and_devices(world: World) -> None:
+    t = next(iter(world.tenants.values()))
+    p = app_principal(t.tenant_id)
+    root = t.groups_named("MTD Enrollment")[0]
+    victim = next(m for m, k in root.members.items() if k == "user" and t.owned.get(m))
+    groups, devices = set(t.member_of[victim]), list(t.owned[victim])
+    async with Harness(world) as h:
+        _, glink = await h.delta_round(GROUPS, p)
+        await h.mutate(t.tenant_id, op="delete_user", user_id=victim)
+        assert victim not in root.members and not t.owned.get(victim)
+        await h.mutate(t.tenant_id, op="restore_user", user_id=victim)
+        assert set(t.member_of[victim]) == groups and t.owned[victim] == devices
+        assert all(t.devices.get(d).owner == victim for d in devices)
+        rows, glink = await h.delta_round(glink, p)
+        assert victim in _merge(rows)[root.id]["added"]  # removed then added back: the net effect is a member
+        # Only a soft-deleted user can come back, and only once; a permanently deleted one never.
+        with pytest.raises(AssertionError, match="no such deleted user"):
+            await h.mutate(t.tenant_id, op="restore_user", user_id=victim)
+        await h.mutate(t.tenant_id, op="delete_user", user_id=victim, permanent=True)
+        with pytest.raises(AssertionError, match="no such deleted user"):
+            await h.mutate(t.tenant_id, op="restore_user", user_id=victim)
+
+
 async def test_select_limits_tracking(world: World) -> None:
     t = next(iter(world.tenants.values()))
     p = app_principal(t.tenant_id)
