@@ -62,6 +62,7 @@ QUARANTINE_RETRY = 6 * 3600
 MAX_RETRIES = 2
 READ_TIMEOUT = 0.6  # the campaign's Graph read timeout (production: 60 s); "slow" faults answer after 0.9 s
 FINAL_ROUNDS = 4
+LEASE_SECONDS = 15 * 60  # shared_code/enrollment/service.py
 INTUNE_SERVICES = ("StatelessPartnerTenantDataSyncService", "StatelessPartnerDeviceDataSyncService")
 
 
@@ -79,6 +80,7 @@ class KillSwitch:
         self.armed: tuple[str, int, str] | None = None
         self.dead = False
         self.fired: str | None = None
+        self.stall: tuple[str, int, asyncio.Event, asyncio.Event] | None = None
 
     def arm(self, what: str, at: int, mode: str) -> None:
         """Die at the ``at``-th ``what`` operation from now, ``before`` sending it or ``after`` its answer arrived."""
@@ -89,6 +91,21 @@ class KillSwitch:
         """Stop counting towards a kill; returns the operations counted since :meth:`arm`."""
         self.armed = None
         return self.ops
+
+    def arm_stall(self, what: str, at: int) -> tuple[asyncio.Event, asyncio.Event]:
+        """Freeze the worker at the ``at``-th ``what`` operation from now until the returned release event is set
+        (a worker paused past its lease: GC, a frozen VM, a stuck socket); the first event says it is frozen."""
+        self.ops = Counter()
+        self.stall = (what, at, asyncio.Event(), asyncio.Event())
+        return self.stall[2], self.stall[3]
+
+    async def gate(self, what: str) -> None:
+        """Called by the transports before each operation: wait here if this is the stall point."""
+        if self.stall is not None and self.stall[0] == what and self.ops[what] + 1 == self.stall[1]:
+            _, _, frozen, release = self.stall
+            self.stall = None
+            frozen.set()
+            await release.wait()
 
     def _fire(self, what: str, mode: str) -> None:
         self.dead = True
@@ -122,6 +139,7 @@ class KillableHttpx(httpx.AsyncHTTPTransport):
         timeout = dict(request.extensions.get("timeout") or {})
         timeout["read"] = READ_TIMEOUT
         request.extensions["timeout"] = timeout
+        await self.switch.gate("graph")
         self.switch.before("graph")
         response = await super().handle_async_request(request)
         self.switch.after("graph")
@@ -137,6 +155,7 @@ class KillableAio(AioHttpTransport):
         self.what = what
 
     async def send(self, request: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        await self.switch.gate(self.what)
         self.switch.before(self.what)
         response = await super().send(request, **kwargs)
         self.switch.after(self.what)
@@ -329,13 +348,16 @@ class Campaign:
         self.sim.clear_faults()
         probe = self.sim.create_tenant("small", seed=999_999)
         probes: tuple[tuple[str, dict[str, Any]], ...] = (
-            ("add_user", {"lag_seconds": 1}), ("set_intune_endpoints", {"providers": list(INTUNE_SERVICES)}))
+            ("add_user", {"lag_seconds": 1}), ("set_intune_endpoints", {"providers": list(INTUNE_SERVICES)}),
+            ("restore_user", {"user_id": str(uuid.uuid4())}))
         for op, args in probes:
             try:
                 self.sim.mutate(probe["tenant_id"], op, **args)
-                kinds.add({"add_user": "replication_lag", "set_intune_endpoints": "intune_missing"}[op])
-            except AssertionError:
-                pass
+            except AssertionError as exc:
+                if "unknown op" in str(exc) or "lag_seconds" in str(exc):
+                    continue
+            kinds.add({"add_user": "replication_lag", "set_intune_endpoints": "intune_missing",
+                       "restore_user": "restore_user"}[op])
         self.sim.call("DELETE", f"/_sim/tenants/{probe['tenant_id']}")
         return kinds
 
@@ -406,12 +428,17 @@ class Campaign:
             if not page["hasMore"]:
                 return out
 
-    def truth(self, tid: str, groups: list[str]) -> set[str]:
-        return {d["id"] for d in self.sim.truth(tid, groups, ",".join(PLATFORMS))["devices"]}
+    def truth(self, tid: str, groups: list[str], platforms: list[str] | tuple[str, ...] = PLATFORMS) -> set[str]:
+        return {d["id"] for d in self.sim.truth(tid, groups, ",".join(platforms))["devices"]}
+
+    def graph_routes(self, tid: str) -> Counter[str]:
+        """Graph requests the simulator served for the tenant, per route (a $batch counts once plus each inner
+        request)."""
+        routes = self.sim.counters(tid).get(tid, {}).get("routes", {})
+        return Counter({k: int(v["requests"]) for k, v in routes.items() if k.startswith(("/v1.0", "batch:"))})
 
     def graph_requests(self, tid: str) -> int:
-        routes = self.sim.counters(tid).get(tid, {}).get("routes", {})
-        return sum(int(v["requests"]) for k, v in routes.items() if k.startswith("/v1.0"))
+        return sum(v for k, v in self.graph_routes(tid).items() if k.startswith("/v1.0"))
 
     def restart_azurite(self) -> None:
         self.azurite.restart()
@@ -434,6 +461,9 @@ class TenantModel:
     last_truth: set[str] = field(default_factory=set)
     revoked: list[str] | None = None
     intune_changed: bool = False
+    deleted: list[str] = field(default_factory=list)  # soft-deleted users (restorable)
+    platforms: list[str] = field(default_factory=lambda: list(PLATFORMS))
+    all_groups: list[str] = field(default_factory=list)
 
 
 GRAPH_PREFIXES = ("/v1.0/", "/v1.0/groups/delta", "/v1.0/devices/delta", "/v1.0/$batch", "/v1.0/users",
@@ -465,7 +495,8 @@ class Run:
         r = await self.c.call("PUT", f"/api/tenants/{tid}", json=doc)
         assert r.status_code in (200, 201), r.text
         truth = self.c.sim.truth(tid, summary["enrollment_groups"], ",".join(PLATFORMS))
-        t = TenantModel(tid, summary["enrollment_groups"], dict(truth["resolved_groups"]))
+        t = TenantModel(tid, list(summary["enrollment_groups"]), dict(truth["resolved_groups"]))
+        t.all_groups = list(summary["enrollment_groups"])
         t.devices = [d["id"] for d in truth["devices"]]
         t.users = sorted({d["ownerId"] for d in truth["devices"]})
         self.observe(t)
@@ -473,7 +504,7 @@ class Run:
 
     def observe(self, t: TenantModel) -> None:
         """Record ground truth now (who entered and who ever left scope)."""
-        now = self.c.truth(t.tid, t.groups)
+        now = self.c.truth(t.tid, t.groups, t.platforms)
         t.ever_out |= t.last_truth - now
         t.ever_in |= now
         t.last_truth = now
@@ -483,7 +514,8 @@ class Run:
         rng = self.rng
         sim = self.c.sim
         ops = ["new_user_device", "new_device", "delete_device", "delete_user", "change_os", "set_owner",
-               "disable_user", "nest", "unnest", "remove_member", "rename_group", "add_member"]
+               "disable_user", "nest", "unnest", "remove_member", "rename_group", "add_member", "restore_user",
+               "restore_user"]
         op = rng.choice(ops)
         gid = rng.choice(sorted(t.resolved.values())) if t.resolved else None
         try:
@@ -505,7 +537,14 @@ class Run:
                 sim.mutate(t.tid, "delete_device", device_id=dev)
             elif op == "delete_user" and t.users:
                 user = t.users.pop(rng.randrange(len(t.users)))
-                sim.mutate(t.tid, "delete_user", user_id=user)
+                permanent = rng.random() < 0.3
+                sim.mutate(t.tid, "delete_user", user_id=user, permanent=permanent)
+                if not permanent and "restore_user" in self.c.supported:
+                    t.deleted.append(user)
+            elif op == "restore_user" and t.deleted:
+                user = t.deleted.pop(rng.randrange(len(t.deleted)))
+                sim.mutate(t.tid, "restore_user", user_id=user)
+                t.users.append(user)
             elif op == "change_os" and t.devices:
                 sim.mutate(t.tid, "change_os", device_id=rng.choice(t.devices),
                            operatingSystem=rng.choice((*PLATFORMS, "Windows")))
@@ -549,6 +588,18 @@ class Run:
             if "-> 400" not in str(exc):
                 raise
         self.log(f"mutate {op} {t.tid[:8]}")
+        self.observe(t)
+
+    async def reconfigure(self, t: TenantModel) -> None:
+        """The console changes the tenant's platforms or enrollment groups (a new config version: full reconcile)."""
+        if self.rng.random() < 0.5 or len(t.all_groups) < 2:
+            t.platforms = sorted(self.rng.sample(PLATFORMS, self.rng.randint(1, 3)))
+        else:
+            t.groups = sorted(self.rng.sample(t.all_groups, self.rng.randint(1, len(t.all_groups))))
+        r = await self.c.call("PUT", f"/api/tenants/{t.tid}",
+                              json={"enrollmentGroups": t.groups, "platforms": t.platforms})
+        assert r.status_code == 200, r.text
+        self.log(f"reconfigure {t.tid[:8]}: groups={len(t.groups)} platforms={t.platforms}")
         self.observe(t)
 
     def lag(self, name: str) -> dict[str, float]:
@@ -666,6 +717,41 @@ class Run:
                 self.c.last_ops[kind] = max(2, n)
             self.log(f"kill at {what} op {at} {mode} armed, poll finished first ({dict(ops)})")
 
+    async def stall_step(self) -> None:
+        """A poll freezes at a seeded operation past its lease; another worker takes the tenant over and polls;
+        then the frozen one wakes up and carries on (it must notice it lost the lease before writing)."""
+        assert self.c.workers is not None
+        t = self.rng.choice(self.tenants)
+        what = self.rng.choice(("graph", "table"))
+        at = self.rng.randint(1, max(2, self.c.last_ops[what]))
+        switch = self.c.workers.current.switch
+        r = await self.c.call("POST", f"/api/tenants/{t.tid}/sync", params={"full": self.rng.choice(("true", "false"))})
+        assert r.status_code == 202, r.text
+        frozen, release = switch.arm_stall(what, at)
+        drain = asyncio.create_task(self.c.drain())
+        try:
+            waiting = asyncio.create_task(frozen.wait())
+            await asyncio.wait({drain, waiting}, return_when=asyncio.FIRST_COMPLETED, timeout=60)
+            waiting.cancel()
+            if not frozen.is_set():
+                switch.stall = None
+                self.log(f"stall at {what} op {at}: the poll finished first")
+                return
+            stats = self.c.devhost.counters()["poll_tenant"]
+            finished = stats["successes"] + stats["failures"]
+            self.c.advance(LEASE_SECONDS + POLL_INTERVAL)
+            await self.c.call("POST", f"/api/tenants/{t.tid}/sync")
+            for _ in range(3000):  # the second worker's poll runs to its end while the first is frozen
+                stats = self.c.devhost.counters()["poll_tenant"]
+                if stats["successes"] + stats["failures"] > finished:
+                    break
+                await asyncio.sleep(0.02)
+            self.fault("stalled_past_lease")
+            self.log(f"stall at {what} op {at} past the lease; another poll ran meanwhile")
+        finally:
+            release.set()
+            await drain
+
     async def duplicates_step(self) -> None:
         t = self.rng.choice(self.tenants)
         body = {"tenant_id": t.tid, "reason": "scheduled", "full": False, "enqueued_at": self.c.clock.now()}
@@ -719,8 +805,9 @@ class Run:
     async def step(self) -> None:
         rng = self.rng
         what = rng.choices(
-            ("mutate", "poll", "fault", "kill", "duplicates", "console", "restart", "azurite", "clock"),
-            (5, 5, 4, 2, 1, 2, 0.4, 0.3, 0.3),
+            ("mutate", "poll", "fault", "kill", "duplicates", "console", "restart", "azurite", "clock", "stall",
+             "reconfigure"),
+            (5, 5, 4, 2, 1, 2, 0.4, 0.12, 0.3, 0.6, 0.4),
         )[0]
         assert self.c.workers is not None
         if what == "mutate":
@@ -750,9 +837,14 @@ class Run:
                 await asyncio.gather(asyncio.to_thread(self.c.restart_azurite), self.c.drain())
             else:
                 await asyncio.to_thread(self.c.restart_azurite)
+            self.log(f"(azurite back after {self.c.azurite.startup_seconds:.1f} s)")
             await self.c.drain()
             self.fault("azurite_restart")
             self.log(f"azurite restart (during a poll: {during})")
+        elif what == "stall":
+            await self.stall_step()
+        elif what == "reconfigure":
+            await self.reconfigure(rng.choice(self.tenants))
         elif what == "clock":
             days = rng.choice((1, 3, 8))
             self.c.advance(days * 86400)
@@ -774,7 +866,7 @@ class Run:
 
     async def converged(self, t: TenantModel) -> bool:
         rows = await self.c.devices(t.tid)
-        return {d["id"] for d in rows if d["state"] == "enrolled"} == self.c.truth(t.tid, t.groups)
+        return {d["id"] for d in rows if d["state"] == "enrolled"} == self.c.truth(t.tid, t.groups, t.platforms)
 
     async def converge(self) -> None:
         self.stop_faults()
@@ -795,7 +887,7 @@ class Run:
 
     async def check(self, t: TenantModel) -> None:
         res = self.result
-        truth = self.c.truth(t.tid, t.groups)
+        truth = self.c.truth(t.tid, t.groups, t.platforms)
         rows = await self.c.devices(t.tid)
         enrolled = {d["id"] for d in rows if d["state"] == "enrolled"}
         events = await self.c.events(t.tid)
@@ -855,13 +947,18 @@ class Run:
             res.errors.append(f"{tag}: deactivations still staged: {status.get('guard')}")
 
     async def quiet_round(self) -> None:
-        """One more poll after convergence: every tenant's cursors work (a quiet incremental poll), the lease is
-        released, and nothing is written."""
+        """Two more polls after convergence: nothing is written, the second is quiet (every tenant's cursors work:
+        two Graph requests), and the lease is released."""
         heads = {t.tid: len(await self.c.events(t.tid)) for t in self.tenants}
+        # The first poll after a full reconcile may re-read devices its devices/delta cursor still reports (changes
+        # the full read already applied): it must write nothing; the one after it must be quiet.
+        await self.c.tick()
         before = {t.tid: self.c.graph_requests(t.tid) for t in self.tenants}
+        routes = {t.tid: self.c.graph_routes(t.tid) for t in self.tenants}
         await self.c.tick()
         for t in self.tenants:
             used = self.c.graph_requests(t.tid) - before[t.tid]
+            by_route = dict(self.c.graph_routes(t.tid) - routes[t.tid])
             status = await self.c.status(t.tid)
             last = status.get("lastPoll") or {}
             if len(await self.c.events(t.tid)) != heads[t.tid]:
@@ -871,8 +968,8 @@ class Run:
             # nothing but its lease (not even lastPoll).
             if used != 2 or last.get("lastError"):
                 self.result.diverged += 1
-                self.result.errors.append(f"{t.tid[:8]}: quiet poll not a cheap incremental one: {used} requests, "
-                                          f"lastPoll={last}")
+                self.result.errors.append(f"{t.tid[:8]}: quiet poll not a cheap incremental one: {used} requests "
+                                          f"{by_route}, pending={status.get('pending')}, lastPoll={last}")
         leases = await self.leases()
         now = self.c.clock.now()
         for t in self.tenants:
@@ -897,8 +994,13 @@ class Run:
             self.result.tenants = count
             await self.c.tick()
             for _ in range(steps if steps is not None else self.rng.randint(8, 16)):
+                started = time.monotonic()
                 await self.step()
+                if time.monotonic() - started > 5:
+                    self.log(f"(the step above took {time.monotonic() - started:.1f} s)")
+            phase = time.monotonic()
             await self.converge()
+            self.log(f"(convergence took {time.monotonic() - phase:.1f} s)")
             for t in self.tenants:
                 await self.check(t)
             if self.result.ok:
@@ -930,7 +1032,8 @@ def replay_command(seed: int) -> str:
 ALL_FAULTS = ("replication_lag", "intune_missing", "throttle", "throttle_no_retry_after", "5xx", "504", "reset",
               "truncate", "malformed", "redirect", "slow", "round_empty", "round_truncated", "members_short",
               "delta_410", "delta_sync_state", "token_outage", "consent_revoked", "keyvault_outage", "azurite_restart",
-              "host_kill", "duplicate_messages", "concurrent_messages", "worker_restart", "clock_jump")
+              "host_kill", "stalled_past_lease", "duplicate_messages", "concurrent_messages", "worker_restart",
+              "clock_jump")
 
 
 def histogram(total: Counter[str]) -> list[str]:
@@ -974,6 +1077,9 @@ async def main_async(args: argparse.Namespace) -> int:
                     flag = "ok" if res.ok else "FAIL"
                     print(f"[{i}/{len(seeds)}] seed={seed} tenants={res.tenants} steps={len(res.steps)} "
                           f"{res.seconds:.1f}s {flag}", flush=True)
+                    if args.verbose and res.ok:
+                        for s in res.steps:
+                            print(f"      step: {s}")
                     if not res.ok:
                         failed.append(res)
                         for e in res.errors:
