@@ -243,3 +243,26 @@ def test_with_a_connection_string_the_distro_is_configured_with_the_entra_identi
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=120, check=False)
     assert done.returncode == 0 and done.stdout.strip().endswith("azure"), done.stdout + done.stderr
+
+
+def test_otel_traces_exporter_console_prints_the_spans_locally() -> None:
+    code = (
+        "import asyncio\n"
+        "from shared_code import telemetry\n"
+        "async def main():\n"
+        "    async with telemetry.unit(telemetry.POLL, {'tenant_id': 't1'}) as u:\n"
+        "        u.set(result='ok')\n"
+        "asyncio.run(main())\n"
+        "telemetry.flush()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("APPLICATIONINSIGHTS_", "OTEL_"))}
+    env["OTEL_TRACES_EXPORTER"] = "console"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    [span] = [s for s in _json_objects(done.stdout) if s.get("name") == "connector.poll"]
+    assert span["attributes"]["connector.tenant_id"] == "t1" and span["resource"]["attributes"][
+        "service.name"] == "mtd-connector"
+    metrics = [m["name"] for e in _json_objects(done.stdout) if "resource_metrics" in e
+               for r in e["resource_metrics"] for s in r["scope_metrics"] for m in s["metrics"]]
+    assert "connector.polls" in metrics
