@@ -2,7 +2,9 @@
 
 PUT validates the body, checks consent (tokens), discovers Intune, provisions the tenant at Intune, stores config and
 status, and answers 201 (created) or 200 (replaced) with the tenant document; repeating it is harmless. DELETE
-deprovisions at Intune and stops polling (history kept): 204. GET answers the document with its status.
+deprovisions at Intune and stops polling (history kept): 204; ``DELETE …?purge=true`` also deletes everything the
+connector stored about the tenant (shared_code/offboarding.py): 204 when done, 202 while rows remain (repeat it).
+GET answers the document with its status.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from functions.http_support import MANAGE, READ, RequestContext, handle, json_re
 from shared_code.errors import NotFoundError
 from shared_code.intune.tenant_api import tenant_document
 from shared_code.intune.wiring import build_intune
+from shared_code.offboarding import build_offboarding
 from shared_code.tenant_config import parse_tenant_body
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
@@ -36,6 +39,11 @@ async def _get(ctx: RequestContext) -> func.HttpResponse:
 
 async def _delete(ctx: RequestContext) -> func.HttpResponse:
     tenant_id = ctx.guid("tenantId")
+    ctx.allow_query("purge")
+    if ctx.query_bool("purge"):
+        # Offboarding: deprovision, then delete everything stored about the tenant in bounded steps (202 = repeat).
+        result = await ctx.services.service(build_offboarding).purge(tenant_id)
+        return func.HttpResponse(status_code=204) if result["complete"] else json_response(result, status=202)
     await ctx.services.service(build_intune).provisioning.deprovision(tenant_id)
     return func.HttpResponse(status_code=204)
 

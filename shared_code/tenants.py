@@ -73,6 +73,10 @@ class TenantRepository(Protocol):
         """
         ...
 
+    async def delete_tenant(self, tenant_id: str) -> None:
+        """Remove the tenant's document (config and every status section): the last step of a purge."""
+        ...
+
     async def list_active(self) -> list[TenantRecord]:
         """Every tenant whose state is ``active``."""
         ...

@@ -144,6 +144,10 @@ class MemoryTenantRepository:
             await conflict_pause(attempt)
         raise ConflictError(f"tenant {tenant_id}: status[{section}].{field} increment kept conflicting")
 
+    async def delete_tenant(self, tenant_id: str) -> None:
+        """See :class:`shared_code.tenants.TenantRepository`."""
+        self._rows.pop(tenant_id, None)
+
     async def list_active(self) -> list[TenantRecord]:
         """Every tenant whose state is ``active``, by tenant id."""
         records = [await self.get(t) for t in sorted(self._rows)]

@@ -247,6 +247,14 @@ class TableTenantRepository:
         msg = f"tenant {tenant_id}: status[{section}] {what} kept conflicting"
         raise ConflictError(msg)
 
+    async def delete_tenant(self, tenant_id: str) -> None:
+        """Remove the tenant's partition: status rows first, the ``config`` row last (a replay still finds it)."""
+        table = await self._table()
+        rows = [str(e["RowKey"]) async for e in table.query_entities(
+            "PartitionKey eq @pk", parameters={"pk": tenant_id}, select=["RowKey"])]
+        for row in sorted(rows, key=lambda r: r == CONFIG_ROW):
+            await table.delete_entity(tenant_id, row)
+
     async def list_active(self) -> list[TenantRecord]:
         """Every tenant whose state is ``active`` (one paged scan; the tenants table is small)."""
         table = await self._table()

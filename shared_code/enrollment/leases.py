@@ -76,6 +76,10 @@ class LeaseStore(Protocol):
         """Every tenant's lease row."""
         ...
 
+    async def forget(self, lease: Lease) -> None:
+        """Delete the tenant's lease row while holding it (offboarding; a lost lease is left alone)."""
+        ...
+
 
 class MemoryLeaseStore:
     """In-memory leases with compare-and-swap semantics."""
@@ -125,6 +129,12 @@ class MemoryLeaseStore:
         row = dict(found[1])
         row.update({"holder": "", "expires_at": 0.0, "last_started": lease.started_at, "last_finished": now})
         self._rows[lease.tenant_id] = (found[0] + 1, row)
+
+    async def forget(self, lease: Lease) -> None:
+        """See :class:`LeaseStore`."""
+        found = self._rows.get(lease.tenant_id)
+        if found is not None and str(found[0]) == lease.etag:
+            del self._rows[lease.tenant_id]
 
     async def all(self) -> dict[str, LeaseInfo]:
         """See :class:`LeaseStore`."""
@@ -193,3 +203,10 @@ class TableLeaseStore:
         async for entity in table.query_entities("PartitionKey eq @pk", parameters={"pk": PARTITION}):
             out[str(entity["RowKey"])] = _info(dict(entity))
         return out
+
+    async def forget(self, lease: Lease) -> None:
+        """See :class:`LeaseStore`."""
+        table = await self._storage.table("leases")
+        with contextlib.suppress(ResourceModifiedError, ResourceNotFoundError):
+            await table.delete_entity(PARTITION, lease.tenant_id, etag=lease.etag,
+                                      match_condition=MatchConditions.IfNotModified)

@@ -326,6 +326,10 @@ def shards_for(devices: int) -> int:
     return min(MAX_SHARDS, 1 << (want - 1).bit_length())
 
 
+# Deletes in flight at once while a tenant's rows are purged (offboarding).
+PURGE_CONCURRENCY = 32
+
+
 def tenant_range(tenant_id: str) -> tuple[str, str]:
     """The PartitionKey range holding every partition of a tenant in ``devices`` (and any other table)."""
     return tenant_id, tenant_id + "~"
@@ -893,11 +897,21 @@ class EnrollmentStore:
 
     # ---- tenant ---------------------------------------------------------------------------------------------------
 
-    async def delete_tenant(self, tenant_id: str) -> None:
-        """Remove every row of the tenant (the PartitionKey range ``[tid, tid+'~')`` of both tables)."""
+    async def delete_tenant(self, tenant_id: str, limit: int | None = None) -> bool:
+        """Remove the tenant's rows (the PartitionKey range ``[tid, tid+'~')`` of both tables), at most ``limit``
+        per call so offboarding purges in bounded steps; True when none is left. Idempotent (a replay resumes)."""
+        budget = limit
         for rows in (self._devices, self._memberships):
-            for pk, rk in await rows.keys(*tenant_range(tenant_id)):
-                await rows.delete(pk, rk)
+            keys = await rows.keys(*tenant_range(tenant_id))
+            more = budget is not None and len(keys) > budget
+            if budget is not None:
+                keys = keys[:budget]
+                budget -= len(keys)
+            for start in range(0, len(keys), PURGE_CONCURRENCY):
+                await asyncio.gather(*(rows.delete(pk, rk) for pk, rk in keys[start : start + PURGE_CONCURRENCY]))
+            if more:
+                return False
+        return True
 
 
 class MemoryEnrollmentStore(EnrollmentStore):

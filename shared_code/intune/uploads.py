@@ -156,6 +156,26 @@ class UploadStore:
             with contextlib.suppress(ResourceNotFoundError):
                 await table.delete_entity(PENDING_PARTITION, index_key)
 
+    async def delete_tenant(self, tenant_id: str, limit: int) -> bool:
+        """Remove the tenant's rows (its partition and its ``~pending`` index rows), at most ``limit`` per call
+        (offboarding purges in bounded steps); True when none is left. Idempotent (a replay resumes)."""
+        table = await self._table()
+        keys: list[tuple[str, str]] = []
+        queries = (
+            ("PartitionKey eq @pk", {"pk": tenant_id}),
+            # Index rows are "<tenant>|<messageId>": '}' is the character after '|', so this is exactly the prefix.
+            ("PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+             {"pk": PENDING_PARTITION, "lo": f"{tenant_id}|", "hi": f"{tenant_id}}}"}),
+        )
+        for query, params in queries:
+            async for entity in table.query_entities(query, parameters=params, select=["PartitionKey", "RowKey"]):
+                keys.append((str(entity["PartitionKey"]), str(entity["RowKey"])))
+                if len(keys) > limit:
+                    break
+        for pk, rk in keys[:limit]:
+            await table.delete_entity(pk, rk)
+        return len(keys) <= limit
+
     async def get(self, tenant_id: str, message_id: str) -> UploadMessage | None:
         """One message, or None."""
         table = await self._table()
