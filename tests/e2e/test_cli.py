@@ -9,7 +9,6 @@ import base64
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +18,7 @@ from azure.storage.queue.aio import QueueClient
 
 from shared_code.cli import write_env_file
 from tests.conftest import REPO
-
-PLATFORMS = ["iOS", "iPadOS", "Android"]
-
-
-@pytest.fixture(scope="module")
-async def api(devhost: Any, console_token: Any) -> AsyncIterator[httpx.AsyncClient]:
-    token = console_token(["Console.Manage", "Console.Read"])
-    async with httpx.AsyncClient(base_url=devhost.base_url, timeout=120,
-                                 headers={"Authorization": f"Bearer {token}"}) as client:
-        yield client
+from tests.e2e.conftest import provision
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +57,8 @@ def cli(env_file: Path, module_env: dict[str, str]) -> Cli:
 async def test_every_command_against_the_local_stack(
     sim: Any, api: httpx.AsyncClient, devhost: Any, cli: Cli, module_env: dict[str, str]
 ) -> None:
-    summary = sim.create_tenant("small", seed=1331)
+    summary = await provision(sim, api, 1331)
     tid = summary["tenant_id"]
-    put = await api.put(f"/api/tenants/{tid}", json={"enrollmentGroups": summary["enrollment_groups"],
-                                                     "platforms": PLATFORMS})
-    assert put.status_code in (200, 201), put.text
     truth = {d["id"] for d in sim.truth(tid, summary["enrollment_groups"])["devices"]}
 
     # tenants: the fleet with its state (nothing polled yet).

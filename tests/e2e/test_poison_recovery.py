@@ -17,8 +17,7 @@ from azure.data.tables.aio import TableServiceClient
 
 from shared_code.enrollment.poison import MAX_DEQUEUE_COUNT
 from tests.conftest import REPO
-
-PLATFORMS = ["iOS", "iPadOS", "Android"]
+from tests.e2e.conftest import provision
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +36,6 @@ async def devhost(module_env: dict[str, str], app_container: Any) -> AsyncIterat
         await host.stop()
 
 
-@pytest.fixture(scope="module")
-async def api(devhost: Any, console_token: Any) -> AsyncIterator[httpx.AsyncClient]:
-    token = console_token(["Console.Manage", "Console.Read"])
-    async with httpx.AsyncClient(base_url=devhost.base_url, timeout=120,
-                                 headers={"Authorization": f"Bearer {token}"}) as client:
-        yield client
-
 
 def test_host_json_max_dequeue_count_is_the_one_the_code_reports() -> None:
     host_json = json.loads((REPO / "host.json").read_text())
@@ -53,11 +45,8 @@ def test_host_json_max_dequeue_count_is_the_one_the_code_reports() -> None:
 async def test_a_poll_that_keeps_failing_is_poisoned_explained_and_requeued(
     sim: Any, api: httpx.AsyncClient, devhost: Any, module_env: dict[str, str], console_token: Any
 ) -> None:
-    summary = sim.create_tenant("small", seed=1301)
+    summary = await provision(sim, api, 1301)
     tid = summary["tenant_id"]
-    put = await api.put(f"/api/tenants/{tid}", json={"enrollmentGroups": summary["enrollment_groups"],
-                                                     "platforms": PLATFORMS})
-    assert put.status_code in (200, 201), put.text
     assert (await api.post(f"/api/tenants/{tid}/sync")).status_code == 202
     await devhost.drain_queues()
     first = (await api.get(f"/api/tenants/{tid}")).json()["status"]

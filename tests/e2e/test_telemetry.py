@@ -13,7 +13,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -21,8 +21,7 @@ import pytest
 
 from shared_code import telemetry
 from tests.conftest import REPO
-
-PLATFORMS = ["iOS", "iPadOS", "Android"]
+from tests.e2e.conftest import provision
 
 
 def _json_objects(text: str) -> list[dict[str, Any]]:
@@ -87,13 +86,6 @@ def console() -> Iterator[Console]:
         exporters.close()
 
 
-@pytest.fixture(scope="module")
-async def api(devhost: Any, console_token: Any, console: Console) -> AsyncIterator[httpx.AsyncClient]:
-    token = console_token(["Console.Manage", "Console.Read"])
-    async with httpx.AsyncClient(base_url=devhost.base_url, timeout=120,
-                                 headers={"Authorization": f"Bearer {token}"}) as client:
-        yield client
-
 
 def _point(points: list[dict[str, Any]], **attributes: Any) -> dict[str, Any]:
     matching = [p for p in points if all(p["attributes"].get(k) == v for k, v in attributes.items())]
@@ -104,11 +96,8 @@ def _point(points: list[dict[str, Any]], **attributes: Any) -> dict[str, Any]:
 async def test_one_poll_is_one_span_with_its_cost_and_metrics_for_the_same(
     sim: Any, api: httpx.AsyncClient, devhost: Any, console: Console, caplog: pytest.LogCaptureFixture
 ) -> None:
-    summary = sim.create_tenant("small", seed=1313)
+    summary = await provision(sim, api, 1313)
     tid = summary["tenant_id"]
-    put = await api.put(f"/api/tenants/{tid}", json={"enrollmentGroups": summary["enrollment_groups"],
-                                                     "platforms": PLATFORMS})
-    assert put.status_code in (200, 201), put.text
     # Two throttled Graph responses: retried by the transport, counted, and their request ids kept.
     sim.fault("throttle", match={"tenant": tid, "path_prefix": "/v1.0/"}, count=2, retry_after=0.01)
     assert (await api.post(f"/api/tenants/{tid}/sync")).status_code == 202
@@ -139,7 +128,7 @@ async def test_one_poll_is_one_span_with_its_cost_and_metrics_for_the_same(
     routes = sorted((s["attributes"]["http.request.method"], s["attributes"]["http.route"],
                      s["attributes"]["http.response.status_code"]) for s in http)
     assert routes == [("GET", "/api/tenants/{tenantId}", 200), ("POST", "/api/tenants/{tenantId}/sync", 202),
-                      ("PUT", "/api/tenants/{tenantId}", put.status_code)]
+                      ("PUT", "/api/tenants/{tenantId}", 201)]
     assert all(s["kind"] == "SpanKind.SERVER" for s in http)
 
     metrics = console.metrics()
