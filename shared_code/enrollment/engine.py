@@ -640,7 +640,11 @@ class PollEngine:
         *,
         enrolled_before: int | None = None,
     ) -> None:
-        """Guard, write rows + events, graph, cursors, status. ``enrolled_before``: when ``stored`` is partial."""
+        """Judge (consistency, re-verification, guard: ``_judge``), write rows + events, graph, cursors, status.
+
+        Both poll paths end here, so no deactivation reaches storage without the same judgement; a rewritten path
+        must call this too. ``enrolled_before``: when ``stored`` is partial.
+        """
         out = ctx.outcome
         cfg = ctx.cfg
         out.plan = plan
