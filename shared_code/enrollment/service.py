@@ -26,7 +26,15 @@ from shared_code.enrollment import quarantine
 from shared_code.enrollment.cursors import CursorStore, TableCursorStore
 from shared_code.enrollment.engine import PollEngine, PollOutcome, usage_of
 from shared_code.enrollment.leases import Lease, LeaseStore, TableLeaseStore
-from shared_code.enrollment.status import EnrollmentStatus, GuardStatus, QuarantineStatus, guard_of, quarantine_of
+from shared_code.enrollment.status import (
+    EnrollmentStatus,
+    GuardStatus,
+    QuarantineStatus,
+    SyncRequestStatus,
+    guard_of,
+    quarantine_of,
+    sync_request_of,
+)
 from shared_code.enrollment.store import EnrollmentStore, TableEnrollmentStore
 from shared_code.errors import (
     ConfigInvalidError,
@@ -56,6 +64,9 @@ DRY_RUN_SECONDS = 120.0
 # scheduled poll applies it).
 REQUEUE_DELAY_SECONDS = 60
 MAX_REQUEUES = 30
+# A console sync request not served within this long was lost (its message dropped after MAX_REQUEUES, or the queue
+# failed): a new request is enqueued instead of collapsing into it.
+PENDING_SYNC_SECONDS = REQUEUE_DELAY_SECONDS * MAX_REQUEUES + LEASE_SECONDS
 DISPATCH_CONCURRENCY = 32
 _CURSOR_PREFIX = "ev2."
 _LEGACY_CURSOR_PREFIX = "ev1."
@@ -115,6 +126,14 @@ class PollMessage:
             enqueued_at=_number(data, "enqueued_at"),
             requeues=int(_number(data, "requeues")),
         )
+
+
+def _pending_request(request: SyncRequestStatus, now: float) -> bool:
+    """Whether a console sync request is still waiting for a poll (and not so old that its message was lost)."""
+    request_id = request.get("requestId")
+    requested_at = request.get("requestedAt")
+    return (bool(request_id) and request_id != request.get("servedRequestId") and requested_at is not None
+            and now - requested_at < PENDING_SYNC_SECONDS)
 
 
 def _number(data: dict[str, Any], name: str) -> float:
@@ -254,6 +273,7 @@ class EnrollmentService:
         self._default_interval = default_interval_minutes
         self._dry_run_seconds = dry_run_seconds
         self._worker = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._dry_runs: dict[tuple[str, bool], asyncio.Future[dict[str, Any]]] = {}
 
     # ---- fan-out --------------------------------------------------------------------------------------------
 
@@ -355,6 +375,7 @@ class EnrollmentService:
                 await self.tenants.update_status(tenant_id, CONFIG, {
                     "state": "valid", "field": None, "detail": None, "clearedAt": utc_iso(self._clock()),
                 })
+            await self._serve_sync_request(record, lease.started_at)
             try:
                 outcome = await self.engine.poll(tenant_id, force_full=force_full, keepalive=keeper.keepalive,
                                                  previous_started=lease.previous_started or None)
@@ -473,15 +494,39 @@ class EnrollmentService:
         return record
 
     async def request_sync(self, tenant_id: str, *, full: bool = False) -> dict[str, Any]:
-        """Enqueue a poll now.
+        """Enqueue a poll now, or answer with the request already pending for the tenant.
+
+        Requests collapse: while one is pending (enqueued, no poll started since), a repeat — a retrying or looping
+        client — gets the same ``requestId`` back (``collapsed: true``) and enqueues nothing, so it cannot spend the
+        customer's Graph budget. A full request is not served by a pending incremental one: it replaces it.
 
         Raises:
             NotFoundError: unknown tenant.
             ConfigInvalidError: the stored configuration cannot be used.
         """
-        await self._usable_tenant(tenant_id)
-        await self._send(PollMessage(tenant_id, "manual", full=full, enqueued_at=self._clock()).to_json())
-        return {"tenantId": tenant_id, "queued": True, "full": full}
+        record = await self._usable_tenant(tenant_id)
+        now = self._clock()
+        pending = sync_request_of(record)
+        if _pending_request(pending, now) and (pending.get("full") or not full):
+            return {"tenantId": tenant_id, "queued": True, "full": bool(pending.get("full")),
+                    "requestId": pending["requestId"], "requestedAt": pending.get("requestedAtIso"), "collapsed": True}
+        request: SyncRequestStatus = {"requestId": str(uuid.uuid4()), "full": full, "requestedAt": now,
+                                      "requestedAtIso": utc_iso(now)}
+        await self.status.sync_request(tenant_id, request)
+        await self._send(PollMessage(tenant_id, "manual", full=full, enqueued_at=now).to_json())
+        return {"tenantId": tenant_id, "queued": True, "full": full, "requestId": request["requestId"],
+                "requestedAt": request["requestedAtIso"], "collapsed": False}
+
+    async def _serve_sync_request(self, record: TenantRecord, started_at: float) -> None:
+        """A poll starting after the pending console request serves it: the next request enqueues anew.
+
+        Marked by id (not cleared), so a newer request written while this poll runs stays pending.
+        """
+        pending = sync_request_of(record)
+        if _pending_request(pending, started_at) and pending.get("requestedAt", started_at) <= started_at:
+            await self.status.sync_request(record.config.tenant_id, {
+                "servedRequestId": pending["requestId"], "servedAt": utc_iso(started_at),
+            })
 
     async def dry_run(self, tenant_id: str, *, full: bool = False) -> dict[str, Any]:
         """The plan the next poll would apply, computed without writing anything.
@@ -497,6 +542,16 @@ class EnrollmentService:
             Graph errors as :meth:`PollEngine.poll`.
         """
         await self._usable_tenant(tenant_id)
+        key = (tenant_id, full)
+        running = self._dry_runs.get(key)
+        if running is None:
+            # Collapsed per tenant: concurrent identical dry runs (a looping client) share one computation.
+            running = asyncio.ensure_future(self._dry_run(tenant_id, full))
+            self._dry_runs[key] = running
+            running.add_done_callback(lambda _: self._dry_runs.pop(key, None))
+        return await asyncio.shield(running)
+
+    async def _dry_run(self, tenant_id: str, full: bool) -> dict[str, Any]:
         try:
             async with asyncio.timeout(self._dry_run_seconds):
                 outcome: PollOutcome = await self.engine.poll(tenant_id, dry_run=True, force_full=full)

@@ -79,7 +79,8 @@ async def test_every_command_against_the_local_stack(
 
     # poll --wait: enqueued through the service, run by the function app, waited for with a progress bar.
     polled = await cli.json("poll", tid, "--wait")
-    assert polled["queued"] == [{"tenantId": tid, "queued": True, "full": False}]
+    assert [{k: q[k] for k in ("tenantId", "queued", "full", "collapsed")} for q in polled["queued"]] == [
+        {"tenantId": tid, "queued": True, "full": False, "collapsed": False}]
     assert polled["polls"][tid]["result"] == "ok" and polled["polls"][tid]["mode"] == "full"
     shown = await cli.json("show", tid)
     assert shown["status"]["counts"]["enrolled"] == len(truth)
