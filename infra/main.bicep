@@ -264,7 +264,6 @@ var tableBaseNames = [
   'cursors'
   'memberships'
   'devices'
-  'events'
   'uploads'
   'leases'
 ]

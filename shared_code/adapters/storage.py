@@ -14,8 +14,9 @@ from azure.data.tables.aio import TableClient, TableServiceClient
 from azure.storage.queue import TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
-# Table names (ARCHITECTURE §4). The prefix lets several deployments share one account in tests.
-TABLES = ("tenants", "cursors", "memberships", "devices", "events", "uploads", "leases")
+# The app's tables (docs/architecture.md "Storage"; change feed events live in ``devices``). infra/main.bicep creates
+# exactly these (tests/infra). The prefix lets several deployments share one account in tests.
+TABLES = ("tenants", "cursors", "memberships", "devices", "uploads", "leases")
 
 
 def _managed_identity() -> Any:

@@ -6,6 +6,7 @@ pycep-parser is not installed, each module skips itself with that hint.
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 MAIN = INFRA / "main.bicep"
+
+
+def module_literal(path: Path, name: str) -> Any:
+    """A module-level literal of a Python file, read with ``ast`` (the app and its SDKs are never imported here)."""
+    tree = ast.parse(path.read_text())
+    for node in tree.body:
+        target = None
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            target, value = node.target.id, node.value
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            target, value = node.targets[0].id, node.value
+        if target == name and value is not None:
+            return ast.literal_eval(value)
+    raise AssertionError(f"{path} has no module-level literal {name}")
 
 
 def unwrap(conf: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("pycep", reason="infra tests run in .venv-infra: make infra-check (bash infra/check.sh)")
 
-from .conftest import ROOT
+from .conftest import ROOT, module_literal
 
 SETTINGS_PY = ROOT / "shared_code" / "settings.py"
 # Settings satisfied in Azure by another form: the identity-based storage connection replaces the connection
@@ -30,29 +30,16 @@ LOCAL_ONLY = {"CONNECTOR_CLIENT_SECRET"}
 HOST_RESOLVED = {"POLL_SCHEDULE", "HEARTBEAT_SCHEDULE", "UPLOAD_RESULTS_SCHEDULE", "POLL_QUEUE_NAME"}
 
 
-def _module_literal(path: Path, name: str) -> Any:
-    tree = ast.parse(path.read_text())
-    for node in tree.body:
-        target = None
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            target, value = node.target.id, node.value
-        elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            target, value = node.targets[0].id, node.value
-        if target == name and value is not None:
-            return ast.literal_eval(value)
-    raise AssertionError(f"{path} has no module-level literal {name}")
-
-
 @pytest.fixture(scope="module")
 def setting_names() -> tuple[str, ...]:
-    names = _module_literal(SETTINGS_PY, "SETTING_NAMES")
+    names = module_literal(SETTINGS_PY, "SETTING_NAMES")
     assert isinstance(names, tuple) and names, "SETTING_NAMES must be a non-empty tuple literal"
     return names
 
 
 @pytest.fixture(scope="module")
 def setting_defaults() -> dict[str, str]:
-    defaults = _module_literal(SETTINGS_PY, "SETTING_DEFAULTS")
+    defaults = module_literal(SETTINGS_PY, "SETTING_DEFAULTS")
     assert isinstance(defaults, dict)
     return defaults
 
