@@ -7,7 +7,7 @@ from __future__ import annotations
 import azure.functions as func
 
 from functions.http_support import READ, RequestContext, handle, json_response
-from shared_code.connector_status import build_connector_status
+from shared_code.adapters.tenant_store import build_connector_status
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 

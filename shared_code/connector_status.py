@@ -102,9 +102,3 @@ class ConnectorStatus:
             await self._store.update({"state": OK, "reason": None, "recoveredAt": utc_iso(now)})
         self._known, self._known_reason, self._known_at = OK, None, now
 
-
-def build_connector_status(c: Any) -> ConnectorStatus:
-    """The process's ConnectorStatus over the tenants table: ``container().service(build_connector_status)``."""
-    from shared_code.adapters.tenant_store import TableConnectorStatusStore, build_tenant_repository
-
-    return ConnectorStatus(TableConnectorStatusStore(c.service(build_tenant_repository)), c.clock.now)

@@ -6,7 +6,8 @@ Code passes ``CALLS[name].permission`` (via :func:`call`) to the adapters, so a 
     python -m shared_code.permissions > docs/permissions.md
 
 and a test fails when the file is stale. The enrollment feature declares its Graph calls in
-``shared_code/enrollment/graph_calls.py`` (a ``CALLS`` iterable of :class:`ApiCall`); they are merged here.
+``shared_code/enrollment/graph_calls.py`` (a ``CALLS`` tuple of :class:`~shared_code.api_call.ApiCall`); they are
+merged here.
 
 ``SEED_TABLE`` reproduces the vendor permission table the project started from (Lookout MES, "Microsoft Permissions
 used by MES Console Intune Integration"; reference/intune.md §6) so the generated document can show, row by row,
@@ -15,39 +16,11 @@ which of those calls we make and which calls we add beyond it.
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
 
-CallType = Literal["application", "delegated"]
-
-
-@dataclass(frozen=True)
-class ApiCall:
-    """One outbound call.
-
-    Attributes:
-        name: stable code name (``graph.…`` / ``intune.…``), unique.
-        api: ``graph`` or ``intune``.
-        method: HTTP method.
-        path: path relative to the API root (Graph ``/v1.0``, Intune the discovered service URL).
-        permission: the least-privileged permission the call needs (what a 403 is reported as).
-        type: ``application`` (client credentials) or ``delegated`` (a user's token).
-        purpose: why the connector makes it.
-        feature: the console-visible feature that breaks without it (status reports name this feature).
-        seed_api: the ``SEED_TABLE`` row's API text this call corresponds to, or None when we add it.
-    """
-
-    name: str
-    api: str
-    method: str
-    path: str
-    permission: str
-    type: CallType
-    purpose: str
-    feature: str
-    seed_api: str | None = None
+from shared_code.api_call import ApiCall
+from shared_code.enrollment import graph_calls
 
 
 @dataclass(frozen=True)
@@ -181,30 +154,6 @@ _OWN_CALLS: tuple[ApiCall, ...] = (
 )
 
 
-def _coerce(item: Any) -> ApiCall:
-    """Accept an ApiCall, a mapping or an object with ApiCall's attributes (the enrollment module's form)."""
-    if isinstance(item, ApiCall):
-        return item
-    fields = ApiCall.__dataclass_fields__
-    data = dict(item) if isinstance(item, Mapping) else {k: getattr(item, k) for k in fields if hasattr(item, k)}
-    data.setdefault("api", "graph")
-    data.setdefault("feature", "enrollment")
-    data.setdefault("seed_api", None)
-    data["type"] = str(data.get("type", "application")).lower()
-    return ApiCall(**{k: v for k, v in data.items() if k in fields})
-
-
-def _enrollment_calls() -> list[ApiCall]:
-    try:
-        module = importlib.import_module("shared_code.enrollment.graph_calls")
-    except ModuleNotFoundError:
-        return []
-    found: Iterable[Any] = getattr(module, "CALLS", None) or getattr(module, "GRAPH_CALLS", None) or ()
-    if isinstance(found, Mapping):
-        found = found.values()
-    return [_coerce(item) for item in found]
-
-
 def all_calls() -> dict[str, ApiCall]:
     """Every declared call by name (ours plus the enrollment feature's).
 
@@ -212,7 +161,7 @@ def all_calls() -> dict[str, ApiCall]:
         ValueError: two declarations share a name.
     """
     result: dict[str, ApiCall] = {}
-    for item in (*_OWN_CALLS, *_enrollment_calls()):
+    for item in (*_OWN_CALLS, *graph_calls.CALLS):
         if item.name in result and result[item.name] != item:
             msg = f"call {item.name!r} is declared twice"
             raise ValueError(msg)

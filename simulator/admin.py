@@ -17,12 +17,24 @@ from typing import Any
 
 from aiohttp import web
 
-from simulator import server
-from simulator.auth import CLOCK, ENTRA, FAULTS, THROTTLE, WORLD
+from simulator.auth import CLOCK, ENTRA, FAULTS, INFO, THROTTLE, WORLD
 from simulator.entra import CONSOLE_AUDIENCE, CONSOLE_ROLES, GRAPH_RESOURCE
 from simulator.faults import FaultError
 from simulator.intune import INTUNE, AdminInputError
 from simulator.keyvault import VAULT
+
+
+def current_info(app: web.Application) -> dict[str, Any]:
+    """The info JSON, with the tenant list refreshed from the World (tenants may be added via the admin API)."""
+    info = app[INFO].copy()
+    world = app[WORLD]
+    if world is not None:
+        info["tenants"] = [
+            {"tenant_id": t.tenant_id, "scenario": getattr(t, "scenario", None),
+             "enrollment_groups": list(getattr(t, "enrollment_groups", []))}
+            for t in list(world.tenants.values())
+        ]
+    return info
 
 
 class BadInput(Exception):
@@ -123,7 +135,7 @@ async def health(request: web.Request) -> web.Response:
 
 @handler
 async def info(request: web.Request) -> web.Response:
-    return web.json_response(server.current_info(request.app))
+    return web.json_response(current_info(request.app))
 
 
 @handler

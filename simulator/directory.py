@@ -374,20 +374,7 @@ class World:
         self.delta_page_size = 100
         self.device_delta_page_size = 200
 
-    # ---- tenants ----------------------------------------------------------------------------------------------
-    def add_tenant(self, scenario: str, seed: int, tenant_id: str | None = None, *,
-                   with_intune_sp: bool = True) -> Tenant:
-        from simulator import scenarios  # local import: scenarios imports this module
-
-        if tenant_id is not None:
-            try:
-                tenant_id = str(uuid.UUID(tenant_id))
-            except (ValueError, AttributeError, TypeError):
-                raise DirectoryError("tenant_id must be a GUID", "tenant_id") from None
-            if tenant_id in self.tenants:
-                raise DirectoryError("tenant already exists", "tenant_id")
-        return self.install(scenarios.build(scenario, seed, tenant_id), with_intune_sp=with_intune_sp)
-
+    # ---- tenants (generated ones come from simulator/scenarios.py: scenarios.add_tenant(world, …)) -------------
     def install(self, tenant: Tenant, *, with_intune_sp: bool = True) -> Tenant:
         """Add a generated tenant. A derived (seeded) id that is already taken gets a fresh random id."""
         if tenant.tenant_id in self.tenants:
@@ -396,11 +383,6 @@ class World:
             self.ensure_intune_sp(tenant)
         self.tenants[tenant.tenant_id] = tenant
         return tenant
-
-    def add_fleet(self, count: int, seed: int) -> list[Tenant]:
-        from simulator import scenarios
-
-        return [self.add_tenant(scenario, s) for scenario, s in scenarios.fleet_plan(count, seed)]
 
     def remove_tenant(self, tenant_id: str) -> None:
         if self.tenants.pop(tenant_id, None) is None:

@@ -1611,7 +1611,7 @@ def register_admin(app: web.Application, world: World) -> None:
                 plan = scenarios.fleet_plan(body.get("count"), seed)  # type: ignore[arg-type]
                 out = []
                 for sc, s in plan:
-                    t = world.add_tenant(sc, s, with_intune_sp=with_sp)
+                    t = scenarios.add_tenant(world, sc, s, with_intune_sp=with_sp)
                     out.append(world.summary(t.tenant_id))
                 return web.json_response({"tenants": out})
             if not isinstance(scenario, str) or scenario not in scenarios.SIZES:
@@ -1632,7 +1632,7 @@ def register_admin(app: web.Application, world: World) -> None:
                     tenant.tenant_id = tid
                 world.install(tenant, with_intune_sp=with_sp)
             else:
-                tenant = world.add_tenant(scenario, seed, tid, with_intune_sp=with_sp)
+                tenant = scenarios.add_tenant(world, scenario, seed, tid, with_intune_sp=with_sp)
             return web.json_response(world.summary(tenant.tenant_id))
         except DirectoryError as e:
             return _admin_error(str(e), e.field)

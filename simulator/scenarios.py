@@ -23,6 +23,7 @@ from simulator.directory import (
     ServicePrincipal,
     Tenant,
     User,
+    World,
     _mam_defaults,
 )
 
@@ -69,6 +70,28 @@ def fleet_plan(count: int, seed: int) -> list[tuple[str, int]]:
     if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 2000:
         raise DirectoryError("count must be an integer 1..2000", "count")
     return [("M" if i % 5 == 4 else "small", seed * 10_007 + i) for i in range(count)]
+
+
+def add_tenant(world: World, scenario: str, seed: int, tenant_id: str | None = None, *,
+               with_intune_sp: bool = True) -> Tenant:
+    """Generate a tenant of ``scenario`` and install it in ``world``.
+
+    Raises:
+        DirectoryError: a bad scenario or seed, a tenant id that is not a GUID or already taken.
+    """
+    if tenant_id is not None:
+        try:
+            tenant_id = str(uuid.UUID(tenant_id))
+        except (ValueError, AttributeError, TypeError):
+            raise DirectoryError("tenant_id must be a GUID", "tenant_id") from None
+        if tenant_id in world.tenants:
+            raise DirectoryError("tenant already exists", "tenant_id")
+    return world.install(build(scenario, seed, tenant_id), with_intune_sp=with_intune_sp)
+
+
+def add_fleet(world: World, count: int, seed: int) -> list[Tenant]:
+    """A fleet of generated tenants (:func:`fleet_plan`) installed in ``world``."""
+    return [add_tenant(world, scenario, s) for scenario, s in fleet_plan(count, seed)]
 
 
 def build(scenario: str, seed: int, tenant_id: str | None = None) -> Tenant:

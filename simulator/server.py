@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import trustme
 from aiohttp import web
 
-from simulator import intune, keyvault
+from simulator import admin, intune, keyvault
 from simulator.auth import (
     CLOCK,
     ENTRA,
@@ -44,8 +44,10 @@ log = logging.getLogger("simulator")
 
 try:  # graph helper's modules; the core still starts without them (contract)
     from simulator import directory as _directory
+    from simulator import scenarios as _scenarios
 except Exception as exc:  # noqa: BLE001 - guard: ImportError or a bug in their module
     _directory = None  # type: ignore[assignment]
+    _scenarios = None  # type: ignore[assignment]
     log.warning("simulator.directory unavailable: %s", exc)
 try:
     from simulator import graph as _graph
@@ -384,8 +386,6 @@ def build_app(base_url: str, ca_path: Path, workdir: Path, *, clock: Clock | Non
             _graph.register(app, world)
         except Exception as exc:  # noqa: BLE001 - guard: the simulator must keep serving
             log.warning("graph.register failed: %s", exc)
-    from simulator import admin  # local: admin imports this module's helpers
-
     admin.register(app)
     if _graph is not None and world is not None and hasattr(_graph, "register_admin"):
         try:
@@ -398,28 +398,15 @@ def build_app(base_url: str, ca_path: Path, workdir: Path, *, clock: Clock | Non
 
 def add_tenants(app: web.Application, scenario: str, count: int, seed: int) -> None:
     world = app[WORLD]
-    if world is None:
+    if world is None or _scenarios is None:
         raise RuntimeError("the directory module (World) is not available; cannot create tenants")
-    if scenario == "fleet" and hasattr(world, "add_fleet"):
-        created = list(world.add_fleet(count, seed))  # mostly small, some M (graph helper's fleet plan)
+    if scenario == "fleet":
+        created = _scenarios.add_fleet(world, count, seed)  # mostly small, some M
     else:
-        created = [world.add_tenant(scenario, seed + i) for i in range(count)]
+        created = [_scenarios.add_tenant(world, scenario, seed + i) for i in range(count)]
     for t in created:
         app[INFO]["tenants"].append({"tenant_id": t.tenant_id, "scenario": getattr(t, "scenario", scenario),
                                      "enrollment_groups": list(getattr(t, "enrollment_groups", []))})
-
-
-def current_info(app: web.Application) -> dict[str, Any]:
-    """The info JSON, with the tenant list refreshed from the World (tenants may be added via the admin API)."""
-    info = app[INFO].copy()
-    world = app[WORLD]
-    if world is not None:
-        info["tenants"] = [
-            {"tenant_id": t.tenant_id, "scenario": getattr(t, "scenario", None),
-             "enrollment_groups": list(getattr(t, "enrollment_groups", []))}
-            for t in list(world.tenants.values())
-        ]
-    return info
 
 
 def prepare(host: str, port: int, workdir: Path, *, scenario: str | None = None, tenants: int = 0,
@@ -446,7 +433,7 @@ def prepare(host: str, port: int, workdir: Path, *, scenario: str | None = None,
 def write_info(app: web.Application, info_file: Path) -> None:
     """Write the info JSON atomically (tmp file, then rename) — contract."""
     tmp = info_file.with_suffix(info_file.suffix + ".tmp")
-    tmp.write_text(json.dumps(current_info(app), indent=2))
+    tmp.write_text(json.dumps(admin.current_info(app), indent=2))
     tmp.replace(info_file)
 
 

@@ -30,6 +30,7 @@ import orjson
 
 from shared_code.adapters.credentials import TenantCredentials
 from shared_code.adapters.http_retry import RetryTransport, UsageMeter
+from shared_code.api_call import ApiCall
 from shared_code.domain.timestamps import utc_iso
 from shared_code.errors import (
     ConflictError,
@@ -38,7 +39,7 @@ from shared_code.errors import (
     PermissionMissingError,
     RetriableError,
 )
-from shared_code.permissions import ApiCall, call
+from shared_code.permissions import call
 
 # Intune's answer when the MTD connector is Not Set Up / Unavailable and blocks threat and App Sync messages
 # (mobile-threat-defense.md "since 2308/2309"; the error code is the simulator's — the real one is not public).

@@ -27,7 +27,7 @@ from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
 from shared_code.adapters.storage import StorageClients
-from shared_code.connector_status import CONNECTOR_PARTITION, CREDENTIAL_SECTION
+from shared_code.connector_status import CONNECTOR_PARTITION, CREDENTIAL_SECTION, ConnectorStatus
 from shared_code.domain.timestamps import utc_iso
 from shared_code.errors import ConflictError, NotFoundError
 from shared_code.tenants import TenantConfig, TenantRecord
@@ -344,3 +344,8 @@ class TableConnectorStatusStore:
 def build_tenant_repository(c: Any) -> TableTenantRepository:
     """The process's TenantRepository: ``container().service(build_tenant_repository)`` (bootstrap.Container)."""
     return TableTenantRepository(c.storage)
+
+
+def build_connector_status(c: Any) -> ConnectorStatus:
+    """The process's ConnectorStatus over the tenants table: ``container().service(build_connector_status)``."""
+    return ConnectorStatus(TableConnectorStatusStore(c.service(build_tenant_repository)), c.clock.now)

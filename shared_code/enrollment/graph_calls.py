@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from shared_code.permissions import ApiCall
+from shared_code.api_call import ApiCall
 
 _E = "enrollment"
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol, cast
 
 from shared_code.bootstrap import Container
-from shared_code.connector_status import ConnectorStatus, build_connector_status
+from shared_code.connector_status import ConnectorStatus
 from shared_code.domain.ids import is_guid
 from shared_code.domain.timestamps import utc_iso
 from shared_code.enrollment import quarantine
@@ -638,7 +638,7 @@ def staged_plan(guard: GuardStatus) -> dict[str, Any]:
 
 def build_enrollment_service(c: Container) -> EnrollmentService:
     """The process's enrollment service over Table Storage, the poll queue and Graph."""
-    from shared_code.adapters.tenant_store import build_tenant_repository
+    from shared_code.adapters.tenant_store import build_connector_status, build_tenant_repository
 
     tenants: TenantRepository = c.service(build_tenant_repository)
     store = TableEnrollmentStore(c.storage)

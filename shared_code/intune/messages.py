@@ -14,6 +14,7 @@ from typing import Any
 
 from shared_code import telemetry
 from shared_code.adapters.intune import IntuneClient, IntuneConnectorStateError, IntuneNotFoundError, iso_now
+from shared_code.api_call import ApiCall
 from shared_code.errors import ConflictError, NotFoundError, PermissionMissingError
 from shared_code.intune.devices import EnrolledDevice, EnrolledDevices
 from shared_code.intune.discovery import DEVICE_SERVICE, DiscoveryService
@@ -27,7 +28,6 @@ from shared_code.intune.uploads import (
     UploadMessage,
     UploadStore,
 )
-from shared_code.permissions import ApiCall
 from shared_code.tenants import TenantRecord, TenantRepository
 
 log = logging.getLogger("connector.intune.messages")

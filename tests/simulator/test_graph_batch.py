@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from simulator import scenarios
 from simulator.directory import World
 from tests.simulator.graph_helpers import Harness, app_principal
 
@@ -13,7 +14,7 @@ from tests.simulator.graph_helpers import Harness, app_principal
 @pytest.fixture
 def world() -> World:
     w = World("https://sim.invalid")
-    w.add_tenant("small", 5)
+    scenarios.add_tenant(w, "small", 5)
     return w
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from simulator import scenarios
 from simulator.directory import World
 from tests.simulator.graph_helpers import Harness, app_principal
 
@@ -34,7 +35,7 @@ def _merge(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 @pytest.fixture
 def world() -> World:
     w = World("https://sim.invalid")
-    w.add_tenant("M", 3)
+    scenarios.add_tenant(w, "M", 3)
     w.delta_member_chunk = 7   # small chunks so groups split across records and pages
     w.delta_page_size = 5
     w.device_delta_page_size = 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from simulator import scenarios
 from simulator.directory import World
 from tests.simulator.graph_helpers import Harness, app_principal
 
@@ -11,7 +12,7 @@ from tests.simulator.graph_helpers import Harness, app_principal
 @pytest.fixture(scope="module")
 def world() -> World:
     w = World("https://sim.invalid")
-    w.add_tenant("M", 2)
+    scenarios.add_tenant(w, "M", 2)
     return w
 
 

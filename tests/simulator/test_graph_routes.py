@@ -6,6 +6,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from simulator import scenarios
 from simulator.directory import INTUNE_APP_ID, DirectoryError, World
 from tests.simulator.graph_helpers import Harness, app_principal, user_principal
 
@@ -15,7 +16,7 @@ EVENTUAL = {"ConsistencyLevel": "eventual"}
 @pytest.fixture
 def world() -> World:
     w = World("https://sim.invalid")
-    w.add_tenant("M", 1)
+    scenarios.add_tenant(w, "M", 1)
     return w
 
 
@@ -215,7 +216,7 @@ async def test_intune_discovery(world: World) -> None:
         assert (await h.get(f"/v1.0/servicePrincipals/{sp_id}/endpoints", denied))[0] == 403
     # the directory can be told to omit the Intune service principal (contract)
     w2 = World("https://sim.invalid")
-    t2 = w2.add_tenant("small", 1, with_intune_sp=False)
+    t2 = scenarios.add_tenant(w2, "small", 1, with_intune_sp=False)
     async with Harness(w2) as h:
         s, body, _ = await h.get(f"/v1.0/servicePrincipals?$filter=appId eq '{INTUNE_APP_ID}'",
                                  app_principal(t2.tenant_id))

@@ -37,7 +37,7 @@ def _reaches(t, src: str, dst: str) -> bool:  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("name", ["small", "M"])
 def test_scenario_shape(name: str) -> None:
     w = World("https://sim.invalid")
-    t = w.add_tenant(name, 4)
+    t = scenarios.add_tenant(w, name, 4)
     facts = scenarios.describe(t)
     assert "O'Brien Field Team" in facts["apostrophe_groups"]
     assert facts["duplicate_names"] == ["Field Sales"]
@@ -69,7 +69,7 @@ def test_scenario_shape(name: str) -> None:
 
 def test_ground_truth_matches_a_manual_walk() -> None:
     w = World("https://sim.invalid")
-    t = w.add_tenant("M", 9)
+    t = scenarios.add_tenant(w, "M", 9)
     gt = w.ground_truth(t.tenant_id, t.enrollment_groups)
     assert gt["unresolved_groups"] == []
     users: set[str] = set()
@@ -164,7 +164,7 @@ async def test_admin_create_bad_input(body: object, field: str) -> None:
 ])
 async def test_admin_mutation_bad_input(op: dict[str, object], field: str) -> None:
     async with Harness() as h:
-        t = h.world.add_tenant("small", 1)
+        t = scenarios.add_tenant(h.world, "small", 1)
         op = {k: (next(iter(t.devices)).id if v == "DEV" else v) for k, v in op.items()}
         s, res, _ = await h.req("POST", f"/_sim/tenants/{t.tenant_id}/mutations", None, body=op)
         assert s == 400 and res["field"] == field, res
