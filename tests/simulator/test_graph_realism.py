@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from simulator import scenarios
 from simulator.directory import World
 from tests.simulator.graph_helpers import Harness, app_principal
 
@@ -17,7 +18,7 @@ SELECT = "$select=id,operatingSystem"
 @pytest.fixture
 def world() -> World:
     w = World("https://sim.invalid")
-    w.add_tenant("small", 5)
+    scenarios.add_tenant(w, "small", 5)
     return w
 
 
