@@ -402,22 +402,22 @@ async def job_sync(job: dict[str, Any]) -> dict[str, Any]:
     engine = PollEngine(tenants=tenants, store=store, cursors=cursors, graph_factory=graph_factory)
     sizes: dict[str, Any] = {}
     if job.get("tracemalloc"):
-        # What the devices + owners read holds when it returns (pages are gone by then): the strategy runner is
-        # wrapped (the engine looks it up per call) and its inventory and the scope measured object by object.
-        from shared_code.enrollment import strategies
+        # What the devices + owners read holds when it is complete (pages are gone by then): the read's last step
+        # is wrapped (the engine calls it per run) and the plan input and the scope measured object by object.
+        from shared_code.enrollment.full_reconcile import FullReconcile
 
-        for key, fn in list(strategies.RUNNERS.items()):
-            async def wrapped(reader: Any, scope: Any, platforms: Any, _fn: Any = fn) -> Any:
-                inv = await _fn(reader, scope, platforms)
-                sizes["inventory_mb"] = {k: _mib(deep_size(v)) for k, v in vars(inv).items()
-                                         if isinstance(v, (dict, set, list))}
-                sizes["inventory_items"] = {k: len(v) for k, v in vars(inv).items()
-                                            if isinstance(v, (dict, set, list))}
-                sizes["scope_mb"] = _mib(deep_size(scope))
-                sizes["heap_at_read_end_mb"] = _mib(tracemalloc.get_traced_memory()[0])
-                return inv
+        finish_read = FullReconcile._finish_read
 
-            strategies.RUNNERS[key] = wrapped
+        async def wrapped(run: Any) -> None:
+            await finish_read(run)
+            held = vars(run.plan_input)
+            sizes["inventory_mb"] = {k: _mib(deep_size(v)) for k, v in held.items()
+                                     if isinstance(v, (dict, set, list))}
+            sizes["inventory_items"] = {k: len(v) for k, v in held.items() if isinstance(v, (dict, set, list))}
+            sizes["scope_mb"] = _mib(deep_size(run.scope))
+            sizes["heap_at_read_end_mb"] = _mib(tracemalloc.get_traced_memory()[0])
+
+        FullReconcile._finish_read = wrapped  # type: ignore[method-assign]
     admin = admin_client(info)
     pids = {"sim_pid": job.get("sim_pid"), "azurite_pid": job.get("azurite_pid")}
 

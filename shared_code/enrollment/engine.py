@@ -55,23 +55,20 @@ from shared_code.domain.reconcile import (
     DEACTIVATE,
     ENROLLED,
     GROUP_UNRESOLVED,
-    Facts,
     Plan,
     PlanItem,
     Stored,
-    desired_set,
-    reconcile,
 )
 from shared_code.domain.scope import (
     MembershipGraph,
     Resolution,
     Scope,
     expand_scope,
-    resolve_from_matches,
 )
 from shared_code.domain.timestamps import utc_iso
 from shared_code.enrollment import strategies
 from shared_code.enrollment.cursors import DEVICES, GROUPS, Cursor, CursorStore
+from shared_code.enrollment.full_reconcile import APPLY_SLICE, STEP_SECONDS, Budget, FullReconcile, walk_new_groups
 from shared_code.enrollment.reader import DirectoryReader, KeepAlive
 from shared_code.enrollment.status import (
     EnrollmentStatus,
@@ -160,6 +157,9 @@ class PollOutcome:
     enrolled: int = 0
     shape: dict[str, Any] | None = None
     plan_id: str = ""
+    # A full reconcile that continues in a later poll (the service enqueues a continuation message).
+    continuing: bool = False
+    reconcile: dict[str, Any] | None = None
 
     def summary(self, sample: int = PLAN_SAMPLE) -> dict[str, Any]:
         """JSON form (dry-run answer, logs)."""
@@ -179,6 +179,7 @@ class PollOutcome:
             "unresolvedGroups": self.unresolved,
             "ownerless": len(self.ownerless) if self.ownerless is not None else None,
             "notes": self.notes,
+            "continuing": self.continuing,
             "items": [i.to_dict() for i in self.plan.items[:sample]],
             "truncated": len(self.plan.items) > sample,
         }
@@ -246,6 +247,10 @@ class PollEngine:
         device_catchup_pages: int = DEVICE_CATCHUP_PAGES,
         dry_run_max_requests: int | None = DRY_RUN_MAX_REQUESTS,
         pending_give_up_hours: float = 24.0,
+        step_seconds: float | None = STEP_SECONDS,
+        step_pages: int | None = None,
+        step_slices: int | None = None,
+        apply_slice: int = APPLY_SLICE,
     ) -> None:
         self.tenants = tenants
         self.status = EnrollmentStatus(tenants)
@@ -257,6 +262,11 @@ class PollEngine:
         self._catchup = device_catchup_pages
         self._dry_run_max_requests = dry_run_max_requests
         self._pending_give_up = pending_give_up_hours * 3600.0
+        # One poll's share of a full reconcile (time; Graph pages and write slices too, for tests).
+        self._step_seconds = step_seconds
+        self._step_pages = step_pages
+        self._step_slices = step_slices
+        self._apply_slice = apply_slice
 
     async def poll(
         self,
@@ -327,6 +337,8 @@ class PollEngine:
     # ---- mode selection ---------------------------------------------------------------------------------------
 
     def _full_reason(self, ctx: _Ctx, force: bool) -> str | None:
+        if poll_of(ctx.record).get("reconcile"):
+            return "continuing"  # a full reconcile run is in progress: its next step
         if force:
             return "requested"
         if not ctx.groups_cursor.committed:
@@ -384,6 +396,9 @@ class PollEngine:
             raise _NeedFull("no stored membership graph")
         # The decisions are pure (domain.incremental); this method does the reads they ask for, in between.
         shift = incremental.shift_scope(loaded[0], group_pages, list(ctx.cfg.enrollment_groups))
+        # The stored graph holds complete member lists only for groups in scope: read any group entering it now.
+        if await walk_new_groups(ctx.reader, shift.graph, shift.resolution.resolved, shift.old.groups):
+            shift = replace(shift, graph_changed=True, new=expand_scope(shift.graph, shift.resolution.resolved))
         changes = incremental.fold_device_changes(device_changes)
         plat = normalize_platforms(ctx.cfg.platforms)
         # The guard needs the enrolled count; a partial read takes it from the last applied poll's status.
@@ -498,87 +513,71 @@ class PollEngine:
     # ---- full ---------------------------------------------------------------------------------------------------
 
     async def _full(self, ctx: _Ctx) -> None:
+        """A full reconcile run, or this poll's steps of one (full_reconcile.py); cursors and status commit last."""
         out = ctx.outcome
         out.mode = "full"
         cfg = ctx.cfg
+        tid = ctx.tenant_id
         shape_status = poll_of(ctx.record).get("shape") or {}
         users = shape_status.get("users")
         devices = shape_status.get("devices")
-        if users is None or devices is None:
-            users = await ctx.reader.count("users")
-            devices = await ctx.reader.count("devices")
-        if ctx.dry_run and self._dry_run_max_requests is not None:
-            # A dry run answers inside an HTTP request (the front end cuts it at 230 s): refuse a full read that
-            # would take hundreds of pages even at the cheapest strategy (scope unknown yet: assume everyone).
-            n_users = int(users if users is not None else 1000)
-            least, _ = strategies.choose(strategies.Shape(
-                users=n_users, devices=int(devices if devices is not None else 2000), scope_users=n_users,
-            ))
-            if least.requests > self._dry_run_max_requests:
-                raise ConflictError(
-                    f"a full dry run of this tenant would take about {least.requests} Graph requests (limit "
-                    f"{self._dry_run_max_requests}); run POST …/sync?full=true and read the tenant's status instead"
-                )
-        if not ctx.dry_run:
-            await self._refresh_devices_token(ctx)
-        devices_cursor = ctx.devices_cursor
-        if not devices_cursor.committed and not devices_cursor.inflight and not ctx.dry_run:
-            # Start the devices round before reading anything: changes made while we read are in its deltaLink.
-            devices_cursor = await self._start_devices_round(ctx, devices)
-        graph = MembershipGraph()
-        groups_link = ""
-        async for page in ctx.reader.groups_delta(None):
-            graph.apply_page(page.get("value", ()))
-            groups_link = str(page.get("@odata.deltaLink") or groups_link)
-        matches = {name: await ctx.reader.groups_named(name) for name in cfg.enrollment_groups}
-        resolution = resolve_from_matches(matches)
-        scope = expand_scope(graph, resolution.resolved)
-        shape = strategies.Shape(
-            users=int(users if users is not None else 1000),
-            devices=int(devices if devices is not None else 2000),
-            scope_users=len(scope.users),
-            scope_devices=len(scope.devices),
-            capped_users=int(shape_status.get("cappedUsers") or 1),
+        running = None if ctx.dry_run else await self.store.checkpoint(tid)
+        if running is None:
+            if users is None or devices is None:
+                users = await ctx.reader.count("users")
+                devices = await ctx.reader.count("devices")
+            if ctx.dry_run and self._dry_run_max_requests is not None:
+                # A dry run answers inside an HTTP request (the front end cuts it at 230 s): refuse a full read that
+                # would take hundreds of pages even at the cheapest strategy (scope unknown yet: assume everyone).
+                n_users = int(users if users is not None else 1000)
+                least, _ = strategies.choose(strategies.Shape(
+                    users=n_users, devices=int(devices if devices is not None else 2000), scope_users=n_users,
+                ))
+                if least.requests > self._dry_run_max_requests:
+                    raise ConflictError(
+                        f"a full dry run of this tenant would take about {least.requests} Graph requests (limit "
+                        f"{self._dry_run_max_requests}); run POST …/sync?full=true and read the tenant's status "
+                        "instead"
+                    )
+            if not ctx.dry_run:
+                await self._refresh_devices_token(ctx)
+                if not ctx.devices_cursor.committed and not ctx.devices_cursor.inflight:
+                    # Start the devices round before reading anything: changes made while we read are in its link.
+                    await self._start_devices_round(ctx, devices)
+        run = FullReconcile(
+            store=self.store, reader=ctx.reader, config=cfg, now=ctx.now, dry_run=ctx.dry_run,
+            budget=Budget(None) if ctx.dry_run else Budget(self._step_seconds, self._step_pages,
+                                                                 self._step_slices, self._apply_slice),
+            decide=lambda plan, resolution, scope, before: self._judge(ctx, plan, resolution, scope, before),
+            keepalive=ctx.keepalive,
         )
-        best, costs = strategies.choose(shape)
-        log.info(
-            "tenant %s: full reconcile strategy %s (estimates: %s; shape users=%d devices=%d scope=%d)",
-            ctx.tenant_id, best.strategy, [c.to_dict() for c in costs], shape.users, shape.devices,
-            shape.scope_users,
-        )
-        out.strategy = {**best.to_dict(), "estimates": [c.to_dict() for c in costs]}
-        inventory = await strategies.RUNNERS[best.strategy](ctx.reader, scope, cfg.platforms)
-        plat = normalize_platforms(cfg.platforms)
-        disabled: set[str] = set()
+        result = await run.run(shape_status, users, devices)
+        out.strategy = result.strategy
+        out.plan = result.plan
+        out.applied = result.applied
+        if not result.done:
+            out.continuing = True
+            out.reconcile = {"run": result.run, "phase": result.phase, "steps": result.steps,
+                             "updatedAt": utc_iso(self._clock())}
+            out.notes.append(f"full reconcile continues (run {result.run}, phase {result.phase})")
+            return
+        assert result.resolution is not None and result.decision is not None and result.scope is not None
+        out.unresolved = result.resolution.unresolved
+        out.ownerless = result.ownerless
+        out.desired = result.desired
+        out.shape = result.shape
+        out.staged = result.staged
+        out.enrolled = result.enrolled
+        if ctx.dry_run:
+            return
+        # Cursors last: everything the run read is applied (the devices round was persisted when it started).
+        groups = ctx.groups_cursor.commit(result.groups_link, ctx.now, full=True)
+        await self.cursors.put(tid, GROUPS, groups)
+        await run.clear()
+        extra: dict[str, Any] = {"ownerless": result.ownerless}
         if not cfg.keep_disabled_users:
-            disabled = inventory.disabled if inventory.disabled is not None else await ctx.reader.disabled_users()
-        desired = desired_set(inventory.records, scope, plat, disabled_owners=disabled)
-        stored = await self.store.load_devices(ctx.tenant_id)
-        deleted = frozenset(
-            d for d, row in stored.items() if inventory.seen is not None and d not in inventory.seen
-        )
-        facts = Facts(
-            deleted=deleted,
-            current=inventory.records,
-            platforms=plat,
-            disabled_owners=frozenset(disabled),
-            unresolved=frozenset(u["name"] for u in resolution.unresolved),
-        )
-        plan = reconcile(desired, stored, facts)
-        out.unresolved = resolution.unresolved
-        out.ownerless = inventory.ownerless
-        out.desired = len(desired)
-        new_shape = {
-            "users": inventory.users_seen if inventory.users_seen is not None else shape.users,
-            "devices": inventory.devices_seen if inventory.devices_seen is not None else shape.devices,
-            "cappedUsers": inventory.capped_users or shape.capped_users,
-        }
-        out.shape = new_shape
-        cursors = {GROUPS: ctx.groups_cursor.commit(groups_link, ctx.now, full=True), DEVICES: devices_cursor}
-        extra: dict[str, Any] = {"ownerless": inventory.ownerless}
-        if not cfg.keep_disabled_users:
-            extra["disabledDigest"] = disabled_digest(disabled)
-        await self._finish(ctx, plan, stored, graph, resolution, scope, cursors, extra)
+            extra["disabledDigest"] = disabled_digest(result.disabled or set())
+        await self._write_scope_and_guard(ctx, result.decision, result.plan, result.resolution, extra)
 
     async def _refresh_devices_token(self, ctx: _Ctx) -> None:
         """Keep the devices deltaLink inside its 7-day life: a quiet tenant never commits a new one otherwise.
@@ -866,6 +865,13 @@ class PollEngine:
         if out.strategy is not None:
             patch["strategy"] = out.strategy["strategy"]
         if out.mode == "full":
+            # A run in progress is named here (the next poll continues it); None once it finished.
+            patch["reconcile"] = out.reconcile
+            if out.continuing:
+                # Counts, shape and lastFullAt stay from the last finished reconcile until this run finishes.
+                del patch["counts"]
+                await self.status.poll(ctx.tenant_id, patch)
+                return
             patch["lastFullAt"] = utc_iso(ctx.now)
         if out.shape is not None:
             patch["shape"] = out.shape

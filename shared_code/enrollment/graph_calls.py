@@ -21,9 +21,16 @@ CALLS: tuple[ApiCall, ...] = (
     ApiCall(
         name="graph.groups_delta", api="graph", method="GET", path="/groups/delta?$select=displayName,members",
         permission="GroupMember.Read.All", type="application",
-        purpose="Enrollment scope: every group's direct members (first round) and membership/name changes since "
-        "the last poll (later rounds); nested groups are walked locally",
+        purpose="Enrollment scope: a round started with $deltatoken=latest at each full reconcile (a cursor without "
+        "data), then membership/name changes of every group since the last poll",
         feature=_E, seed_api="GET /groups/delta",
+    ),
+    ApiCall(
+        name="graph.group_members", api="graph", method="GET", path="/groups/{id}/members?$select=id&$top=999",
+        permission="GroupMember.Read.All", type="application",
+        purpose="Enrollment scope: direct members of the enrollment groups and of the groups nested in them (at a "
+        "full reconcile, and when a group enters scope later)",
+        feature=_E, seed_api="GET /groups/{id}/members",
     ),
     ApiCall(
         name="graph.devices_delta", api="graph", method="GET",

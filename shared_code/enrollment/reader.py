@@ -78,6 +78,47 @@ class DirectoryReader:
             return self._paged(self.graph.pages("/groups/delta", permission=perm, params=params))
         return self._paged(self.graph.pages(link, permission=perm))
 
+    async def groups_delta_latest(self) -> str:
+        """A ``groups/delta`` deltaLink as of now, without reading any group ("sync from now").
+
+        Endpoint: ``GET /groups/delta?$select=displayName,members&$deltatoken=latest`` — Graph answers a deltaLink
+        and no data for users and groups (https://learn.microsoft.com/graph/delta-query-overview, optional query
+        parameters; reference/graph.md §4). Permission: GroupMember.Read.All.
+
+        Raises:
+            PermissionMissingError, RetriableError, FatalError: see ``raise_for_graph``.
+        """
+        params = {"$select": "displayName,members", "$deltatoken": "latest"}
+        link = ""
+        pages = self.graph.pages("/groups/delta", permission=permission("graph.groups_delta"), params=params)
+        async for page in self._paged(pages):
+            link = str(page.get("@odata.deltaLink") or link)
+        if not link:
+            raise RetriableError("groups/delta?$deltatoken=latest answered without a deltaLink", status=502)
+        return link
+
+    def group_members(self, group_id: str) -> AsyncIterator[dict[str, Any]]:
+        """Pages of a group's direct members (ids and ``@odata.type``), 999 per page.
+
+        Endpoint: ``GET /groups/{id}/members?$select=id&$top=999``. Permission: GroupMember.Read.All.
+
+        Raises:
+            NotFoundError: the group no longer exists (404).
+            PermissionMissingError, RetriableError, FatalError: see ``raise_for_graph``.
+        """
+        params = {"$select": "id", "$top": "999"}
+        pages = self.graph.pages(f"/groups/{group_id}/members", permission=permission("graph.group_members"),
+                                 params=params)
+        return self._paged(pages)
+
+    def resume(self, link: str, call: str) -> AsyncIterator[dict[str, Any]]:
+        """Pages from a stored ``@odata.nextLink`` of the list ``call`` (a name in graph_calls.py).
+
+        Raises:
+            PermissionMissingError, RetriableError, FatalError: see ``raise_for_graph``.
+        """
+        return self._paged(self.graph.pages(link, permission=permission(call)))
+
     def devices_delta(self, link: str | None) -> AsyncIterator[dict[str, Any]]:
         """Pages of a ``devices/delta`` round (new when ``link`` is None).
 

@@ -68,6 +68,9 @@ MAX_REQUEUES = 30
 # failed): a new request is enqueued instead of collapsing into it.
 PENDING_SYNC_SECONDS = REQUEUE_DELAY_SECONDS * MAX_REQUEUES + LEASE_SECONDS
 DISPATCH_CONCURRENCY = 32
+# The reason of a continuation message (the next step of a full reconcile run); a held lease acknowledges it, since
+# the poll holding it continues the same run.
+CONTINUE_REASON = "continue"
 _CURSOR_PREFIX = "ev2."
 _LEGACY_CURSOR_PREFIX = "ev1."
 # A cursor holds one position per partition of the tenant (≤ MAX_SHARDS, a few bytes each).
@@ -332,7 +335,13 @@ class EnrollmentService:
         result = await self.run_poll(
             message.tenant_id, force_full=message.full, reason=message.reason, enqueued_at=message.enqueued_at
         )
-        if result["result"] == "busy" and message.reason != "scheduled":
+        if result.get("continuing"):
+            # This poll's share of a full reconcile is committed and its lease released: the next step runs as soon
+            # as a worker takes this message. A lost message only waits for the next scheduled poll, which continues
+            # the same run (status ``poll.reconcile``); a duplicate finds the lease held or the step already served.
+            await self._send(PollMessage(message.tenant_id, CONTINUE_REASON, enqueued_at=self._clock()).to_json())
+            log.info("tenant %s: full reconcile continues in the next message", message.tenant_id)
+        if result["result"] == "busy" and message.reason not in ("scheduled", CONTINUE_REASON):
             if message.requeues >= MAX_REQUEUES:
                 log.error("tenant %s: %s poll dropped after %d requeues behind a held lease", message.tenant_id,
                           message.reason, message.requeues)

@@ -38,6 +38,8 @@ class PollStatus(TypedDict, total=False):
     strategy: str
     lastFullAt: str
     shape: dict[str, Any]
+    # A full reconcile run in progress ({run, phase, steps, updatedAt}; None when none): the next poll continues it.
+    reconcile: dict[str, Any] | None
 
 
 class CountsStatus(TypedDict, total=False):

@@ -320,9 +320,9 @@ def shard_partition(tenant_id: str, shard: int) -> str:
     return f"{tenant_id}|{shard:02d}"
 
 
-def shards_for(devices: int) -> int:
-    """Shard count for a tenant of ``devices`` devices (power of two, 1 … ``MAX_SHARDS``)."""
-    want = max(1, math.ceil(max(0, devices) / SHARD_TARGET_DEVICES))
+def shards_for(devices: int, target: int = SHARD_TARGET_DEVICES) -> int:
+    """Shard count for a tenant of ``devices`` devices (power of two, 1 … ``MAX_SHARDS``; ``target`` per shard)."""
+    want = max(1, math.ceil(max(0, devices) / target))
     return min(MAX_SHARDS, 1 << (want - 1).bit_length())
 
 
@@ -520,8 +520,9 @@ class EnrollmentStore:
     lookups by path (tests assert a lookup never scans).
     """
 
-    def __init__(self, devices: _Rows, memberships: _Rows) -> None:
+    def __init__(self, devices: _Rows, memberships: _Rows, *, shard_target: int = SHARD_TARGET_DEVICES) -> None:
         self._devices = devices
+        self._shard_target = shard_target
         self._memberships = memberships
         self.writes = 0
         self.rows_read = 0
@@ -546,7 +547,7 @@ class EnrollmentStore:
         current = await self.layout(tenant_id)
         if current is not None:
             return current
-        shards = shards_for(expected_devices)
+        shards = shards_for(expected_devices, self._shard_target)
         try:
             await self._devices.transact([("create", {"PartitionKey": tenant_id, "RowKey": LAYOUT_ROW,
                                                       "shards": shards, "legacy": False}, None)])
@@ -838,6 +839,11 @@ class EnrollmentStore:
         graph = MembershipGraph.from_json(json.loads(zlib.decompress(blob)))
         return graph, json.loads(str(head[0].get("meta") or "{}"))
 
+    async def graph_meta(self, tenant_id: str) -> dict[str, Any] | None:
+        """The stored graph's metadata only (one point read), or None."""
+        head = await self._memberships.get(tenant_id, "graph")
+        return json.loads(str(head[0].get("meta") or "{}")) if head else None
+
     async def save_graph(self, tenant_id: str, graph: MembershipGraph, meta: dict[str, Any]) -> None:
         """Replace the stored graph (atomically switches generation)."""
         head = await self._memberships.get(tenant_id, "graph")
@@ -917,14 +923,15 @@ class EnrollmentStore:
 class MemoryEnrollmentStore(EnrollmentStore):
     """In-memory store with the same rows, transactions and conflicts (unit tests and the bench's memory runs)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, shard_target: int = SHARD_TARGET_DEVICES) -> None:
         self.device_rows = _MemoryRows()
         self.membership_rows = _MemoryRows()
-        super().__init__(self.device_rows, self.membership_rows)
+        super().__init__(self.device_rows, self.membership_rows, shard_target=shard_target)
 
 
 class TableEnrollmentStore(EnrollmentStore):
     """Table Storage implementation (tables ``devices`` and ``memberships``)."""
 
-    def __init__(self, storage: StorageClients) -> None:
-        super().__init__(_TableRows(storage, "devices"), _TableRows(storage, "memberships"))
+    def __init__(self, storage: StorageClients, *, shard_target: int = SHARD_TARGET_DEVICES) -> None:
+        super().__init__(_TableRows(storage, "devices"), _TableRows(storage, "memberships"),
+                         shard_target=shard_target)

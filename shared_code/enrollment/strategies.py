@@ -7,26 +7,25 @@ without ``$expand`` but at most 100 with it, an expanded relationship holds at m
 
 * ``devices_expand_owners`` — ``/devices?$expand=registeredOwners``: every device with its (single) owner,
   ceil(D/100) pages at 2 RU. Cheapest for small tenants.
-* ``users_expand_owned`` — ``/devices?$select`` (ceil(D/999) pages, 1 RU) + ``/users?$select=id,accountEnabled
-  &$expand=ownedDevices`` (ceil(U/100) pages, 2 RU) + per-user ``ownedDevices`` for users whose expansion hit the
-  20-object cap, batched 20 per ``$batch``. Cheapest for large tenants with many devices per user.
+* ``users_expand_owned`` — ``/users?$select=id,accountEnabled&$expand=ownedDevices`` (ceil(U/100) pages, 2 RU; the
+  expanded devices carry their properties) + per-user ``ownedDevices`` for users whose expansion hit the 20-object
+  cap, batched 20 per ``$batch`` + direct device members by id (``$batch``). Cheapest for large tenants with many
+  devices per user; does not observe ownerless devices (that needs the whole ``/devices`` list).
 * ``per_user_batch`` — ``/users/{id}/ownedDevices`` for each in-scope user, 20 per ``$batch`` (ceil(S/20)
   requests, S RU). Cheapest when the scope is tiny compared to the tenant; cannot report ownerless devices.
 
-The seed connector called ``ownedDevices`` once per user: S requests (the baseline ``bench/`` measures).
+The seed connector called ``ownedDevices`` once per user: S requests (the baseline ``bench/`` measures). The reads
+themselves run in bounded, resumable steps in full_reconcile.py.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from shared_code.domain.devices import DeviceRecord, device_from_graph, normalize_platforms, platform_matches
-from shared_code.domain.scope import Scope
-from shared_code.enrollment.reader import BATCH_SIZE, DirectoryReader
+from shared_code.enrollment.reader import BATCH_SIZE
 
 log = logging.getLogger("connector.enrollment")
 
@@ -84,9 +83,8 @@ def estimate(shape: Shape) -> list[Cost]:
         Cost(DEVICES_EXPAND, _pages(shape.devices, EXPAND_PAGE), 2 * _pages(shape.devices, EXPAND_PAGE)),
         Cost(
             USERS_EXPAND,
-            _pages(shape.users, EXPAND_PAGE) + _pages(shape.devices, LIST_PAGE)
-            + math.ceil(shape.capped_users / BATCH_SIZE),
-            2 * _pages(shape.users, EXPAND_PAGE) + _pages(shape.devices, LIST_PAGE) + shape.capped_users,
+            _pages(shape.users, EXPAND_PAGE) + math.ceil(shape.capped_users / BATCH_SIZE) + direct_batches,
+            2 * _pages(shape.users, EXPAND_PAGE) + shape.capped_users + shape.scope_devices,
         ),
         Cost(
             PER_USER,
@@ -101,140 +99,3 @@ def choose(shape: Shape) -> tuple[Cost, list[Cost]]:
     """The cheapest strategy and all estimates."""
     costs = estimate(shape)
     return costs[0], costs
-
-
-@dataclass
-class Inventory:
-    """What a strategy found.
-
-    Attributes:
-        records: devices owned by in-scope users or directly in scope (any platform), with owner.
-        seen: every device id in the tenant (None when the strategy does not list all devices).
-        ownerless: ids of tenant devices in the platforms that have no registered owner (None: not observed).
-        disabled: ids of disabled users among those seen (only when the strategy reads ``accountEnabled``).
-        users_seen, devices_seen: tenant shape observed (for the next estimate).
-        capped_users: users whose expansion hit the 20 cap.
-    """
-
-    records: dict[str, DeviceRecord] = field(default_factory=dict)
-    seen: set[str] | None = None
-    ownerless: list[str] | None = None
-    disabled: set[str] | None = None
-    users_seen: int | None = None
-    devices_seen: int | None = None
-    capped_users: int = 0
-
-
-def _owner_of(obj: dict[str, Any]) -> str | None:
-    owners = obj.get("registeredOwners") or []
-    return str(owners[0]["id"]) if owners else None
-
-
-async def devices_expand_owners(reader: DirectoryReader, scope: Scope, platforms: Iterable[str]) -> Inventory:
-    """Run ``devices_expand_owners``; memory holds only in-scope records and id sets.
-
-    Endpoint: ``GET /devices?$select=…&$expand=registeredOwners`` (Device.Read.All).
-
-    Raises:
-        PermissionMissingError, RetriableError, FatalError: from the reader.
-    """
-    plat = normalize_platforms(platforms)
-    inv = Inventory(seen=set(), ownerless=[])
-    assert inv.seen is not None and inv.ownerless is not None
-    count = 0
-    async for page in reader.devices_with_owners():
-        for obj in page.get("value", ()):
-            count += 1
-            did = str(obj["id"])
-            inv.seen.add(did)
-            owner = _owner_of(obj)
-            if owner is None and platform_matches(str(obj.get("operatingSystem") or ""), plat):
-                inv.ownerless.append(did)
-            if scope.may_contain(did, owner):
-                inv.records[did] = device_from_graph(obj, owner)
-    inv.devices_seen = count
-    return inv
-
-
-async def users_expand_owned(reader: DirectoryReader, scope: Scope, platforms: Iterable[str]) -> Inventory:
-    """Run ``users_expand_owned``.
-
-    Endpoints: ``GET /devices?$select=…&$top=999`` (Device.Read.All), ``GET /users?$select=id,accountEnabled
-    &$expand=ownedDevices`` (User.Read.All), ``POST /$batch`` of ``/users/{id}/ownedDevices`` for capped users.
-
-    Raises:
-        PermissionMissingError, RetriableError, FatalError: from the reader.
-    """
-    plat = normalize_platforms(platforms)
-    inv = Inventory(seen=set(), ownerless=[], disabled=set())
-    assert inv.seen is not None and inv.ownerless is not None and inv.disabled is not None
-    platform_ok: set[str] = set()
-    direct: dict[str, dict[str, Any]] = {}
-    count = 0
-    async for page in reader.devices():
-        for obj in page.get("value", ()):
-            count += 1
-            did = str(obj["id"])
-            inv.seen.add(did)
-            if platform_matches(str(obj.get("operatingSystem") or ""), plat):
-                platform_ok.add(did)
-            if did in scope.devices:
-                direct[did] = obj
-    inv.devices_seen = count
-    owned: set[str] = set()
-    capped: list[str] = []
-    users = 0
-    owner_of_direct: dict[str, str] = {}
-
-    def take(uid: str, devices: Iterable[dict[str, Any]]) -> None:
-        for dev in devices:
-            did = str(dev["id"])
-            owned.add(did)
-            if uid in scope.users:
-                inv.records[did] = device_from_graph(dev, uid)
-            if did in direct:
-                owner_of_direct[did] = uid
-
-    async for page in reader.users_with_owned_devices():
-        for user in page.get("value", ()):
-            users += 1
-            uid = str(user["id"])
-            if user.get("accountEnabled") is False:
-                inv.disabled.add(uid)
-            devices = user.get("ownedDevices") or []
-            if len(devices) >= EXPAND_CAP:
-                capped.append(uid)  # the expansion may be cut at 20: read this user's list in full below
-            take(uid, devices)
-    if capped:
-        for uid, devices in (await reader.owned_devices(capped)).items():
-            take(uid, devices or ())
-    for did, obj in direct.items():
-        if did not in inv.records:
-            inv.records[did] = device_from_graph(obj, owner_of_direct.get(did))
-    inv.ownerless = sorted(platform_ok - owned)
-    inv.users_seen = users
-    inv.capped_users = len(capped)
-    return inv
-
-
-async def per_user_batch(reader: DirectoryReader, scope: Scope, platforms: Iterable[str]) -> Inventory:
-    """Run ``per_user_batch``.
-
-    Endpoints: ``POST /$batch`` of ``/users/{id}/ownedDevices`` (User.Read.All) and of
-    ``/devices/{id}?$expand=registeredOwners`` for direct device members (Device.Read.All).
-
-    Raises:
-        PermissionMissingError, RetriableError, FatalError: from the reader.
-    """
-    inv = Inventory()
-    for uid, devices in (await reader.owned_devices(sorted(scope.users))).items():
-        for dev in devices or ():
-            inv.records[str(dev["id"])] = device_from_graph(dev, uid)
-    missing = [d for d in sorted(scope.devices) if d not in inv.records]
-    for did, obj in (await reader.devices_by_id(missing)).items():
-        if obj is not None:
-            inv.records[did] = device_from_graph(obj, _owner_of(obj))
-    return inv
-
-
-RUNNERS = {DEVICES_EXPAND: devices_expand_owners, USERS_EXPAND: users_expand_owned, PER_USER: per_user_batch}

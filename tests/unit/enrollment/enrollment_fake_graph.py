@@ -1,10 +1,11 @@
 """A small fake of :class:`shared_code.adapters.graph.GraphClient` over an in-memory directory (no HTTP).
 
-It answers only what the enrollment reader asks (``$count``, ``groups/delta``, ``devices/delta``, ``/groups?$filter``,
-``/devices?$expand=registeredOwners``, ``/users?$filter=accountEnabled eq false``, ``$batch`` of ``ownedDevices``,
-``devices/{id}`` and ``transitiveMemberOf``), with Graph's shapes: ``members@delta`` items carry ``@odata.type`` and
-removed ones ``@removed``; delta rounds end with an ``@odata.deltaLink`` that replays only later changes. Every call is
-counted in ``requests``.
+It answers only what the enrollment reader asks (``$count``, ``groups/delta`` (also ``$deltatoken=latest``),
+``/groups/{id}/members``, ``devices/delta``, ``/groups?$filter``, ``/devices?$expand=registeredOwners``,
+``/users?$filter=accountEnabled eq false``, ``$batch`` of ``ownedDevices``, ``devices/{id}`` and
+``transitiveMemberOf``), with Graph's shapes: ``members@delta`` items carry ``@odata.type`` and removed ones
+``@removed``; delta rounds end with an ``@odata.deltaLink`` that replays only later changes. Every call is counted in
+``requests``.
 """
 
 from __future__ import annotations
@@ -117,6 +118,13 @@ class FakeGraph:
         if path.startswith("fake://groups/delta"):
             since = int(parse_qs(urlparse(path).query)["v"][0])
             return {"value": self._groups_since(since), "@odata.deltaLink": f"fake://groups/delta?v={d.version}"}
+        if path == "/groups/delta" and params.get("$deltatoken") == "latest":
+            # Sync from now: a deltaLink and no data (delta-query-overview, users and groups).
+            return {"value": [], "@odata.deltaLink": f"fake://groups/delta?v={d.version}"}
+        member_path = re.fullmatch(r"/groups/([^/]+)/members", path)
+        if member_path is not None:
+            group = d.groups[member_path.group(1)]
+            return {"value": [{"id": m, "@odata.type": KIND_TYPES[k]} for m, k in group["members"].items()]}
         if path == "/groups/delta":
             value = [
                 {"id": gid, "displayName": g["name"],

@@ -34,7 +34,7 @@ def test_estimates_follow_graphs_documented_page_limits() -> None:
     costs = {c.strategy: c for c in strategies.estimate(
         strategies.Shape(users=20_000, devices=35_000, scope_users=6_800, capped_users=4))}
     assert costs[strategies.DEVICES_EXPAND].requests == 350  # 100 per page with $expand
-    assert costs[strategies.USERS_EXPAND].requests == 200 + 36 + 1  # users/100 + devices/999 + one $batch
+    assert costs[strategies.USERS_EXPAND].requests == 200 + 1  # users/100 + one $batch (no /devices list)
     assert costs[strategies.PER_USER].requests == 340  # 20 per $batch
 
 
