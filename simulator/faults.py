@@ -11,9 +11,11 @@ prefix and method. The core middleware applies the transport kinds; the Graph de
 (`delta_expiry` on a token, and the glitches of a *new* `groups/delta` round: `round_empty` — the round answers no
 groups and an intact deltaLink; `round_truncated` — the page is cut in half and ends the round with a deltaLink;
 `members_short` — every group record of the page loses the second half of its `members@delta`, as member pages
-that ended early). Graph is an eventually consistent, distributed directory (a read can miss what a replica has not
-seen yet: https://devblogs.microsoft.com/identity/designing-for-eventual-consistency-for-microsoft-entra/), and the
-connector must never turn such a read into deactivations (issue 10 §2).
+that ended early). The same three on the first page of `/groups/{id}/members` answer no members, or the first
+half of them without a nextLink. Graph is an eventually consistent, distributed directory (a read can miss what a
+replica has not seen yet:
+https://devblogs.microsoft.com/identity/designing-for-eventual-consistency-for-microsoft-entra/), and the connector
+must never turn such a read into deactivations (issue 10 §2).
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ from shared_code.domain.timestamps import utc_iso
 from shared_code.enrollment import strategies
 from shared_code.enrollment.reader import DirectoryReader
 from shared_code.enrollment.store import SHARD_WRITE_CONCURRENCY, EnrollmentStore
-from shared_code.errors import NotFoundError
+from shared_code.errors import InconsistentReadError, NotFoundError
 from shared_code.tenants import TenantConfig
 
 log = logging.getLogger("connector.enrollment")
@@ -295,11 +295,18 @@ class FullReconcile:
         if resumed is None:
             await self._start(shape, users, devices)
         phases = {"read": self._read, "apply": self._apply, "deactivate": self._deactivate}
-        while self.head["phase"] in phases:
-            finished = await phases[self.head["phase"]]()
-            if not finished:
-                await self._persist()
-                return self._result(done=False)
+        try:
+            while self.head["phase"] in phases:
+                finished = await phases[self.head["phase"]]()
+                if not finished:
+                    await self._persist()
+                    return self._result(done=False)
+        except InconsistentReadError:
+            # The run's reads contradict Graph: continuing it would meet the same contradiction. The next poll
+            # starts a fresh run (nothing destructive was written; enrolls and updates already applied stand).
+            if self.persisted:
+                await self.store.clear_checkpoint(self.tid)
+            raise
         return await self._commit()
 
     async def _resume(self) -> dict[str, Any] | None:

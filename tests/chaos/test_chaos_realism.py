@@ -133,7 +133,8 @@ async def test_a_glitched_membership_round_fails_the_poll_as_retriable_and_write
     await stack.tick()
     enrolled = await stack.assert_converged(summary)
     events = len(await stack.events(tid))
-    stack.sim.fault(glitch, match={"tenant": tid, "path_prefix": "/v1.0/groups/delta"})
+    # A full reconcile reads the members of the groups in scope (not a groups/delta round): glitch those.
+    stack.sim.fault(glitch, match={"tenant": tid, "path_prefix": "/v1.0/groups/"})
     await full_sync(stack, tid)
     status = await stack.status(tid)
     assert status["lastPoll"]["result"] == "failed" and status["lastPoll"]["lastError"] == "inconsistent_read"
@@ -219,7 +220,8 @@ async def test_chaos_no_glitch_interleaving_ever_deactivates_a_device_in_scope(s
         for _step in range(14):
             op = rng.choice(["glitch", "glitch", "tick", "approve", "approve_stale", "rename", "member"])
             if op == "glitch":
-                stack.sim.fault(rng.choice(glitches), match={"tenant": tid, "path_prefix": "/v1.0/groups/delta"})
+                # Full reconciles read the members of the groups in scope: glitch those (and any new round).
+                stack.sim.fault(rng.choice(glitches), match={"tenant": tid, "path_prefix": "/v1.0/groups/"})
                 await full_sync(stack, tid)
             elif op == "tick":
                 await stack.tick(advance=3600)
