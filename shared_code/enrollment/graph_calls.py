@@ -30,7 +30,7 @@ CALLS: tuple[ApiCall, ...] = (
         permission="GroupMember.Read.All", type="application",
         purpose="Enrollment scope: direct members of the enrollment groups and of the groups nested in them (at a "
         "full reconcile, and when a group enters scope later)",
-        feature=_E, seed_api="GET /groups/{id}/members",
+        feature=_E, seed_api=None,
     ),
     ApiCall(
         name="graph.devices_delta", api="graph", method="GET",
@@ -39,14 +39,6 @@ CALLS: tuple[ApiCall, ...] = (
         permission="Device.Read.All", type="application",
         purpose="Enrollment polling: devices created, deleted or changed (platform, version) since the last poll",
         feature=_E, seed_api="GET /devices/delta",
-    ),
-    ApiCall(
-        name="graph.devices_list", api="graph", method="GET",
-        path="/devices?$select=id,deviceId,displayName,operatingSystem,operatingSystemVersion,trustType,isManaged,"
-        "isCompliant&$top=999",
-        permission="Device.Read.All", type="application",
-        purpose="Full reconcile: every device in 999-object pages (platform filter, ownerless report)",
-        feature=_E, seed_api="GET /devices",
     ),
     ApiCall(
         name="graph.devices_with_owners", api="graph", method="GET",

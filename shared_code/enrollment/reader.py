@@ -155,17 +155,6 @@ class DirectoryReader:
             return None
         return value if isinstance(value, int) else None
 
-    def devices(self) -> AsyncIterator[dict[str, Any]]:
-        """Every device, 999 per page.
-
-        Endpoint: ``GET /devices?$select=<device properties>&$top=999``. Permission: Device.Read.All.
-
-        Raises:
-            PermissionMissingError, RetriableError, FatalError: see ``raise_for_graph``.
-        """
-        params = {"$select": DEVICE_SELECT_PARAM, "$top": "999"}
-        return self._paged(self.graph.pages("/devices", permission=permission("graph.devices_list"), params=params))
-
     def devices_with_owners(self) -> AsyncIterator[dict[str, Any]]:
         """Every device with its registered owner expanded (≤ 100 per page with ``$expand``).
 

@@ -157,3 +157,41 @@ async def test_an_interrupted_full_reconcile_converges_without_duplicate_or_miss
     writes = store.writes
     quiet = await service.run_poll(tid)
     assert quiet["result"] == "ok" and quiet["mode"] == "noop" and store.writes == writes
+
+
+async def test_a_full_reconcile_that_finds_nothing_changed_writes_only_its_cursor_and_status(
+    sim: Any, app_container: Any
+) -> None:
+    base: EnrollmentService = app_container.service(build_enrollment_service)
+    summary = sim.create_tenant("M", seed=next(SEEDS))
+    tid = summary["tenant_id"]
+    await provision(base, summary, guard_max_percent=100.0)
+    store = TableEnrollmentStore(app_container.storage)
+    engine = PollEngine(tenants=base.tenants, store=store, cursors=base.cursors, graph_factory=app_container.graph)
+    service = EnrollmentService(tenants=base.tenants, store=store, cursors=base.cursors, leases=base.leases,
+                                engine=engine, send=_no_send)
+    first = await service.run_poll(tid)
+    assert first["result"] == "ok" and first["mode"] == "full" and not first["continuing"]
+    writes = store.writes
+    status_writes: Counter[str] = Counter()
+    update_status = base.tenants.update_status
+
+    async def counting(tenant_id: str, section: str, patch: dict[str, Any]) -> None:
+        status_writes[section] += 1
+        await update_status(tenant_id, section, patch)
+
+    cursor = await base.cursors.get(tid, "groups")
+    base.tenants.update_status = counting  # type: ignore[method-assign]
+    try:
+        again = await service.run_poll(tid, force_full=True)
+    finally:
+        base.tenants.update_status = update_status  # type: ignore[method-assign]
+    assert again["result"] == "ok" and again["mode"] == "full" and again["counts"] == {
+        "enroll": 0, "update": 0, "deactivate": 0}
+    assert store.writes == writes  # no device row, event, index, layout, graph or checkpoint write
+    assert (await base.cursors.get(tid, "groups")).committed != cursor.committed  # the new groups cursor
+    assert set(status_writes) <= {"poll", "counts", "scope"}, status_writes
+
+
+async def _no_send(body: str, delay_seconds: int = 0, /) -> None:
+    raise AssertionError("a full reconcile of an M tenant finishes in one poll: no continuation")
