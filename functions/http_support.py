@@ -76,6 +76,7 @@ PROBLEM_TYPES: dict[str, str] = {
     "conflict": "Conflict",
     "config-invalid": "Stored configuration invalid",
     "connector-not-ready": "Intune connector not ready",
+    "device-has-no-owner": "Device has no registered owner",
     "device-service-unavailable": "Intune device service unavailable",
     "tenant-service-unavailable": "Intune tenant service unavailable",
     "user-token-rejected": "User token rejected",

@@ -14,7 +14,7 @@ import azure.functions as func
 from functions.http_support import MANAGE, READ, ApiError, RequestContext, handle, json_response
 from shared_code.errors import NotFoundError
 from shared_code.intune.discovery import IntuneServiceMissingError
-from shared_code.intune.messages import ConnectorNotReadyError
+from shared_code.intune.messages import ConnectorNotReadyError, DeviceHasNoOwnerError
 from shared_code.intune.threat import MAX_KEY_CHARS
 from shared_code.intune.wiring import build_intune
 
@@ -24,14 +24,17 @@ Action = Callable[[RequestContext], Awaitable[func.HttpResponse]]
 
 
 def _connector_errors(action: Action) -> Action:
-    """Answer Intune's "connector not ready" as 409 carrying the connector state, and a partner service the tenant's
-    Intune does not list (``device_service_unavailable``) as 424 naming the service's provider."""
+    """Answer Intune's "connector not ready" as 409 carrying the connector state, an enrolled device without a
+    registered owner (no ``UserId`` to send) as 409 ``device-has-no-owner`` naming the device, and a partner service
+    the tenant's Intune does not list (``device_service_unavailable``) as 424 naming the service's provider."""
 
     async def wrapped(ctx: RequestContext) -> func.HttpResponse:
         try:
             return await action(ctx)
         except ConnectorNotReadyError as exc:
             raise ApiError(409, "connector-not-ready", str(exc), connectorState=exc.connector_state) from None
+        except DeviceHasNoOwnerError as exc:
+            raise ApiError(409, "device-has-no-owner", str(exc), deviceId=exc.device_id) from None
         except IntuneServiceMissingError as exc:
             raise ApiError(424, f"{exc.service}-service-unavailable", str(exc), provider=exc.provider) from None
 

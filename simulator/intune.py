@@ -20,7 +20,8 @@ Every call needs an Intune-audience token with the `update_device_health` role w
 **Entities (DEFINED BY THIS SIMULATOR — Intune's MTD formats are not public; intune.md §2 "not public" table).**
 Every entity is a JSON object with exactly the fields listed (unknown or missing field → entity error); `TenantId` must
 be the message tenant; `DeviceId` is the Entra `deviceId` (not the object id) of a device in that tenant; `UserId` is
-the device's registered owner (Entra user object id); timestamps are ISO-8601 UTC.
+the device's registered owner (Entra user object id) — an entity for a device without a registered owner is an entity
+error, as no UserId is documented for one (Design note); timestamps are ISO-8601 UTC.
 - `EntityType: 1` device inventory (Fleet): `TenantId, DeviceId, DeviceName, UserId, DeviceManagementState
   ("managed"|"notManaged"), LastCheckInTime, LastUpdateTime, Os, OsVersion, EasIds (array of strings), State (int)`.
 - `EntityType: 2` threat level: `TenantId, DeviceId, UserId, ThreatLevel ("secured"|"low"|"medium"|"high"),
@@ -361,6 +362,11 @@ def _validate_entity(request: web.Request, tenant_id: str, i: int, e: Any) -> st
     exists, os_name, owner = _lookup_device(request, tenant_id, e["DeviceId"])
     if exists is False:
         return f"Entity[{i}]: DeviceNotFound: no Entra device with deviceId '{e['DeviceId']}' in tenant {tenant_id}."
+    if exists and owner is None:
+        # No public source says what UserId a device without a user carries (intune.md §2 "not public"; Fleet always
+        # sends a user's object id; Intune calls such a device a "shared device", find-primary-user.md). Refusing any
+        # UserId for it keeps a connector from inventing one (Design note).
+        return f"Entity[{i}]: device '{e['DeviceId']}' has no registered owner, so no UserId can be accepted for it."
     if exists and owner is not None and owner != e["UserId"]:
         return f"Entity[{i}]: UserId '{e['UserId']}' is not the registered owner of device '{e['DeviceId']}'."
     if et == 1:

@@ -104,15 +104,16 @@ class InventoryService:
         """Send an App Sync request for the device.
 
         Raises:
-            NotFoundError, ConnectorNotReadyError, PermissionMissingError, RetriableError.
+            NotFoundError, ConnectorNotReadyError, DeviceHasNoOwnerError, PermissionMissingError, RetriableError.
         """
         record, device = await self._messages.resolve(tenant_id, device_id)
         self._messages.require_provisioned(record)
+        user_id = self._messages.require_owner(tenant_id, device)
         entity = {
             "EntityType": ENTITY_APP_SYNC_REQUEST,
             "TenantId": tenant_id,
             "DeviceId": device.device_id,
-            "UserId": device.user_id,
+            "UserId": user_id,
             "RequestTime": iso(self._messages.now()),
         }
         message = new_message(tenant_id, "inventory", device.device_id, [entity])

@@ -55,6 +55,23 @@ class ConnectorNotReadyError(ConflictError):
         self.connector_state = connector_state
 
 
+class DeviceHasNoOwnerError(ConflictError):
+    """The device is enrolled but has no registered owner, and the message needs one as ``UserId``.
+
+    Shared and kiosk devices are enrolled as group members themselves (issue 10 §3). What ``UserId`` Intune's
+    partner data-sync expects for a device without a user is not documented (see ``shared_code/intune/devices.py``),
+    so the connector refuses rather than invent one; registering an owner in Entra makes the device reportable after
+    the next poll.
+
+    Attributes:
+        device_id: the Entra deviceId of the device.
+    """
+
+    def __init__(self, message: str, *, device_id: str) -> None:
+        super().__init__(message, status=409, code="device_has_no_owner")
+        self.device_id = device_id
+
+
 def connector_view(record: TenantRecord) -> dict[str, Any]:
     """The connector state as the API reports it."""
     section = record.status.get(INTUNE, {})
@@ -105,6 +122,21 @@ class MessageService:
         if device is None:
             raise NotFoundError(f"device {device_id} is not enrolled in tenant {tenant_id}", status=404)
         return record, device
+
+    @staticmethod
+    def require_owner(tenant_id: str, device: EnrolledDevice) -> str:
+        """The device's registered owner (Intune's ``UserId``).
+
+        Raises:
+            DeviceHasNoOwnerError: an enrolled shared/kiosk device without a registered owner.
+        """
+        if device.user_id is None:
+            raise DeviceHasNoOwnerError(
+                f"device {device.device_id} is enrolled in tenant {tenant_id} but has no registered owner; Intune "
+                "entities carry the owner as UserId and no value is documented for a device without one",
+                device_id=device.device_id,
+            )
+        return device.user_id
 
     def require_provisioned(self, record: TenantRecord) -> None:
         """Refuse when the tenant is not provisioned at Intune.

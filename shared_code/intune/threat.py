@@ -107,18 +107,19 @@ class ThreatService:
         """Send a threat level. Returns (upload, replayed).
 
         Raises:
-            ValidationError, NotFoundError, ConnectorNotReadyError, PermissionMissingError, RetriableError,
-            ConflictError (idempotency key reused with a different body).
+            ValidationError, NotFoundError, ConnectorNotReadyError, DeviceHasNoOwnerError, PermissionMissingError,
+            RetriableError, ConflictError (idempotency key reused with a different body).
         """
         report = validate_threat_body(body, now=self._messages.now())
         key = report["idempotencyKey"] or idempotency_key
         record, device = await self._messages.resolve(tenant_id, device_id)
         self._messages.require_provisioned(record)
+        user_id = self._messages.require_owner(tenant_id, device)
         entity = {
             "EntityType": ENTITY_THREAT_LEVEL,
             "TenantId": tenant_id,
             "DeviceId": device.device_id,
-            "UserId": device.user_id,
+            "UserId": user_id,
             "ThreatLevel": report["level"],
             "LastUpdateTime": report["detectedAt"],
         }

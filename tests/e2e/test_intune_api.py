@@ -215,6 +215,53 @@ async def test_threat_is_409_with_connector_state_when_intune_is_unavailable(api
     assert (ok.json()["status"], ok.json()["replayed"]) == ("Pending", True)
 
 
+async def test_an_enrolled_device_without_an_owner_is_409_device_has_no_owner(api: Api) -> None:
+    """A shared/kiosk device enrolled as a group member itself (issue 10 §3) is enrolled, not "unknown": threat
+    levels and App Sync requests answer 409 ``device-has-no-owner`` naming it (no UserId is documented for a device
+    without a user), send nothing to Intune, and work once Entra has an owner for it."""
+    tid, info = await api.new_tenant(seed=506)
+    assert info["put"].status_code == 201, info["put"].text
+    group = info["summary"]["enrollment_groups"][0]
+    kiosk_object, kiosk_device = str(uuid.uuid4()), str(uuid.uuid4())
+    api.sim.mutate(tid, "add_device", id=kiosk_object, deviceId=kiosk_device, operatingSystem="iOS")
+    api.sim.mutate(tid, "add_member", group_name=group, member_id=kiosk_object)
+    await api.poll()
+    enrolled = {d["deviceId"]: d for d in await api.enrolled(tid)}
+    assert kiosk_device in enrolled and enrolled[kiosk_device].get("ownerId") is None
+
+    uploads_before = len(api.sim.intune(tid).get("threat_levels", {}))
+    report = {"level": "low", "detectedAt": "2026-01-01T00:00:00Z"}
+    for device_key in (kiosk_device, kiosk_object):  # the API takes either id
+        threat = await api.client.put(f"/api/tenants/{tid}/devices/{device_key}/threat", json=report)
+        assert threat.status_code == 409, threat.text
+        assert threat.headers["content-type"].startswith(PROBLEM)
+        problem = threat.json()
+        assert problem["type"].endswith("/device-has-no-owner") and problem["deviceId"] == kiosk_device
+        assert "no registered owner" in problem["detail"]
+    inventory = await api.client.post(f"/api/tenants/{tid}/devices/{kiosk_device}/inventory")
+    assert inventory.status_code == 409 and inventory.json()["type"].endswith("/device-has-no-owner"), inventory.text
+    assert (await api.client.get(f"/api/tenants/{tid}/devices/{kiosk_device}/threat")).status_code == 404
+    assert len(api.sim.intune(tid).get("threat_levels", {})) == uploads_before
+    # A device that is not enrolled at all still answers 404, so the two are never confused.
+    unknown = await api.client.put(f"/api/tenants/{tid}/devices/{uuid.uuid4()}/threat", json=report)
+    assert unknown.status_code == 404 and unknown.json()["type"].endswith("/not-found")
+
+    # An owner registered in Entra: registeredOwners is a navigation property that devices/delta does not report,
+    # so the operator's full sync picks it up; the report is then accepted with the owner as UserId.
+    truth = api.sim.truth(tid, info["summary"]["enrollment_groups"])
+    owner = next(d["ownerId"] for d in truth["devices"] if d["ownerId"])
+    api.sim.mutate(tid, "set_owner", device_id=kiosk_object, owner_id=owner)
+    assert (await api.client.post(f"/api/tenants/{tid}/sync", params={"full": "true"})).status_code == 202
+    left = await api.devhost.drain_queues()
+    assert not any(left.values()), left
+    ok = await api.client.put(f"/api/tenants/{tid}/devices/{kiosk_device}/threat", json=report)
+    assert ok.status_code == 202, ok.text
+    await api.devhost.run_timer("poll_upload_results")
+    await api.devhost.run_timer("poll_upload_results")
+    accepted = api.sim.intune(tid)["threat_levels"][kiosk_device]
+    assert (accepted["ThreatLevel"], accepted["UserId"]) == ("low", owner)
+
+
 async def test_consent_missing_is_424_and_stores_nothing(api: Api) -> None:
     summary = api.sim.create_tenant("small", seed=504)
     tid = summary["tenant_id"]

@@ -179,8 +179,14 @@ def test_09_invalid_entities_fail_the_message(env: dict[str, Any]) -> None:
     bad_level = threat(env, env["ios"], "critical")
     wrong_owner = dict(threat(env, env["ios"], "low"), UserId=str(uuid.uuid4()))
     extra = dict(threat(env, env["ios"], "low"), Foo=1)
+    kiosk = {"deviceId": str(uuid.uuid4()), "ownerId": str(uuid.uuid4())}  # a shared device: no owner
+    added = env["sim"].admin("POST", f"/_sim/tenants/{env['tid']}/mutations",
+                             {"op": "add_device", "operatingSystem": "iOS", "deviceId": kiosk["deviceId"]})
+    assert added.status_code == 200, added.text
+    ownerless = threat(env, kiosk, "low")
     for entity, needle in ((unknown, "DeviceNotFound"), (bad_level, "InvalidThreatLevel"),
-                           (wrong_owner, "registered owner"), (extra, "Unknown field")):
+                           (wrong_owner, "registered owner"), (extra, "Unknown field"),
+                           (ownerless, "has no registered owner")):
         msg, r = upload(env, [threat(env, env["android"], "secured"), entity])
         assert r.status_code == 200
         result(env, msg)
