@@ -576,19 +576,31 @@ class FullReconcile:
 
     async def _deactivate(self) -> bool:
         assert self.plan_input is not None
-        stored = await self.store.load_devices(self.tid)
         if self.dry_run:
-            plan = reconcile(self.plan_input.desired, stored, self._facts(stored))
-            self.head["before"] = {"0": sum(1 for s in stored.values() if s.state == ENROLLED)}
+            every = await self.store.load_devices(self.tid)
+            plan = reconcile(self.plan_input.desired, every, self._facts(every))
+            self.head["before"] = {"0": sum(1 for s in every.values() if s.state == ENROLLED)}
             self.dry_plan = plan
             self.head["phase"] = "commit"
             return True
-        plan = reconcile(self.plan_input.desired, stored, self._facts(stored))
         enrolled_before = sum(int(v) for v in self.head["before"].values())
-        # Whatever a concurrent change left (normally nothing): enrolls and updates first.
-        if not await self._write(plan.without_deactivations().items, stored):
-            return False
-        deactivations = plan.of(DEACTIVATE)
+        deactivations: list[PlanItem] = []
+        stored: dict[str, Stored] = {}
+        if sum(int(v) for v in self.head["deactivations"].values()):
+            # Shard by shard, keeping only the rows to deactivate (a big tenant's rows never sit in memory at once).
+            layout = await self.store.ensure_layout(self.tid, len(self.plan_input.desired))
+            by_shard: dict[int, dict[str, Desired]] = {}
+            for did, want in self.plan_input.desired.items():
+                by_shard.setdefault(layout.shard_of(did), {})[did] = want
+            for shard in range(len(layout.partitions())):
+                rows = await self.store.load_devices(self.tid, shard)
+                plan = reconcile(by_shard.get(shard, {}), rows, self._facts(rows))
+                # Whatever a concurrent change left (normally nothing): enrolls and updates first.
+                if not await self._write(plan.without_deactivations().items, rows):
+                    return False
+                for item in plan.of(DEACTIVATE):
+                    deactivations.append(item)
+                    stored[item.record.id] = rows[item.record.id]
         decision = await self._decide(Plan(tuple(deactivations)), self.resolution, self.scope, enrolled_before)
         self.decision = decision
         if decision.apply_deactivations and deactivations:
