@@ -463,6 +463,7 @@ class TenantModel:
     intune_changed: bool = False
     deleted: list[str] = field(default_factory=list)  # soft-deleted users (restorable)
     platforms: list[str] = field(default_factory=lambda: list(PLATFORMS))
+    threats: dict[str, tuple[str, str]] = field(default_factory=dict)  # deviceId -> latest accepted (when, level)
     all_groups: list[str] = field(default_factory=list)
 
 
@@ -698,21 +699,29 @@ class Run:
         kills = self.c.workers.kills
         try:
             # Count the poll's operations only (not the dispatcher's or the console call's).
-            if self.rng.random() < 0.7:
+            timer = self.rng.random() < 0.2
+            if timer:
+                # The upload results timer or the heartbeats die instead (their table writes).
+                name = self.rng.choice(("poll_upload_results", "send_heartbeats"))
+                what = "table"
+                switch.arm(what, self.rng.randint(1, 6), mode)
+                await self.c.devhost.run_timer(name, raise_on_error=False)
+            elif self.rng.random() < 0.7:
                 self.c.advance(POLL_INTERVAL)
                 await self.c.devhost.run_timer("dispatch_polls", raise_on_error=False)
             else:
                 t = self.rng.choice(self.tenants)
                 await self.c.call("POST", f"/api/tenants/{t.tid}/sync",
                                   params={"full": self.rng.choice(("true", "false"))})
-            switch.arm(what, at, mode)
+            if not timer:
+                switch.arm(what, at, mode)
             await self.c.drain()
         finally:
             ops = switch.disarm()
         if self.c.workers.kills > kills:
             self.fault(f"host_kill:{switch.fired}")
             self.log(f"kill at {what} op {at} {mode} -> killed")
-        else:
+        elif not timer:
             for kind, n in ops.items():
                 self.c.last_ops[kind] = max(2, n)
             self.log(f"kill at {what} op {at} {mode} armed, poll finished first ({dict(ops)})")
@@ -780,7 +789,7 @@ class Run:
     async def console_step(self) -> None:
         rng = self.rng
         t = rng.choice(self.tenants)
-        kind = rng.choice(("approve", "heartbeat", "threat", "inventory", "results"))
+        kind = rng.choice(("approve", "heartbeat", "threat", "threat", "inventory", "results"))
         if kind == "approve":
             await self.approve(t)
         elif kind == "heartbeat":
@@ -794,9 +803,12 @@ class Run:
             dev = rng.choice(rows)
             if kind == "threat":
                 detected = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.c.clock.now() - 60))
+                level = rng.choice(("secured", "low", "medium", "high"))
                 r = await self.c.call("PUT", f"/api/tenants/{t.tid}/devices/{dev['deviceId']}/threat",
-                                      json={"level": rng.choice(("secured", "low", "medium", "high")),
-                                            "detectedAt": detected})
+                                      json={"level": level, "detectedAt": detected},
+                                      headers={"Idempotency-Key": uuid.uuid4().hex})
+                if r.status_code == 202:
+                    t.threats[dev["deviceId"]] = (detected, level)
             else:
                 r = await self.c.call("POST", f"/api/tenants/{t.tid}/devices/{dev['deviceId']}/inventory")
             assert r.status_code in (202, 404, 409, 424, 502, 503), r.text
@@ -946,6 +958,23 @@ class Run:
             res.diverged += 1
             res.errors.append(f"{tag}: deactivations still staged: {status.get('guard')}")
 
+    async def check_threats(self) -> None:
+        """Every threat report the API accepted (202) reaches Intune: after the results timer settles them, Intune
+        holds each device's latest accepted level, whatever killed or failed meanwhile."""
+        if not any(t.threats for t in self.tenants):
+            return
+        for _ in range(2):
+            self.c.advance(120)  # past Intune's processing time
+            await self.c.devhost.run_timer("poll_upload_results", raise_on_error=False)
+        for t in self.tenants:
+            levels = self.c.sim.intune(t.tid).get("threat_levels", {})
+            for device_id, (_when, level) in t.threats.items():
+                got = (levels.get(device_id) or {}).get("ThreatLevel")
+                if got != level:
+                    self.result.lost += 1
+                    self.result.errors.append(f"{t.tid[:8]}: accepted threat level {level} for device {device_id} "
+                                              f"never reached Intune (Intune has {got})")
+
     async def quiet_round(self) -> None:
         """Two more polls after convergence: nothing is written, the second is quiet (every tenant's cursors work:
         two Graph requests), and the lease is released."""
@@ -1003,6 +1032,7 @@ class Run:
             self.log(f"(convergence took {time.monotonic() - phase:.1f} s)")
             for t in self.tenants:
                 await self.check(t)
+            await self.check_threats()
             if self.result.ok:
                 await self.quiet_round()
         except Exception as exc:  # the run reports, the campaign goes on with the next seed
@@ -1077,6 +1107,8 @@ async def main_async(args: argparse.Namespace) -> int:
                     flag = "ok" if res.ok else "FAIL"
                     print(f"[{i}/{len(seeds)}] seed={seed} tenants={res.tenants} steps={len(res.steps)} "
                           f"{res.seconds:.1f}s {flag}", flush=True)
+                    if args.verbose:
+                        print(f"    faults: {dict(sorted(res.faults.items()))}")
                     if args.verbose and res.ok:
                         for s in res.steps:
                             print(f"      step: {s}")
