@@ -34,7 +34,9 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -155,10 +157,12 @@ class KillableAio(AioHttpTransport):
         self.what = what
 
     async def send(self, request: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        await self.switch.gate(self.what)
-        self.switch.before(self.what)
+        # Table reads and writes are counted apart, so a kill can be aimed between two write transactions.
+        what = self.what if self.what != "table" else ("table_read" if request.method == "GET" else "table_write")
+        await self.switch.gate(what)
+        self.switch.before(what)
         response = await super().send(request, **kwargs)
-        self.switch.after(self.what)
+        self.switch.after(what)
         return response
 
 
@@ -281,7 +285,7 @@ class Campaign:
         self.workers: Workers | None = None
         self.env: dict[str, str] = {}
         self.supported: set[str] = set()
-        self.last_ops: Counter[str] = Counter({"graph": 6, "table": 20, "queue": 1})
+        self.last_ops: Counter[str] = Counter({"graph": 6, "table_read": 12, "table_write": 6, "queue": 1})
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -511,13 +515,13 @@ class Run:
         t.last_truth = now
 
     # ---- steps --------------------------------------------------------------------------------------------------
-    def mutate(self, t: TenantModel) -> None:
+    def mutate(self, t: TenantModel, op: str | None = None) -> None:
         rng = self.rng
         sim = self.c.sim
         ops = ["new_user_device", "new_device", "delete_device", "delete_user", "change_os", "set_owner",
                "disable_user", "nest", "unnest", "remove_member", "rename_group", "add_member", "restore_user",
                "restore_user"]
-        op = rng.choice(ops)
+        op = op or rng.choice(ops)
         gid = rng.choice(sorted(t.resolved.values())) if t.resolved else None
         try:
             if op == "new_user_device" and gid:
@@ -593,14 +597,17 @@ class Run:
 
     async def reconfigure(self, t: TenantModel) -> None:
         """The console changes the tenant's platforms or enrollment groups (a new config version: full reconcile)."""
+        groups, platforms = t.groups, t.platforms
         if self.rng.random() < 0.5 or len(t.all_groups) < 2:
-            t.platforms = sorted(self.rng.sample(PLATFORMS, self.rng.randint(1, 3)))
+            platforms = sorted(self.rng.sample(PLATFORMS, self.rng.randint(1, 3)))
         else:
-            t.groups = sorted(self.rng.sample(t.all_groups, self.rng.randint(1, len(t.all_groups))))
-        r = await self.c.call("PUT", f"/api/tenants/{t.tid}",
-                              json={"enrollmentGroups": t.groups, "platforms": t.platforms})
-        assert r.status_code == 200, r.text
-        self.log(f"reconfigure {t.tid[:8]}: groups={len(t.groups)} platforms={t.platforms}")
+            groups = sorted(self.rng.sample(t.all_groups, self.rng.randint(1, len(t.all_groups))))
+        r = await self.c.call("PUT", f"/api/tenants/{t.tid}", json={"enrollmentGroups": groups, "platforms": platforms})
+        # Refused while Entra or consent is failing (503/424...): the stored config is what counts.
+        assert r.status_code in (200, 409, 424, 502, 503), r.text
+        doc = (await self.c.call("GET", f"/api/tenants/{t.tid}")).json()["config"]
+        t.groups, t.platforms = list(doc["enrollmentGroups"]), list(doc["platforms"])
+        self.log(f"reconfigure {t.tid[:8]} -> {r.status_code}: groups={len(t.groups)} platforms={t.platforms}")
         self.observe(t)
 
     def lag(self, name: str) -> dict[str, float]:
@@ -692,18 +699,36 @@ class Run:
         """Arm a kill at a seeded I/O operation of the worker (the k-th Graph request, table operation or queue
         send of the poll) and run a poll."""
         assert self.c.workers is not None
-        what = self.rng.choices(("graph", "table", "queue"), (5, 5, 1))[0]
+        what = self.rng.choices(("graph", "table_write", "table_read", "queue"), (4, 5, 2, 1))[0]
         at = self.rng.randint(1, max(2, self.c.last_ops[what]))
         mode = self.rng.choice(("before", "after"))
+        if what == "table_write":
+            at = self.rng.randint(2, max(3, self.c.last_ops[what]))  # the first write is the lease
         switch = self.c.workers.current.switch
         kills = self.c.workers.kills
+        if self.rng.random() < 0.8:
+            # Give the poll something to write, so the kill can land between its write transactions: devices that
+            # enter scope (a new member with a phone) or leave it (deleted).
+            t = self.rng.choice(self.tenants)
+            for _ in range(self.rng.randint(1, 3)):
+                if self.rng.random() < 0.7 and t.resolved:
+                    gid = self.rng.choice(sorted(t.resolved.values()))
+                    user = self.c.sim.mutate(t.tid, "add_user", groups=[gid])["id"]
+                    t.users.append(user)
+                    t.memberships.append((gid, user))
+                    t.devices.append(self.c.sim.mutate(t.tid, "add_device", operatingSystem=self.rng.choice(PLATFORMS),
+                                                       owner_id=user)["id"])
+                    self.log(f"mutate new in-scope device {t.tid[:8]}")
+                    self.observe(t)
+                else:
+                    self.mutate(t, "delete_device")
         try:
             # Count the poll's operations only (not the dispatcher's or the console call's).
             timer = self.rng.random() < 0.2
             if timer:
                 # The upload results timer or the heartbeats die instead (their table writes).
                 name = self.rng.choice(("poll_upload_results", "send_heartbeats"))
-                what = "table"
+                what = "table_write"
                 switch.arm(what, self.rng.randint(1, 6), mode)
                 await self.c.devhost.run_timer(name, raise_on_error=False)
             elif self.rng.random() < 0.7:
@@ -720,7 +745,7 @@ class Run:
             ops = switch.disarm()
         if self.c.workers.kills > kills:
             self.fault(f"host_kill:{switch.fired}")
-            self.log(f"kill at {what} op {at} {mode} -> killed")
+            self.log(f"kill at {switch.fired} (ops so far {dict(ops)})")
         elif not timer:
             for kind, n in ops.items():
                 self.c.last_ops[kind] = max(2, n)
@@ -731,7 +756,7 @@ class Run:
         then the frozen one wakes up and carries on (it must notice it lost the lease before writing)."""
         assert self.c.workers is not None
         t = self.rng.choice(self.tenants)
-        what = self.rng.choice(("graph", "table"))
+        what = self.rng.choice(("graph", "table_write", "table_read"))
         at = self.rng.randint(1, max(2, self.c.last_ops[what]))
         switch = self.c.workers.current.switch
         r = await self.c.call("POST", f"/api/tenants/{t.tid}/sync", params={"full": self.rng.choice(("true", "false"))})
@@ -819,7 +844,7 @@ class Run:
         what = rng.choices(
             ("mutate", "poll", "fault", "kill", "duplicates", "console", "restart", "azurite", "clock", "stall",
              "reconfigure"),
-            (5, 5, 4, 2, 1, 2, 0.4, 0.12, 0.3, 0.6, 0.4),
+            (5, 5, 4, 3.5, 1, 2, 0.4, 0.12, 0.3, 0.6, 0.4),
         )[0]
         assert self.c.workers is not None
         if what == "mutate":
@@ -945,8 +970,11 @@ class Run:
                 res.errors.append(f"{tag}: update of a device that is not enrolled {dev} (seq {e['sequence']})")
         replayed = {d for d, on in state.items() if on}
         if replayed != enrolled:
-            res.diverged += len(replayed ^ enrolled)
-            res.errors.append(f"{tag}: feed replays to {len(replayed)} devices, rows say {len(enrolled)}")
+            res.lost += len(enrolled - replayed)  # enrolled without its event
+            res.diverged += len(replayed - enrolled)
+            res.errors.append(f"{tag}: feed replays to {len(replayed)} devices, rows say {len(enrolled)}: "
+                              f"no event for {sorted(enrolled - replayed)[:3]}, "
+                              f"events but no row for {sorted(replayed - enrolled)[:3]}")
         # Nobody stuck without a reason; the next quiet poll is cheap (cursors valid) and writes nothing.
         status = await self.c.status(t.tid)
         last = status.get("lastPoll") or {}
@@ -984,6 +1012,10 @@ class Run:
         await self.c.tick()
         before = {t.tid: self.c.graph_requests(t.tid) for t in self.tenants}
         routes = {t.tid: self.c.graph_routes(t.tid) for t in self.tenants}
+        # Objects still pending (e.g. a device first seen without its owner link, kept up to an hour) are retried:
+        # one $batch per 20 of them, each counted by the simulator with its inner request (issue 10 §1).
+        pending = {t.tid: int(((await self.c.status(t.tid)).get("pending") or {}).get("count") or 0)
+                   for t in self.tenants}
         await self.c.tick()
         for t in self.tenants:
             used = self.c.graph_requests(t.tid) - before[t.tid]
@@ -995,7 +1027,7 @@ class Run:
                 self.result.errors.append(f"{t.tid[:8]}: a quiet poll after convergence wrote events")
             # A quiet incremental poll is groups/delta + devices/delta from the committed cursors and writes
             # nothing but its lease (not even lastPoll).
-            if used != 2 or last.get("lastError"):
+            if used > 2 + math.ceil(pending[t.tid] / 20) + pending[t.tid] or used < 2 or last.get("lastError"):
                 self.result.diverged += 1
                 self.result.errors.append(f"{t.tid[:8]}: quiet poll not a cheap incremental one: {used} requests "
                                           f"{by_route}, pending={status.get('pending')}, lastPoll={last}")
@@ -1140,6 +1172,10 @@ async def main_async(args: argparse.Namespace) -> int:
         return 1 if failed else 0
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.chaos.campaign", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=200)
@@ -1148,6 +1184,8 @@ def main() -> None:
     parser.add_argument("--verbose", "-v", action="store_true", help="print the steps of failing runs")
     parser.add_argument("--log", default=None, help="write the stack's logs here (default: a temp file)")
     args = parser.parse_args()
+    # A SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the simulator and Azurite are stopped on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
     sys.exit(asyncio.run(main_async(args)))
 
 
