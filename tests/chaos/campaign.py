@@ -774,8 +774,10 @@ class Run:
             stats = self.c.devhost.counters()["poll_tenant"]
             finished = stats["successes"] + stats["failures"]
             self.c.advance(LEASE_SECONDS + POLL_INTERVAL)
-            await self.c.call("POST", f"/api/tenants/{t.tid}/sync")
-            for _ in range(3000):  # the second worker's poll runs to its end while the first is frozen
+            # The next scheduled poll (a console sync would collapse into the one the frozen worker is serving).
+            await self.c.enqueue({"tenant_id": t.tid, "reason": "scheduled", "full": False,
+                                  "enqueued_at": self.c.clock.now()})
+            for _ in range(1000):  # the second worker's poll runs to its end while the first is frozen
                 stats = self.c.devhost.counters()["poll_tenant"]
                 if stats["successes"] + stats["failures"] > finished:
                     break
