@@ -4,6 +4,11 @@ A lease is a row (table ``leases``, PartitionKey ``poll``, RowKey tenant id) tak
 create when absent, replace when expired. The dispatcher reads the whole partition once per tick to learn when each
 tenant last finished a poll, so a quiet poll needs no write besides its lease.
 
+The same partition holds one more row per tenant, ``<tenant>|sync``: the console's latest sync request (its id,
+``full`` and when it was made). It is pending while no poll has *started* since (the lease row's ``last_started``),
+so repeated requests collapse into it (``EnrollmentService.request_sync``). A row of its own, so recording a request
+never changes the lease row's ETag under a running poll, and nothing is written when a poll serves it.
+
 Race window::
 
     worker A: read (free, etag 1) ── replace(etag 1) → ok, holds lease
@@ -48,6 +53,19 @@ class LeaseInfo:
     last_finished: float
 
 
+@dataclass(frozen=True)
+class SyncRequest:
+    """A console sync request recorded for a tenant."""
+
+    request_id: str
+    full: bool
+    requested_at: float
+
+
+def _sync_row(tenant_id: str) -> str:
+    return f"{tenant_id}|sync"
+
+
 def _info(row: dict[str, Any]) -> LeaseInfo:
     return LeaseInfo(
         holder=str(row.get("holder") or ""),
@@ -77,7 +95,15 @@ class LeaseStore(Protocol):
         ...
 
     async def forget(self, lease: Lease) -> None:
-        """Delete the tenant's lease row while holding it (offboarding; a lost lease is left alone)."""
+        """Delete the tenant's lease row while holding it, and its sync-request row (offboarding)."""
+        ...
+
+    async def pending_sync(self, tenant_id: str) -> SyncRequest | None:
+        """The tenant's recorded sync request if no poll has started since it was made."""
+        ...
+
+    async def record_sync(self, tenant_id: str, request: SyncRequest) -> None:
+        """Record the tenant's latest sync request (replaces the previous one)."""
         ...
 
 
@@ -86,6 +112,7 @@ class MemoryLeaseStore:
 
     def __init__(self) -> None:
         self._rows: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._requests: dict[str, SyncRequest] = {}
         self.renewals = 0
 
     def expires_at(self, tenant_id: str) -> float:
@@ -135,6 +162,18 @@ class MemoryLeaseStore:
         found = self._rows.get(lease.tenant_id)
         if found is not None and str(found[0]) == lease.etag:
             del self._rows[lease.tenant_id]
+        self._requests.pop(lease.tenant_id, None)
+
+    async def pending_sync(self, tenant_id: str) -> SyncRequest | None:
+        """See :class:`LeaseStore`."""
+        request = self._requests.get(tenant_id)
+        found = self._rows.get(tenant_id)
+        started = float(found[1].get("last_started") or 0.0) if found else 0.0
+        return request if request is not None and request.requested_at > started else None
+
+    async def record_sync(self, tenant_id: str, request: SyncRequest) -> None:
+        """See :class:`LeaseStore`."""
+        self._requests[tenant_id] = request
 
     async def all(self) -> dict[str, LeaseInfo]:
         """See :class:`LeaseStore`."""
@@ -201,7 +240,8 @@ class TableLeaseStore:
         table = await self._storage.table("leases")
         out: dict[str, LeaseInfo] = {}
         async for entity in table.query_entities("PartitionKey eq @pk", parameters={"pk": PARTITION}):
-            out[str(entity["RowKey"])] = _info(dict(entity))
+            if "|" not in str(entity["RowKey"]):  # sync-request rows are not leases
+                out[str(entity["RowKey"])] = _info(dict(entity))
         return out
 
     async def forget(self, lease: Lease) -> None:
@@ -210,3 +250,27 @@ class TableLeaseStore:
         with contextlib.suppress(ResourceModifiedError, ResourceNotFoundError):
             await table.delete_entity(PARTITION, lease.tenant_id, etag=lease.etag,
                                       match_condition=MatchConditions.IfNotModified)
+        await table.delete_entity(PARTITION, _sync_row(lease.tenant_id))
+
+    async def pending_sync(self, tenant_id: str) -> SyncRequest | None:
+        """See :class:`LeaseStore` (two point reads)."""
+        table = await self._storage.table("leases")
+        try:
+            row: Any = await table.get_entity(PARTITION, _sync_row(tenant_id))
+        except ResourceNotFoundError:
+            return None
+        try:
+            lease: Any = await table.get_entity(PARTITION, tenant_id)
+            started = float(lease.get("last_started") or 0.0)
+        except ResourceNotFoundError:
+            started = 0.0
+        request = SyncRequest(str(row.get("request_id") or ""), bool(row.get("full")),
+                              float(row.get("requested_at") or 0.0))
+        return request if request.request_id and request.requested_at > started else None
+
+    async def record_sync(self, tenant_id: str, request: SyncRequest) -> None:
+        """See :class:`LeaseStore`."""
+        table = await self._storage.table("leases")
+        await table.upsert_entity({"PartitionKey": PARTITION, "RowKey": _sync_row(tenant_id),
+                                   "request_id": request.request_id, "full": request.full,
+                                   "requested_at": request.requested_at}, mode=UpdateMode.REPLACE)

@@ -25,16 +25,8 @@ from shared_code.domain.timestamps import utc_iso
 from shared_code.enrollment import quarantine
 from shared_code.enrollment.cursors import CursorStore, TableCursorStore
 from shared_code.enrollment.engine import PollEngine, PollOutcome, usage_of
-from shared_code.enrollment.leases import Lease, LeaseStore, TableLeaseStore
-from shared_code.enrollment.status import (
-    EnrollmentStatus,
-    GuardStatus,
-    QuarantineStatus,
-    SyncRequestStatus,
-    guard_of,
-    quarantine_of,
-    sync_request_of,
-)
+from shared_code.enrollment.leases import Lease, LeaseStore, SyncRequest, TableLeaseStore
+from shared_code.enrollment.status import EnrollmentStatus, GuardStatus, QuarantineStatus, guard_of, quarantine_of
 from shared_code.enrollment.store import EnrollmentStore, TableEnrollmentStore
 from shared_code.errors import (
     ConfigInvalidError,
@@ -129,14 +121,6 @@ class PollMessage:
             enqueued_at=_number(data, "enqueued_at"),
             requeues=int(_number(data, "requeues")),
         )
-
-
-def _pending_request(request: SyncRequestStatus, now: float) -> bool:
-    """Whether a console sync request is still waiting for a poll (and not so old that its message was lost)."""
-    request_id = request.get("requestId")
-    requested_at = request.get("requestedAt")
-    return (bool(request_id) and request_id != request.get("servedRequestId") and requested_at is not None
-            and now - requested_at < PENDING_SYNC_SECONDS)
 
 
 def _number(data: dict[str, Any], name: str) -> float:
@@ -384,7 +368,6 @@ class EnrollmentService:
                 await self.tenants.update_status(tenant_id, CONFIG, {
                     "state": "valid", "field": None, "detail": None, "clearedAt": utc_iso(self._clock()),
                 })
-            await self._serve_sync_request(record, lease.started_at)
             try:
                 outcome = await self.engine.poll(tenant_id, force_full=force_full, keepalive=keeper.keepalive,
                                                  previous_started=lease.previous_started or None)
@@ -513,29 +496,17 @@ class EnrollmentService:
             NotFoundError: unknown tenant.
             ConfigInvalidError: the stored configuration cannot be used.
         """
-        record = await self._usable_tenant(tenant_id)
+        await self._usable_tenant(tenant_id)
         now = self._clock()
-        pending = sync_request_of(record)
-        if _pending_request(pending, now) and (pending.get("full") or not full):
-            return {"tenantId": tenant_id, "queued": True, "full": bool(pending.get("full")),
-                    "requestId": pending["requestId"], "requestedAt": pending.get("requestedAtIso"), "collapsed": True}
-        request: SyncRequestStatus = {"requestId": str(uuid.uuid4()), "full": full, "requestedAt": now,
-                                      "requestedAtIso": utc_iso(now)}
-        await self.status.sync_request(tenant_id, request)
+        pending = await self.leases.pending_sync(tenant_id)
+        if pending is not None and now - pending.requested_at < PENDING_SYNC_SECONDS and (pending.full or not full):
+            return {"tenantId": tenant_id, "queued": True, "full": pending.full, "requestId": pending.request_id,
+                    "requestedAt": utc_iso(pending.requested_at), "collapsed": True}
+        request = SyncRequest(str(uuid.uuid4()), full, now)
+        await self.leases.record_sync(tenant_id, request)
         await self._send(PollMessage(tenant_id, "manual", full=full, enqueued_at=now).to_json())
-        return {"tenantId": tenant_id, "queued": True, "full": full, "requestId": request["requestId"],
-                "requestedAt": request["requestedAtIso"], "collapsed": False}
-
-    async def _serve_sync_request(self, record: TenantRecord, started_at: float) -> None:
-        """A poll starting after the pending console request serves it: the next request enqueues anew.
-
-        Marked by id (not cleared), so a newer request written while this poll runs stays pending.
-        """
-        pending = sync_request_of(record)
-        if _pending_request(pending, started_at) and pending.get("requestedAt", started_at) <= started_at:
-            await self.status.sync_request(record.config.tenant_id, {
-                "servedRequestId": pending["requestId"], "servedAt": utc_iso(started_at),
-            })
+        return {"tenantId": tenant_id, "queued": True, "full": full, "requestId": request.request_id,
+                "requestedAt": utc_iso(now), "collapsed": False}
 
     async def dry_run(self, tenant_id: str, *, full: bool = False) -> dict[str, Any]:
         """The plan the next poll would apply, computed without writing anything.

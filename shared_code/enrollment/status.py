@@ -1,11 +1,10 @@
 """The enrollment sections of a tenant's status document, typed, and their one writer.
 
 The tenant document (``shared_code/tenants.py``) keeps status as named sections so features never overwrite each
-other. Enrollment owns ``poll``, ``counts``, ``scope``, ``guard``, ``pending``, ``quarantine`` and
-``syncRequest``; this module types them (TypedDicts: every key optional, because each write is a merge patch) and
-is the only place that writes them — the poll engine and the enrollment service call :class:`EnrollmentStatus`,
-nothing calls ``update_status`` for these sections directly. Readers take a typed view of a stored record with the
-``*_of`` functions.
+other. Enrollment owns ``poll``, ``counts``, ``scope``, ``guard``, ``pending`` and ``quarantine``; this module types
+them (TypedDicts: every key optional, because each write is a merge patch) and is the only place that writes them —
+the poll engine and the enrollment service call :class:`EnrollmentStatus`, nothing calls ``update_status`` for these
+sections directly. Readers take a typed view of a stored record with the ``*_of`` functions.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from typing import Any, TypedDict, cast
 from shared_code.tenants import TenantRecord, TenantRepository
 
 POLL, COUNTS, SCOPE, GUARD, PENDING, QUARANTINE = "poll", "counts", "scope", "guard", "pending", "quarantine"
-SYNC_REQUEST = "syncRequest"
 
 
 class PollStatus(TypedDict, total=False):
@@ -108,17 +106,6 @@ class QuarantineStatus(TypedDict, total=False):
     recoveredAt: float
 
 
-class SyncRequestStatus(TypedDict, total=False):
-    """The console's pending sync request (``enrollment.service.request_sync``): repeats collapse into it."""
-
-    requestId: str
-    full: bool
-    requestedAt: float
-    requestedAtIso: str
-    servedRequestId: str  # the request a poll that started after it has served (then a new request enqueues)
-    servedAt: str
-
-
 def poll_of(record: TenantRecord) -> PollStatus:
     """The record's ``poll`` section (empty when never written)."""
     return cast(PollStatus, record.status.get(POLL, {}))
@@ -147,11 +134,6 @@ def pending_of(record: TenantRecord) -> PendingStatus:
 def quarantine_of(record: TenantRecord) -> QuarantineStatus:
     """The record's ``quarantine`` section."""
     return cast(QuarantineStatus, record.status.get(QUARANTINE, {}))
-
-
-def sync_request_of(record: TenantRecord) -> SyncRequestStatus:
-    """The record's ``syncRequest`` section."""
-    return cast(SyncRequestStatus, record.status.get(SYNC_REQUEST, {}))
 
 
 class EnrollmentStatus:
@@ -183,7 +165,3 @@ class EnrollmentStatus:
     async def quarantine(self, tenant_id: str, patch: QuarantineStatus) -> None:
         """Merge into ``quarantine``."""
         await self._tenants.update_status(tenant_id, QUARANTINE, dict(patch))
-
-    async def sync_request(self, tenant_id: str, patch: SyncRequestStatus) -> None:
-        """Merge into ``syncRequest``."""
-        await self._tenants.update_status(tenant_id, SYNC_REQUEST, dict(patch))
