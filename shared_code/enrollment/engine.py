@@ -396,8 +396,10 @@ class PollEngine:
             raise _NeedFull("no stored membership graph")
         # The decisions are pure (domain.incremental); this method does the reads they ask for, in between.
         shift = incremental.shift_scope(loaded[0], group_pages, list(ctx.cfg.enrollment_groups))
-        # The stored graph holds complete member lists only for groups in scope: read any group entering it now.
-        if await walk_new_groups(ctx.reader, shift.graph, shift.resolution.resolved, shift.old.groups):
+        # The stored graph holds complete member lists only for groups in scope: read any group entering it now
+        # (and any in scope whose walk found nothing yet: a group Graph could not read has no node).
+        walked = {g for g in shift.old.groups if g in loaded[0].groups}
+        if await walk_new_groups(ctx.reader, shift.graph, shift.resolution.resolved, walked):
             shift = replace(shift, graph_changed=True, new=expand_scope(shift.graph, shift.resolution.resolved))
         changes = incremental.fold_device_changes(device_changes)
         plat = normalize_platforms(ctx.cfg.platforms)

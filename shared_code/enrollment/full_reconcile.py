@@ -137,7 +137,8 @@ class Fragment:
         self.records.update(other.records)
         self.seen |= other.seen
         self.owned |= other.owned
-        self.ownerless += [d for d in other.ownerless if d not in set(self.ownerless)]
+        known = set(self.ownerless)
+        self.ownerless += [d for d in other.ownerless if d not in known]
         self.disabled |= other.disabled
         self.users += other.users
         self.devices += other.devices

@@ -346,3 +346,28 @@ async def test_a_quiet_poll_with_k_pending_objects_costs_two_plus_k_over_20_requ
     assert done["counts"]["enroll"] == k and {f"late-d{i}" for i in range(k)} <= await h.enrolled()
     record = await h.tenants.get(T)
     assert record is not None and record.status["pending"]["count"] == 0
+
+
+async def test_a_full_reconcile_reads_only_the_groups_in_scope_and_walks_a_group_nested_later() -> None:
+    h = Harness()
+    d = await h.tenant(users=20, in_group=4)
+    d.add_group("g-other", "Other")  # outside scope: its members are never read
+    for i in range(4, 10):
+        d.add_member("g-other", f"u{i}", "u")
+    d.add_group("g-field", "Field")  # nested into Sales below, after the full reconcile
+    for i in range(10, 14):
+        d.add_member("g-field", f"u{i}", "u")
+    first = await h.service.run_poll(T)
+    assert first["mode"] == "full" and await h.enrolled() == {f"d{i}" for i in range(4)}
+    reads = h.requests
+    # A cursor without data, the name, the one group in scope: never the whole groups/delta round.
+    assert "/groups/delta" in reads and "/groups/g-sales/members" in reads
+    assert not any(r.startswith("/groups/g-other") or r.startswith("/groups/g-field") for r in reads)
+    d.add_member("g-sales", "g-field", "g")  # arrives through members@delta: the nested group is walked now
+    h.clock.t += 600
+    nested = await h.service.run_poll(T)
+    assert nested["mode"] == "incremental" and nested["counts"]["enroll"] == 4
+    assert "/groups/g-field/members" in h.requests
+    assert await h.enrolled() == {f"d{i}" for i in (*range(4), *range(10, 14))}
+    h.clock.t += 600
+    assert (await h.service.run_poll(T))["mode"] == "noop"  # walked once, then followed by delta
