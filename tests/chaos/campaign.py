@@ -467,7 +467,8 @@ class TenantModel:
     intune_changed: bool = False
     deleted: list[str] = field(default_factory=list)  # soft-deleted users (restorable)
     platforms: list[str] = field(default_factory=lambda: list(PLATFORMS))
-    threats: dict[str, tuple[str, str]] = field(default_factory=dict)  # deviceId -> latest accepted (when, level)
+    # deviceId -> the latest accepted threat report (detectedAt, level, uploadId = Intune's message id)
+    threats: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     all_groups: list[str] = field(default_factory=list)
 
 
@@ -835,7 +836,7 @@ class Run:
                                       json={"level": level, "detectedAt": detected},
                                       headers={"Idempotency-Key": uuid.uuid4().hex})
                 if r.status_code == 202:
-                    t.threats[dev["deviceId"]] = (detected, level)
+                    t.threats[dev["deviceId"]] = (detected, level, str(r.json().get("uploadId")))
             else:
                 r = await self.c.call("POST", f"/api/tenants/{t.tid}/devices/{dev['deviceId']}/inventory")
             assert r.status_code in (202, 404, 409, 424, 502, 503), r.text
@@ -997,13 +998,20 @@ class Run:
             self.c.advance(120)  # past Intune's processing time
             await self.c.devhost.run_timer("poll_upload_results", raise_on_error=False)
         for t in self.tenants:
-            levels = self.c.sim.intune(t.tid).get("threat_levels", {})
-            for device_id, (_when, level) in t.threats.items():
+            intune = self.c.sim.intune(t.tid)
+            levels = intune.get("threat_levels", {})
+            for device_id, (_when, level, upload_id) in t.threats.items():
                 got = (levels.get(device_id) or {}).get("ThreatLevel")
+                message = (intune.get("messages") or {}).get(upload_id) or {}
+                if "DeviceNotFound" in str(message.get("error_detail")):
+                    # The device was deleted before Intune processed the report: Intune refused it.
+                    self.log(f"threat report {upload_id} refused by Intune: device {device_id} deleted meanwhile")
+                    continue
                 if got != level:
                     self.result.lost += 1
                     self.result.errors.append(f"{t.tid[:8]}: accepted threat level {level} for device {device_id} "
-                                              f"never reached Intune (Intune has {got})")
+                                              f"never reached Intune (Intune has {got}; message {upload_id}: "
+                                              f"{message or 'never received'})")
 
     async def quiet_round(self) -> None:
         """Two more polls after convergence: nothing is written, the second is quiet (every tenant's cursors work:
