@@ -200,9 +200,14 @@ async def cmd_show(c: Container, args: argparse.Namespace, out: Out) -> None:
         "configVersion": document["configVersion"], "updatedAt": document["updatedAt"],
     })
     status = document["status"]
-    for name in ("lastPoll", "counts", "quarantine", "stagedDeactivations", "intune", "heartbeat"):
-        if status.get(name):
-            out.kv(name, status[name])
+    shown: list[tuple[str, Mapping[str, Any] | None]] = [
+        ("lastPoll", status["lastPoll"]), ("counts", status["counts"]), ("quarantine", status["quarantine"]),
+        ("stagedDeactivations", status["stagedDeactivations"]), ("intune", status["intune"]),
+        ("heartbeat", status["heartbeat"]),
+    ]
+    for name, section in shown:
+        if section:
+            out.kv(name, section)
     for name, section in sorted(status.get("sections", {}).items()):
         out.kv(name, section)
     if status.get("problems"):

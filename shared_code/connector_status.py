@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol, TypedDict, cast
 
 from shared_code.domain.timestamps import utc_iso
 
@@ -31,14 +31,25 @@ RECHECK_SECONDS = 60.0
 log = logging.getLogger("connector.status")
 
 
+class CredentialStatus(TypedDict, total=False):
+    """The connector-level document (section ``credential`` of partition ``~connector``); :class:`ConnectorStatus` is
+    its one writer."""
+
+    state: str  # ok | credential_failed
+    reason: str | None
+    since: str
+    lastFailureAt: str
+    recoveredAt: str | None
+
+
 class ConnectorStatusStore(Protocol):
     """Where the connector-level document is kept (one row)."""
 
-    async def get(self) -> dict[str, Any]:
+    async def get(self) -> CredentialStatus:
         """The document (empty when never written)."""
         ...
 
-    async def update(self, patch: dict[str, Any]) -> None:
+    async def update(self, patch: CredentialStatus) -> None:
         """Merge ``patch`` into the document (ETag-guarded)."""
         ...
 
@@ -69,10 +80,10 @@ class ConnectorStatus:
             and self._clock() - self._known_at < self._recheck
         )
 
-    async def get(self) -> dict[str, Any]:
+    async def get(self) -> CredentialStatus:
         """The connector-level document, with ``state`` ``ok`` when nothing was ever recorded."""
         document = await self._store.get()
-        return {"state": OK, **document}
+        return cast(CredentialStatus, {"state": OK, **document})
 
     async def failed(self, reason: str) -> None:
         """Record a connector credential fault (``reason`` is secret-free); logs the alert line on entry."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from shared_code.errors import ValidationError
+from shared_code.tenant_status import CONFIG as CONFIG
+from shared_code.tenant_status import ConfigStatus
 from shared_code.tenants import DEFAULT_PLATFORMS, TenantConfig, TenantRecord
 from shared_code.validation import Bool, Guid, Int, List, Num, Obj, Prop, Str
 
@@ -17,8 +19,7 @@ PLATFORMS = ("iOS", "iPadOS", "Android", "Windows", "macOS")
 MAX_GROUPS = 50
 MAX_GROUP_NAME = 256
 MAX_URL = 2048
-# The status section where the poll records a stored configuration it cannot use, and that state's name.
-CONFIG = "config"
+# The state the poll records in status section ``config`` for a stored configuration it cannot use.
 CONFIG_INVALID = "config_invalid"
 # What a poll reads from the configuration (the rest is Intune's and the console's).
 POLL_FIELDS = frozenset({"enrollmentGroups", "platforms", "pollIntervalMinutes", "guard", "keepDisabledUsers"})
@@ -100,7 +101,7 @@ def config_document(config: TenantConfig) -> dict[str, Any]:
 
 
 
-def config_invalid(record: TenantRecord) -> dict[str, Any] | None:
+def config_invalid(record: TenantRecord) -> ConfigStatus | None:
     """The recorded ``config_invalid`` state when it is about the tenant's *current* configuration, else None.
 
     A PUT of a valid configuration bumps ``configVersion``, which makes an older record stale by itself: no write is

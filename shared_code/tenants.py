@@ -2,14 +2,17 @@
 
 Port only; adapters live in shared_code/adapters/tenant_store.py (Table Storage) and an in-memory fake for unit
 tests. Status is split into named sections (``poll``, ``intune``, ``heartbeat``, ``scope``, ``guard``,
-``quarantine``, ``permissions``) so the poller and the Intune flows update their own section without overwriting
-each other; every update is an ETag-guarded merge retried on conflict.
+``quarantine``, ``permissions`` …) so the poller and the Intune flows update their own section without overwriting
+each other; every update is an ETag-guarded merge retried on conflict. Each section is typed, and written by one
+module only (``shared_code/tenant_status.py`` lists them).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from shared_code.tenant_status import TenantStatus
 
 DEFAULT_PLATFORMS = ("iOS", "iPadOS", "Android")
 
@@ -39,7 +42,7 @@ class TenantRecord:
 
     config: TenantConfig
     state: str = "active"  # active | deprovisioned
-    status: dict[str, dict[str, Any]] = field(default_factory=dict)
+    status: TenantStatus = field(default_factory=TenantStatus)
     created_at: str = ""
     updated_at: str = ""
 

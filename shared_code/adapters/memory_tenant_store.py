@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from typing import Any
+from typing import Any, cast
 
 from shared_code.adapters.tenant_store import (
     MAX_CONFLICT_RETRIES,
@@ -22,6 +22,7 @@ from shared_code.adapters.tenant_store import (
     utc_now_iso,
 )
 from shared_code.errors import ConflictError, NotFoundError
+from shared_code.tenant_status import TenantStatus
 from shared_code.tenants import TenantConfig, TenantRecord
 
 
@@ -60,7 +61,7 @@ class MemoryTenantRepository:
         return TenantRecord(
             config=config_from_dict(data["config"]),
             state=data["state"],
-            status=status,
+            status=cast(TenantStatus, status),
             created_at=data["created_at"],
             updated_at=data["updated_at"],
         )

@@ -19,7 +19,7 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
@@ -27,9 +27,10 @@ from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
 from shared_code.adapters.storage import StorageClients
-from shared_code.connector_status import CONNECTOR_PARTITION, CREDENTIAL_SECTION, ConnectorStatus
+from shared_code.connector_status import CONNECTOR_PARTITION, CREDENTIAL_SECTION, ConnectorStatus, CredentialStatus
 from shared_code.domain.timestamps import utc_iso
 from shared_code.errors import ConflictError, NotFoundError
+from shared_code.tenant_status import TenantStatus
 from shared_code.tenants import TenantConfig, TenantRecord
 
 T = TypeVar("T")
@@ -312,7 +313,7 @@ def _assemble(entities: list[Any]) -> TenantRecord | None:
     return TenantRecord(
         config=config_from_dict(unpack_json(config_row)),
         state=str(config_row.get("state", "active")),
-        status=status,
+        status=cast(TenantStatus, status),  # the stored JSON of each section, as its one writer wrote it
         created_at=str(config_row.get("created_at", "")),
         updated_at=str(config_row.get("updated_at", "")),
     )
@@ -327,18 +328,18 @@ class TableConnectorStatusStore:
     def __init__(self, tenants: TableTenantRepository) -> None:
         self._tenants = tenants
 
-    async def get(self) -> dict[str, Any]:
+    async def get(self) -> CredentialStatus:
         """The document (empty when never written)."""
         table = await self._tenants._table()
         try:
             entity = await table.get_entity(CONNECTOR_PARTITION, STATUS_PREFIX + CREDENTIAL_SECTION)
         except ResourceNotFoundError:
             return {}
-        return dict(unpack_json(entity) or {})
+        return cast(CredentialStatus, dict(unpack_json(entity) or {}))
 
-    async def update(self, patch: dict[str, Any]) -> None:
+    async def update(self, patch: CredentialStatus) -> None:
         """Merge ``patch`` into the document (ETag-guarded, retried on conflict)."""
-        await self._tenants.update_status(CONNECTOR_PARTITION, CREDENTIAL_SECTION, patch)
+        await self._tenants.update_status(CONNECTOR_PARTITION, CREDENTIAL_SECTION, dict(patch))
 
 
 def build_tenant_repository(c: Any) -> TableTenantRepository:

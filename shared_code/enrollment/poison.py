@@ -26,13 +26,14 @@ from typing import Any
 from shared_code.bootstrap import Container
 from shared_code.domain.timestamps import utc_iso
 from shared_code.errors import NotFoundError, ValidationError
+from shared_code.tenant_status import DELIVERY, DeliveryStatus
 from shared_code.tenants import TenantRepository
 
 log = logging.getLogger("connector.enrollment.poison")
 
 # host.json extensions.queues.maxDequeueCount: a unit test keeps the two equal.
 MAX_DEQUEUE_COUNT = 5
-SECTION = "delivery"
+SECTION = DELIVERY  # the status section this module alone writes (DeliveryStatus)
 # Storage Queues hand out at most 32 messages per receive/peek.
 RECEIVE_BATCH = 32
 # A poison message is received (hidden) for this long while it is re-queued; a crash leaves it hidden no longer.
@@ -127,6 +128,10 @@ class PoisonService:
         self._clock = clock
         self._max = max_dequeue_count
 
+    async def _record(self, tenant_id: str, patch: DeliveryStatus) -> None:
+        """Merge into the tenant's ``delivery`` section (this module is its one writer)."""
+        await self._tenants.update_status(tenant_id, SECTION, dict(patch))
+
     # ---- the worker's side ---------------------------------------------------------------------------------
 
     async def record_failure(self, body: bytes, message_id: str, dequeue_count: int, exc: BaseException) -> None:
@@ -143,7 +148,7 @@ class PoisonService:
         if tenant_id is None:
             return
         now = utc_iso(self._clock())
-        patch: dict[str, Any] = {
+        patch: DeliveryStatus = {
             "state": "poisoned" if last else "retrying",
             "messageId": message_id,
             "reason": reason,
@@ -156,7 +161,7 @@ class PoisonService:
             patch |= {"poisonedAt": now, "queue": self.poison_queue_name,
                       "action": REQUEUE_COMMAND.format(tenantId=tenant_id)}
         try:
-            await self._tenants.update_status(tenant_id, SECTION, patch)
+            await self._record(tenant_id, patch)
         except Exception as record_error:  # noqa: BLE001 - the storage fault may be the very reason we are here
             log.warning("could not record the failed delivery for tenant %s: %s", tenant_id,
                         describe_error(record_error))
@@ -167,7 +172,7 @@ class PoisonService:
         if tenant_id is None:
             return
         try:
-            await self._tenants.update_status(tenant_id, SECTION, {
+            await self._record(tenant_id, {
                 "state": "recovered", "messageId": message_id, "attempt": dequeue_count,
                 "recoveredAt": utc_iso(self._clock()),
             })
@@ -267,7 +272,7 @@ class PoisonService:
                 await poison.update_message(m.id, m.pop_receipt, visibility_timeout=0)
         now = utc_iso(self._clock())
         for tid, count in by_tenant.items():
-            await self._tenants.update_status(tid, SECTION, {
+            await self._record(tid, {
                 "state": "requeued", "requeuedAt": now, "requeuedBy": caller[:128], "requeued": count,
             })
         if requeued:

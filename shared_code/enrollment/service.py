@@ -26,7 +26,14 @@ from shared_code.enrollment import quarantine
 from shared_code.enrollment.cursors import CursorStore, TableCursorStore
 from shared_code.enrollment.engine import PollEngine, PollOutcome, usage_of
 from shared_code.enrollment.leases import Lease, LeaseStore, SyncRequest, TableLeaseStore
-from shared_code.enrollment.status import EnrollmentStatus, GuardStatus, QuarantineStatus, guard_of, quarantine_of
+from shared_code.enrollment.status import (
+    EnrollmentStatus,
+    GuardStatus,
+    QuarantineStatus,
+    config_of,
+    guard_of,
+    quarantine_of,
+)
 from shared_code.enrollment.store import EnrollmentStore, TableEnrollmentStore
 from shared_code.errors import (
     ConfigInvalidError,
@@ -36,7 +43,7 @@ from shared_code.errors import (
     RetriableError,
     ValidationError,
 )
-from shared_code.tenant_config import CONFIG, CONFIG_INVALID, config_invalid, config_problem
+from shared_code.tenant_config import CONFIG_INVALID, config_invalid, config_problem
 from shared_code.tenants import TenantRecord, TenantRepository
 
 log = logging.getLogger("connector.enrollment")
@@ -364,8 +371,8 @@ class EnrollmentService:
             problem = config_problem(record.config)
             if problem is not None:
                 return await self._record_config_invalid(record, problem)
-            if record.status.get(CONFIG, {}).get("state") == CONFIG_INVALID:
-                await self.tenants.update_status(tenant_id, CONFIG, {
+            if config_of(record).get("state") == CONFIG_INVALID:
+                await self.status.config(tenant_id, {
                     "state": "valid", "field": None, "detail": None, "clearedAt": utc_iso(self._clock()),
                 })
             try:
@@ -395,7 +402,7 @@ class EnrollmentService:
         if config_invalid(record) is not None:
             return result
         log.error("connector.tenant.config_invalid tenant=%s field=%s: %s", tid, problem.field, problem)
-        await self.tenants.update_status(tid, CONFIG, {
+        await self.status.config(tid, {
             "state": CONFIG_INVALID, "field": problem.field, "detail": str(problem),
             "configVersion": record.config.config_version, "since": utc_iso(self._clock()),
         })

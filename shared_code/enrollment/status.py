@@ -1,139 +1,66 @@
-"""The enrollment sections of a tenant's status document, typed, and their one writer.
+"""The enrollment sections of a tenant's status document and their one writer.
 
 The tenant document (``shared_code/tenants.py``) keeps status as named sections so features never overwrite each
-other. Enrollment owns ``poll``, ``counts``, ``scope``, ``guard``, ``pending`` and ``quarantine``; this module types
-them (TypedDicts: every key optional, because each write is a merge patch) and is the only place that writes them —
-the poll engine and the enrollment service call :class:`EnrollmentStatus`, nothing calls ``update_status`` for these
-sections directly. Readers take a typed view of a stored record with the ``*_of`` functions.
+other. Enrollment owns ``poll``, ``counts``, ``scope``, ``guard``, ``pending``, ``quarantine`` and ``config``; their
+types are in the document's schema (``shared_code/tenant_status.py``, re-exported here), and this module is the only
+place that writes them — the poll engine and the enrollment service call :class:`EnrollmentStatus`, nothing calls
+``update_status`` for these sections directly. Readers take a typed view of a stored record with the ``*_of``
+functions.
 """
 
 from __future__ import annotations
 
-from typing import Any, TypedDict, cast
-
+from shared_code.tenant_status import CONFIG as CONFIG
+from shared_code.tenant_status import COUNTS as COUNTS
+from shared_code.tenant_status import GUARD as GUARD
+from shared_code.tenant_status import PENDING as PENDING
+from shared_code.tenant_status import POLL as POLL
+from shared_code.tenant_status import QUARANTINE as QUARANTINE
+from shared_code.tenant_status import SCOPE as SCOPE
+from shared_code.tenant_status import ConfigStatus as ConfigStatus
+from shared_code.tenant_status import CountsStatus as CountsStatus
+from shared_code.tenant_status import GuardStatus as GuardStatus
+from shared_code.tenant_status import PendingStatus as PendingStatus
+from shared_code.tenant_status import PollStatus as PollStatus
+from shared_code.tenant_status import QuarantineStatus as QuarantineStatus
+from shared_code.tenant_status import ScopeStatus as ScopeStatus
 from shared_code.tenants import TenantRecord, TenantRepository
-
-POLL, COUNTS, SCOPE, GUARD, PENDING, QUARANTINE = "poll", "counts", "scope", "guard", "pending", "quarantine"
-
-
-class PollStatus(TypedDict, total=False):
-    """What the last poll did (``result`` ok | failed) and cost; mode and counts are those of the last applied poll."""
-
-    mode: str
-    startedAt: str
-    finishedAt: str
-    durationMs: int
-    requests: int
-    resourceUnits: int
-    throttled: int
-    retries: int
-    result: str
-    counts: dict[str, int]
-    configVersion: int
-    lastError: str | None
-    lastErrorAt: str
-    lastNoopAt: str
-    strategy: str
-    lastFullAt: str
-    shape: dict[str, Any]
-    # A full reconcile run in progress ({run, phase, steps, updatedAt}; None when none): the next poll continues it.
-    reconcile: dict[str, Any] | None
-
-
-class CountsStatus(TypedDict, total=False):
-    """The console's summary."""
-
-    enrolled: int
-    stagedDeactivations: int
-    updatedAt: str
-
-
-class ScopeStatus(TypedDict, total=False):
-    """How the configured enrollment groups resolved, and what the scope leaves out."""
-
-    unresolvedGroups: list[dict[str, Any]]
-    ambiguousGroups: list[dict[str, Any]]
-    resolvedGroups: dict[str, str]
-    updatedAt: str
-    disabledDigest: str
-    ownerlessDevices: int
-    ownerlessSample: list[str]
-
-
-class GuardStatus(TypedDict, total=False):
-    """Deactivations staged for approval: the plan (``planId``), why, a sample, its checks and its approval."""
-
-    state: str  # clear | deactivations_staged
-    staged: int
-    threshold: int
-    why: str  # count | cause
-    planId: str | None
-    stagedAt: str | None
-    lastCheckedAt: str
-    lastCheck: str
-    configVersion: int
-    sample: list[dict[str, Any]]
-    approvedPlanId: str | None
-    approvedAt: str
-    approvedBy: str
-    approvalId: str
-    releasedAt: str
-    released: str
-
-
-class PendingStatus(TypedDict, total=False):
-    """Objects Graph could not read yet (``domain.pending.status``)."""
-
-    count: int
-    oldestSince: str | None
-    oldestAgeSeconds: int | None
-    sample: list[dict[str, Any]]
-    gaveUp: int
-    gaveUpSample: list[dict[str, Any]]
-    updatedAt: str
-
-
-class QuarantineStatus(TypedDict, total=False):
-    """The failure streak (``enrollment.quarantine``)."""
-
-    state: str  # ok | backoff | quarantined
-    failures: int
-    reason: str | None
-    lastFailureAt: float | str
-    nextAttemptAt: float | None
-    nextAttemptAtIso: str
-    quarantinedAt: float | None
-    recoveredAt: float
 
 
 def poll_of(record: TenantRecord) -> PollStatus:
     """The record's ``poll`` section (empty when never written)."""
-    return cast(PollStatus, record.status.get(POLL, {}))
+    return record.status.get(POLL, {})
 
 
 def counts_of(record: TenantRecord) -> CountsStatus:
     """The record's ``counts`` section."""
-    return cast(CountsStatus, record.status.get(COUNTS, {}))
+    return record.status.get(COUNTS, {})
 
 
 def scope_of(record: TenantRecord) -> ScopeStatus:
     """The record's ``scope`` section."""
-    return cast(ScopeStatus, record.status.get(SCOPE, {}))
+    return record.status.get(SCOPE, {})
 
 
 def guard_of(record: TenantRecord) -> GuardStatus:
     """The record's ``guard`` section."""
-    return cast(GuardStatus, record.status.get(GUARD, {}))
+    return record.status.get(GUARD, {})
 
 
 def pending_of(record: TenantRecord) -> PendingStatus:
     """The record's ``pending`` section."""
-    return cast(PendingStatus, record.status.get(PENDING, {}))
+    return record.status.get(PENDING, {})
 
 
 def quarantine_of(record: TenantRecord) -> QuarantineStatus:
     """The record's ``quarantine`` section."""
-    return cast(QuarantineStatus, record.status.get(QUARANTINE, {}))
+    return record.status.get(QUARANTINE, {})
+
+
+def config_of(record: TenantRecord) -> ConfigStatus:
+    """The record's ``config`` section."""
+    return record.status.get(CONFIG, {})
+
 
 
 class EnrollmentStatus:
@@ -165,3 +92,7 @@ class EnrollmentStatus:
     async def quarantine(self, tenant_id: str, patch: QuarantineStatus) -> None:
         """Merge into ``quarantine``."""
         await self._tenants.update_status(tenant_id, QUARANTINE, dict(patch))
+
+    async def config(self, tenant_id: str, patch: ConfigStatus) -> None:
+        """Merge into ``config`` (the stored configuration's usability, re-checked before each poll)."""
+        await self._tenants.update_status(tenant_id, CONFIG, dict(patch))

@@ -26,7 +26,7 @@ from typing import Any
 from shared_code.adapters.graph import GraphClient
 from shared_code.errors import FatalError, NotFoundError, PermissionMissingError
 from shared_code.intune.devices import EnrolledDevices
-from shared_code.intune.status import PERMISSIONS, permission_problem
+from shared_code.intune.status import IntuneStatusWriter, permissions_of
 from shared_code.permissions import call
 from shared_code.tenants import TenantRepository
 
@@ -133,6 +133,7 @@ class MamService:
         self, *, tenants: TenantRepository, devices: EnrolledDevices, graph_for: Callable[[str], GraphClient]
     ) -> None:
         self._tenants = tenants
+        self._status = IntuneStatusWriter(tenants)
         self._devices = devices
         self._graph_for = graph_for
 
@@ -160,12 +161,12 @@ class MamService:
         except NotFoundError:
             raise NotFoundError(f"user {user_id} not found in tenant {tenant_id}", status=404) from None
         except PermissionMissingError as exc:
-            await self._tenants.update_status(tenant_id, PERMISSIONS, {"mam": permission_problem(exc.permission)})
+            await self._status.permission(tenant_id, "mam", exc.permission)
             raise
         finally:
             await graph.aclose()
-        if record.status.get(PERMISSIONS, {}).get("mam"):
-            await self._tenants.update_status(tenant_id, PERMISSIONS, {"mam": None})
+        if permissions_of(record).get("mam"):
+            await self._status.permission(tenant_id, "mam", None)
         result: dict[str, Any] = {
             "tenantId": tenant_id,
             "userId": user_id,

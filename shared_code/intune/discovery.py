@@ -29,7 +29,7 @@ from shared_code.adapters.intune import (
     intune_url_allowed,
 )
 from shared_code.errors import ConsentRequiredError, FatalError
-from shared_code.intune.status import INTUNE, iso, parse_iso
+from shared_code.intune.status import IntuneServiceStatus, IntuneStatusWriter, intune_of, iso, parse_iso
 from shared_code.permissions import call
 from shared_code.settings import Settings
 from shared_code.tenants import TenantRepository
@@ -129,7 +129,7 @@ class IntuneEndpoint:
         """Whether the service can be called."""
         return bool(self.url)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> IntuneServiceStatus:
         """The form mirrored into the ``intune`` status section (``services.<service>``)."""
         return {
             "state": "available" if self.available else "unavailable",
@@ -167,6 +167,7 @@ class DiscoveryService:
         self._forget = forget_token
         self._graph_for = graph_for
         self._tenants = tenants
+        self._status = IntuneStatusWriter(tenants)
         self._now = now
         self._cache: dict[tuple[str, str], IntuneEndpoint] = {}
         self.discoveries = 0  # Graph discoveries performed (tests count cache hits by it)
@@ -224,7 +225,7 @@ class DiscoveryService:
             current = self._cache.get((tenant_id, name))
             if name == service or current is None or not self._fresh(current):
                 self._cache[(tenant_id, name)] = endpoint
-        await self._tenants.update_status(tenant_id, INTUNE, {
+        await self._status.intune(tenant_id, {
             "services": {name: self._cache[(tenant_id, name)].status() for name in SERVICES},
             "discoveredAt": iso(found[service].discovered_at),
         })
@@ -232,8 +233,7 @@ class DiscoveryService:
 
     async def _persisted(self, tenant_id: str, service: str) -> IntuneEndpoint | None:
         record = await self._tenants.get(tenant_id)
-        section = record.status.get(INTUNE, {}) if record else {}
-        services = section.get("services")
+        services = intune_of(record).get("services") if record else None
         found = IntuneEndpoint.from_status(service, services.get(service)) if isinstance(services, dict) else None
         # A stored URL outside the Intune service domains (tampered, or from another cloud) is rediscovered.
         if found is not None and found.available and not self._allowed(found.url):

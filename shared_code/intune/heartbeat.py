@@ -30,13 +30,16 @@ from shared_code.errors import (
 from shared_code.intune.discovery import TENANT_SERVICE, DiscoveryService
 from shared_code.intune.provisioning import ProvisioningService
 from shared_code.intune.status import (
-    HEARTBEAT,
-    INTUNE,
-    PERMISSIONS,
     ActivityCounters,
+    HeartbeatStatus,
+    IntuneStatus,
+    IntuneStatusWriter,
+    heartbeat_of,
+    intune_of,
     iso,
     parse_iso,
     permission_problem,
+    permissions_of,
 )
 from shared_code.tenants import TenantRecord, TenantRepository
 
@@ -90,6 +93,7 @@ class HeartbeatService:
         now: Callable[[], float],
     ) -> None:
         self._tenants = tenants
+        self._status = IntuneStatusWriter(tenants)
         self._discovery = discovery
         self._intune = intune
         self._provisioning = provisioning
@@ -101,7 +105,7 @@ class HeartbeatService:
 
     def due(self, record: TenantRecord, now: float) -> bool:
         """Whether the tenant's heartbeat is due (interval since last success, and backoff elapsed)."""
-        section = record.status.get(HEARTBEAT, {})
+        section = heartbeat_of(record)
         next_attempt = parse_iso(section.get("nextAttemptAt"))
         if next_attempt is not None and now < next_attempt:
             return False
@@ -160,10 +164,10 @@ class HeartbeatService:
     async def _beat(self, record: TenantRecord) -> str:
         tenant_id = record.config.tenant_id
         attempt_at = self._now()
-        previous = record.status.get(HEARTBEAT, {})
+        previous = heartbeat_of(record)
         failures = int(previous.get("consecutiveFailures", 0) or 0)
         try:
-            if record.status.get(INTUNE, {}).get("state") != "provisioned":
+            if intune_of(record).get("state") != "provisioned":
                 intune = await self._provisioning.ensure_provisioned(record.config, force=True)
                 if intune.get("state") != "provisioned":
                     return await self._not_provisioned(record, attempt_at, failures, intune)
@@ -176,7 +180,7 @@ class HeartbeatService:
                     return await self._not_provisioned(record, attempt_at, failures, intune)
                 response = await self._send(tenant_id)
         except PermissionMissingError as exc:
-            await self._tenants.update_status(tenant_id, PERMISSIONS, {"heartbeat": permission_problem(exc.permission)})
+            await self._status.permission(tenant_id, "heartbeat", exc.permission)
             return await self._failed(
                 record, attempt_at, failures, permission_problem(exc.permission), "consent_required"
             )
@@ -188,7 +192,7 @@ class HeartbeatService:
             return await self._failed(record, attempt_at, failures - 1, f"connector_credential: {exc}", "failing")
         except (RetriableError, FatalError) as exc:
             return await self._failed(record, attempt_at, failures, f"{type(exc).__name__}: {exc}", "failing")
-        patch: dict[str, Any] = {
+        patch: HeartbeatStatus = {
             "state": "ok",
             "lastAttemptAt": iso(attempt_at),
             "lastSuccessAt": iso(attempt_at),
@@ -197,14 +201,14 @@ class HeartbeatService:
             "lastError": None,
             "resyncTimestamp": response.get("ResyncTimestamp"),
         }
-        await self._tenants.update_status(tenant_id, HEARTBEAT, patch)
-        if record.status.get(PERMISSIONS, {}).get("heartbeat"):
-            await self._tenants.update_status(tenant_id, PERMISSIONS, {"heartbeat": None})
+        await self._status.heartbeat(tenant_id, patch)
+        if permissions_of(record).get("heartbeat"):
+            await self._status.permission(tenant_id, "heartbeat", None)
         await self._counters.bump(tenant_id, "heartbeatsSent")
         return "sent"
 
     async def _not_provisioned(
-        self, record: TenantRecord, attempt_at: float, failures: int, intune: dict[str, Any]
+        self, record: TenantRecord, attempt_at: float, failures: int, intune: IntuneStatus
     ) -> str:
         # Provisioning failed on 401/403 (consent gone, update_device_health missing): consent_required, as a
         # heartbeat 401/403 would be; anything else (Intune down, no Intune service) is an ordinary failure.
@@ -220,14 +224,14 @@ class HeartbeatService:
         failures += 1
         base = max(60.0, record.config.heartbeat_interval_minutes * 60.0)
         delay = backoff_seconds(base, failures)
-        patch = {
+        patch: HeartbeatStatus = {
             "state": state,
             "lastAttemptAt": iso(attempt_at),
             "consecutiveFailures": failures,
             "nextAttemptAt": iso(attempt_at + delay) if failures > 1 else None,
             "lastError": error[:500],
         }
-        await self._tenants.update_status(record.config.tenant_id, HEARTBEAT, patch)
+        await self._status.heartbeat(record.config.tenant_id, patch)
         # The message prefix is the alert contract (infra/modules/alerts.bicep, docs/deploy.md "Alerts").
         log.warning("connector.heartbeat.failed tenant=%s state=%s: %s", record.config.tenant_id, state, error[:200])
         return "consent_required" if state == "consent_required" else "failed"

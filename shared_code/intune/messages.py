@@ -18,7 +18,7 @@ from shared_code.api_call import ApiCall
 from shared_code.errors import ConflictError, NotFoundError, PermissionMissingError
 from shared_code.intune.devices import EnrolledDevice, EnrolledDevices
 from shared_code.intune.discovery import DEVICE_SERVICE, DiscoveryService
-from shared_code.intune.status import INTUNE, PERMISSIONS, ActivityCounters, iso, parse_iso, permission_problem
+from shared_code.intune.status import ActivityCounters, IntuneStatusWriter, intune_of, iso, parse_iso
 from shared_code.intune.uploads import (
     FINAL_STATUSES,
     NOT_SENT,
@@ -74,7 +74,7 @@ class DeviceHasNoOwnerError(ConflictError):
 
 def connector_view(record: TenantRecord) -> dict[str, Any]:
     """The connector state as the API reports it."""
-    section = record.status.get(INTUNE, {})
+    section = intune_of(record)
     return {
         "state": section.get("state", "unknown"),
         "connectorState": section.get("connectorState"),
@@ -99,6 +99,7 @@ class MessageService:
         max_polls: int = MAX_RESULT_POLLS,
     ) -> None:
         self.tenants = tenants
+        self._status = IntuneStatusWriter(tenants)
         self.devices = devices
         self.discovery = discovery
         self.intune = intune
@@ -182,9 +183,7 @@ class MessageService:
                 ),
             )
         except IntuneConnectorStateError as exc:
-            await self.tenants.update_status(
-                tenant_id, INTUNE, {"connectorState": exc.state, "connectorStateAt": iso(self.now())}
-            )
+            await self._status.intune(tenant_id, {"connectorState": exc.state, "connectorStateAt": iso(self.now())})
             message.status, message.error_detail = REJECTED, exc.detail
             await self.store.save(message)
             record = await self.tenants.get(tenant_id)
@@ -195,7 +194,7 @@ class MessageService:
                 connector_state=view,
             ) from None
         except PermissionMissingError as exc:
-            await self.tenants.update_status(tenant_id, PERMISSIONS, {feature: permission_problem(exc.permission)})
+            await self._status.permission(tenant_id, feature, exc.permission)
             raise
         message.status = PENDING
         await self.store.save(message)

@@ -11,13 +11,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from typing import Any
 
 from shared_code.adapters.graph import GraphClient
 from shared_code.adapters.intune import IntuneClient
 from shared_code.errors import ConsentRequiredError, FatalError, NotFoundError, PermissionMissingError, RetriableError
 from shared_code.intune.discovery import TENANT_SERVICE, DiscoveryService, IntuneServiceMissingError
-from shared_code.intune.status import INTUNE, PERMISSIONS, iso, permission_problem
+from shared_code.intune.status import IntuneStatus, IntuneStatusWriter, intune_of, iso, permission_problem
 from shared_code.tenants import TenantConfig, TenantRecord, TenantRepository
 
 log = logging.getLogger("connector.intune.provisioning")
@@ -48,6 +47,7 @@ class ProvisioningService:
         now: Callable[[], float],
     ) -> None:
         self._tenants = tenants
+        self._status = IntuneStatusWriter(tenants)
         self._discovery = discovery
         self._intune = intune
         self._graph_for = graph_for
@@ -71,7 +71,7 @@ class ProvisioningService:
         assert record is not None
         return record, created
 
-    async def ensure_provisioned(self, config: TenantConfig, *, force: bool = False) -> dict[str, Any]:
+    async def ensure_provisioned(self, config: TenantConfig, *, force: bool = False) -> IntuneStatus:
         """Make sure the tenant is provisioned at Intune; record the outcome in the ``intune`` section.
 
         Args:
@@ -84,9 +84,9 @@ class ProvisioningService:
         tenant_id = config.tenant_id
         if not force:
             record = await self._tenants.get(tenant_id)
-            if record and record.status.get(INTUNE, {}).get("state") == "provisioned":
-                return dict(record.status[INTUNE])
-        patch: dict[str, Any] = {"lastAttemptAt": iso(self._now())}
+            if record and intune_of(record).get("state") == "provisioned":
+                return IntuneStatus(**intune_of(record))
+        patch: IntuneStatus = {"lastAttemptAt": iso(self._now())}
         intune_permission: str | None = None
         try:
             await self._intune.ensure_token(tenant_id)
@@ -101,32 +101,30 @@ class ProvisioningService:
                     remediation_url=config.partner_remediation_url or default_partner_url(),
                 ),
             )
-            patch.update(
-                state="provisioned",
-                provisioned=PROVISION,
-                provisionedAt=iso(self._now()),
-                problem=None,
-                errorDetail=response.get("ErrorDetail"),
+            patch.update({
+                "state": "provisioned",
+                "provisioned": PROVISION,
+                "provisionedAt": iso(self._now()),
+                "problem": None,
+                "errorDetail": response.get("ErrorDetail"),
                 # A blocked-connector state Intune reported earlier no longer holds once it accepted the tenant.
-                connectorState=None,
-            )
+                "connectorState": None,
+            })
         except PermissionMissingError as exc:
             intune_permission = exc.permission
-            patch.update(state="permission_missing", problem=permission_problem(exc.permission))
+            patch.update({"state": "permission_missing", "problem": permission_problem(exc.permission)})
         except ConsentRequiredError as exc:
-            patch.update(state="consent_required", problem=f"consent_required: {exc}")
+            patch.update({"state": "consent_required", "problem": f"consent_required: {exc}"})
         except IntuneServiceMissingError as exc:
-            patch.update(state="discovery_failed", problem=f"intune_service_missing: {exc}")
+            patch.update({"state": "discovery_failed", "problem": f"intune_service_missing: {exc}"})
         except RetriableError as exc:
-            patch.update(state="provisioning_failed", problem=f"intune_unavailable: {exc}")
+            patch.update({"state": "provisioning_failed", "problem": f"intune_unavailable: {exc}"})
         except FatalError as exc:
-            patch.update(state="provisioning_failed", problem=f"intune_rejected: {exc}")
-        await self._tenants.update_status(tenant_id, INTUNE, patch)
-        await self._tenants.update_status(
-            tenant_id, PERMISSIONS, {"intune": permission_problem(intune_permission) if intune_permission else None}
-        )
-        if patch["state"] != "provisioned":
-            log.warning("tenant %s not provisioned at Intune: %s", tenant_id, patch["problem"])
+            patch.update({"state": "provisioning_failed", "problem": f"intune_rejected: {exc}"})
+        await self._status.intune(tenant_id, patch)
+        await self._status.permission(tenant_id, "intune", intune_permission)
+        if patch.get("state") != "provisioned":
+            log.warning("tenant %s not provisioned at Intune: %s", tenant_id, patch.get("problem"))
         return patch
 
     async def deprovision(self, tenant_id: str) -> None:
@@ -141,7 +139,7 @@ class ProvisioningService:
         record = await self._tenants.get(tenant_id)
         if record is None:
             raise NotFoundError(f"tenant {tenant_id} is not provisioned", status=404)
-        patch: dict[str, Any] = {"state": "deprovisioned", "deprovisionedAt": iso(self._now())}
+        patch: IntuneStatus = {"state": "deprovisioned", "deprovisionedAt": iso(self._now())}
         try:
             await self._discovery.call_service(
                 tenant_id,
@@ -154,10 +152,14 @@ class ProvisioningService:
                     remediation_url=record.config.partner_remediation_url or default_partner_url(),
                 ),
             )
-            patch.update(provisioned=DEPROVISION, connectorState="unavailable", deprovisionProblem=None)
+            patch.update({
+                "provisioned": DEPROVISION,
+                "connectorState": "unavailable",
+                "deprovisionProblem": None,
+            })
         except PermissionMissingError as exc:
             patch["deprovisionProblem"] = permission_problem(exc.permission)
         except (FatalError, RetriableError) as exc:
             patch["deprovisionProblem"] = f"{type(exc).__name__}: {exc}"
         await self._tenants.set_state(tenant_id, "deprovisioned")
-        await self._tenants.update_status(tenant_id, INTUNE, patch)
+        await self._status.intune(tenant_id, patch)

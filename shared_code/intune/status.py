@@ -1,4 +1,5 @@
-"""Status sections the Intune, MAM and SSO flows write into the tenant document (shared_code/tenants.py).
+"""Status sections the Intune and MAM flows write into the tenant document (shared_code/tenants.py), and their one
+writer. Types: ``shared_code/tenant_status.py`` (re-exported here).
 
 * ``intune``: discovery + provisioning (``state``: provisioned | consent_required | permission_missing |
   discovery_failed | provisioning_failed | deprovisioned; ``problem``; discovered URLs; ``connectorState`` as Intune
@@ -6,6 +7,9 @@
 * ``heartbeat``: last attempt/success, consecutive failures, backoff, ``state`` (ok | failing | consent_required).
 * ``permissions``: one key per feature → ``"permission_missing: <permission>"`` or None when the feature works.
 * ``intune_activity``: counters (heartbeatsSent, threatReportsAccepted, inventoriesFetched, …).
+
+Discovery, provisioning, uploads, heartbeats and MAM write these sections only through :class:`IntuneStatusWriter`
+(and :class:`ActivityCounters` for the counters); readers take a typed view with the ``*_of`` functions.
 """
 
 from __future__ import annotations
@@ -15,12 +19,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared_code.domain.timestamps import utc_iso
-from shared_code.tenants import TenantRepository
+from shared_code.tenant_status import ACTIVITY as ACTIVITY
+from shared_code.tenant_status import HEARTBEAT as HEARTBEAT
+from shared_code.tenant_status import INTUNE as INTUNE
+from shared_code.tenant_status import PERMISSIONS as PERMISSIONS
+from shared_code.tenant_status import ActivityStatus as ActivityStatus
+from shared_code.tenant_status import HeartbeatStatus as HeartbeatStatus
+from shared_code.tenant_status import IntuneServiceStatus as IntuneServiceStatus
+from shared_code.tenant_status import IntuneStatus as IntuneStatus
+from shared_code.tenant_status import PermissionsStatus as PermissionsStatus
+from shared_code.tenants import TenantRecord, TenantRepository
 
-INTUNE = "intune"
-HEARTBEAT = "heartbeat"
-PERMISSIONS = "permissions"
-ACTIVITY = "intune_activity"
 log = logging.getLogger("connector.intune.status")
 
 
@@ -45,13 +54,45 @@ def permission_problem(permission: str) -> str:
     return f"permission_missing: {permission}"
 
 
-async def set_feature_permission(
-    tenants: TenantRepository, tenant_id: str, feature: str, permission: str | None
-) -> None:
-    """Record (or clear, with None) a feature's missing permission."""
-    await tenants.update_status(
-        tenant_id, PERMISSIONS, {feature: permission_problem(permission) if permission else None}
-    )
+def intune_of(record: TenantRecord) -> IntuneStatus:
+    """The record's ``intune`` section (empty when never written)."""
+    return record.status.get(INTUNE, {})
+
+
+def heartbeat_of(record: TenantRecord) -> HeartbeatStatus:
+    """The record's ``heartbeat`` section."""
+    return record.status.get(HEARTBEAT, {})
+
+
+def permissions_of(record: TenantRecord) -> PermissionsStatus:
+    """The record's ``permissions`` section."""
+    return record.status.get(PERMISSIONS, {})
+
+
+def activity_of(record: TenantRecord) -> ActivityStatus:
+    """The record's ``intune_activity`` counters."""
+    return record.status.get(ACTIVITY, {})
+
+
+class IntuneStatusWriter:
+    """The one writer of the ``intune``, ``heartbeat`` and ``permissions`` sections (ETag-guarded merges)."""
+
+    def __init__(self, tenants: TenantRepository) -> None:
+        self._tenants = tenants
+
+    async def intune(self, tenant_id: str, patch: IntuneStatus) -> None:
+        """Merge into ``intune``."""
+        await self._tenants.update_status(tenant_id, INTUNE, dict(patch))
+
+    async def heartbeat(self, tenant_id: str, patch: HeartbeatStatus) -> None:
+        """Merge into ``heartbeat``."""
+        await self._tenants.update_status(tenant_id, HEARTBEAT, dict(patch))
+
+    async def permission(self, tenant_id: str, feature: str, permission: str | None) -> None:
+        """Record a feature's missing permission (its ``permission_missing: …`` problem), or clear it with None."""
+        await self._tenants.update_status(
+            tenant_id, PERMISSIONS, {feature: permission_problem(permission) if permission else None}
+        )
 
 
 class ActivityCounters:

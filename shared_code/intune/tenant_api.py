@@ -6,14 +6,91 @@ Pure functions (no I/O).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypedDict
 
 from shared_code.domain.ids import is_guid
 from shared_code.errors import ValidationError
-from shared_code.tenant_config import CONFIG, CONFIG_INVALID, config_document, config_invalid
+from shared_code.intune.status import activity_of, heartbeat_of, intune_of, permissions_of
+from shared_code.tenant_config import CONFIG_INVALID, config_document, config_invalid
+from shared_code.tenant_status import (
+    ACTIVITY,
+    CONFIG,
+    HEARTBEAT,
+    INTUNE,
+    PERMISSIONS,
+    ActivityStatus,
+    CountsStatus,
+    GuardStatus,
+    PendingStatus,
+    PollStatus,
+    QuarantineStatus,
+    ScopeStatus,
+)
 from shared_code.tenants import TenantRecord
 
-_OWN_SECTIONS = frozenset({"intune", "heartbeat", "permissions", "intune_activity", CONFIG})
+_OWN_SECTIONS = frozenset({INTUNE, HEARTBEAT, PERMISSIONS, ACTIVITY, CONFIG})
+
+
+class ConfigView(TypedDict, total=False):
+    """``status.config``: ``valid``, or ``config_invalid`` naming the field."""
+
+    state: str
+    field: str | None
+    detail: str | None
+    since: str | None
+
+
+class IntuneView(TypedDict):
+    """``status.intune``: provisioning and each partner service's state (discovered URLs stay internal)."""
+
+    state: str
+    connectorState: str | None
+    problem: str | None
+    provisionedAt: str | None
+    discoveredAt: str | None
+    services: dict[str, dict[str, Any]]
+
+
+class HeartbeatView(TypedDict):
+    """``status.heartbeat``."""
+
+    state: str | None
+    lastSuccessAt: str | None
+    lastAttemptAt: str | None
+    consecutiveFailures: int
+    nextAttemptAt: str | None
+    lastError: str | None
+
+
+class StatusView(TypedDict):
+    """``status``: the sections the console reads, summarized or passed through (openapi.yaml ``TenantStatus``)."""
+
+    config: ConfigView
+    intune: IntuneView
+    heartbeat: HeartbeatView
+    lastPoll: PollStatus | None
+    counts: CountsStatus | None
+    quarantine: QuarantineStatus | None
+    stagedDeactivations: GuardStatus | None
+    enrollmentGroups: ScopeStatus | None
+    pending: PendingStatus | None
+    activity: ActivityStatus
+    permissions: dict[str, str]
+    problems: list[str]
+    sections: dict[str, Mapping[str, Any]]
+
+
+class TenantDocument(TypedDict):
+    """``GET /api/tenants/{tenantId}``: config, lifecycle and status (openapi.yaml ``Tenant``)."""
+
+    tenantId: str
+    state: str
+    configVersion: int
+    createdAt: str
+    updatedAt: str
+    config: dict[str, Any]
+    status: StatusView
 
 
 def validate_tenant_id(value: str) -> str:
@@ -31,7 +108,7 @@ def validate_tenant_id(value: str) -> str:
     return value.lower()
 
 
-def tenant_document(record: TenantRecord) -> dict[str, Any]:
+def tenant_document(record: TenantRecord) -> TenantDocument:
     """The whole tenant document: config, lifecycle and status (every section, plus a summary the console reads).
 
     Sections written by other features (``poll``, ``scope``, ``guard``, ``quarantine``, ``counts`` …) are passed
@@ -39,18 +116,18 @@ def tenant_document(record: TenantRecord) -> dict[str, Any]:
     Intune provisioning problem in one list.
     """
     status = record.status
-    intune = status.get("intune", {})
-    heartbeat = status.get("heartbeat", {})
-    permissions = status.get("permissions", {})
+    intune = intune_of(record)
+    heartbeat = heartbeat_of(record)
+    permissions = permissions_of(record)
     found = {str(v) for v in permissions.values() if v}
     # Other features report a missing permission as a plain string value in their own section (poll.lastError …).
     for section in status.values():
-        for value in section.values():
+        for value in section.values() if isinstance(section, Mapping) else ():
             if isinstance(value, str) and value.startswith("permission_missing: "):
                 found.add(value)
     problems = sorted(found)
     if intune.get("problem") and intune.get("problem") not in problems:
-        problems.append(str(intune["problem"]))
+        problems.append(str(intune.get("problem")))
     raw_services = intune.get("services")
     services: dict[str, Any] = raw_services if isinstance(raw_services, dict) else {}
     for name, service in sorted(services.items()):
@@ -98,10 +175,10 @@ def tenant_document(record: TenantRecord) -> dict[str, Any]:
             "enrollmentGroups": status.get("scope"),
             # Objects Graph could not read yet (replication lag): count, oldest, sample, given up.
             "pending": status.get("pending"),
-            "activity": status.get("intune_activity", {}),
+            "activity": activity_of(record),
             "permissions": {k: v for k, v in permissions.items() if v},
             "problems": problems,
             # Other features' sections, unchanged (ours are summarized above; discovered Intune URLs stay internal).
-            "sections": {k: v for k, v in status.items() if k not in _OWN_SECTIONS},
+            "sections": {k: v for k, v in status.items() if k not in _OWN_SECTIONS and isinstance(v, Mapping)},
         },
     }
