@@ -11,6 +11,7 @@ import os
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -147,18 +148,26 @@ async def app_container(module_env: dict[str, str]) -> AsyncIterator[Any]:
         await container.close()
 
 
-@pytest.fixture(scope="module")
-async def devhost(module_env: dict[str, str], app_container: Any) -> AsyncIterator[Any]:
-    """function_app.py running under devhost (HTTP on a free port; timers fired by tests with run_timer)."""
+@asynccontextmanager
+async def running_devhost(env: dict[str, str]) -> AsyncIterator[Any]:
+    """function_app.py running under devhost with ``env`` (HTTP on a free port; timers fired by tests with
+    run_timer). A module that needs a host with other settings (a body limit, another queue) starts its own."""
     import function_app
     from devhost.host import DevHost
 
-    host = DevHost(function_app.app, env=module_env, port=0, enable_timers=False, host_json=REPO / "host.json")
+    host = DevHost(function_app.app, env=env, port=0, enable_timers=False, host_json=REPO / "host.json")
     await host.start()
     try:
         yield host
     finally:
         await host.stop()
+
+
+@pytest.fixture(scope="module")
+async def devhost(module_env: dict[str, str], app_container: Any) -> AsyncIterator[Any]:
+    """function_app.py running under devhost on the module's settings."""
+    async with running_devhost(module_env) as host:
+        yield host
 
 
 @pytest.fixture(scope="session")

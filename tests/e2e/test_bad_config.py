@@ -12,14 +12,14 @@ call, no failure streak, no retry) until a valid PUT.
 from __future__ import annotations
 
 import json
-import time
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
+
+from tests.e2e.conftest import MovableClock
 
 PROBLEM = "https://mtd-connector.dev/problems/"
 # One of each kind the text rule refuses (shared_code/validation.py).
@@ -38,30 +38,8 @@ NOT_TEXT = {
 }
 
 
-class MovableClock:
-    """Wall clock plus an offset the test moves (the connector's side of time; the simulator's is not needed)."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def now(self) -> float:
-        return time.time() + self.offset
-
-
-@pytest.fixture(scope="module", autouse=True)
-def clock(app_container: Any) -> MovableClock:
-    """Installed before any service is built: services bind the container's clock when they are made."""
-    moved = MovableClock()
-    app_container.clock = moved
-    return moved
-
-
-@pytest.fixture(scope="module")
-async def api(devhost: Any, console_token: Any) -> AsyncIterator[httpx.AsyncClient]:
-    token = console_token(["Console.Manage", "Console.Read"])
-    async with httpx.AsyncClient(base_url=devhost.base_url, timeout=120,
-                                 headers={"Authorization": f"Bearer {token}"}) as client:
-        yield client
+# The connector's clock is installed before any service is built (services bind it when they are made).
+pytestmark = pytest.mark.usefixtures("clock")
 
 
 def _raw(body: Any) -> dict[str, Any]:

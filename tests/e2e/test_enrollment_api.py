@@ -3,30 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-PLATFORMS = ["iOS", "iPadOS", "Android"]
-
-
-@pytest.fixture(scope="module")
-async def api(devhost: Any, console_token: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client with a Console.Manage + Console.Read token."""
-    token = console_token(["Console.Manage", "Console.Read"])
-    async with httpx.AsyncClient(base_url=devhost.base_url, timeout=120,
-                                 headers={"Authorization": f"Bearer {token}"}) as client:
-        yield client
-
-
-async def provisioned(sim: Any, api: httpx.AsyncClient, seed: int) -> dict[str, Any]:
-    summary = sim.create_tenant("small", seed=seed)
-    body = {"enrollmentGroups": summary["enrollment_groups"], "platforms": PLATFORMS}
-    response = await api.put(f"/api/tenants/{summary['tenant_id']}", json=body)
-    assert response.status_code in (200, 201), response.text
-    return summary
+from tests.e2e.conftest import provision
 
 
 async def all_devices(api: httpx.AsyncClient, tid: str, limit: int) -> list[dict[str, Any]]:
@@ -41,7 +23,7 @@ async def all_devices(api: httpx.AsyncClient, tid: str, limit: int) -> list[dict
 
 
 async def test_dry_run_then_sync_then_the_feed_pages_in_order(sim: Any, api: httpx.AsyncClient, devhost: Any) -> None:
-    summary = await provisioned(sim, api, 901)
+    summary = await provision(sim, api, 901)
     tid = summary["tenant_id"]
     truth = {d["id"] for d in sim.truth(tid, summary["enrollment_groups"])["devices"]}
 
@@ -84,7 +66,7 @@ async def test_the_timer_fans_out_and_duplicates_do_one_poll(sim: Any, api: http
                                                              app_container: Any) -> None:
     from shared_code.enrollment.service import PollMessage, build_enrollment_service
 
-    summary = await provisioned(sim, api, 902)
+    summary = await provision(sim, api, 902)
     tid = summary["tenant_id"]
     await devhost.run_timer("dispatch_polls")
     service = app_container.service(build_enrollment_service)
@@ -101,7 +83,7 @@ async def test_the_timer_fans_out_and_duplicates_do_one_poll(sim: Any, api: http
 
 
 async def test_guard_approval_with_nothing_staged_is_a_conflict(sim: Any, api: httpx.AsyncClient) -> None:
-    summary = await provisioned(sim, api, 903)
+    summary = await provision(sim, api, 903)
     response = await api.post(f"/api/tenants/{summary['tenant_id']}/deactivations/approve",
                               json={"planId": "plan-" + "a" * 24})
     assert response.status_code == 409
@@ -149,7 +131,7 @@ async def test_bad_input_is_a_4xx_problem_naming_the_field(
 async def test_an_event_cursor_beyond_the_feed_is_unknown(sim: Any, api: httpx.AsyncClient) -> None:
     from shared_code.enrollment.service import encode_event_cursor
 
-    summary = await provisioned(sim, api, 905)
+    summary = await provision(sim, api, 905)
     tid = summary["tenant_id"]
     response = await api.get(f"/api/tenants/{tid}/events", params={"after": encode_event_cursor(tid, [10])})
     assert response.status_code == 400 and response.json()["field"] == "after"

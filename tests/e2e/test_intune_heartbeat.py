@@ -9,23 +9,13 @@ Time is moved on both sides by the same amount — the simulator's clock (``/_si
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-
-class MovableClock:
-    """Wall clock plus an offset the test moves."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def now(self) -> float:
-        return time.time() + self.offset
+from tests.e2e.conftest import MovableClock
 
 
 @pytest.fixture(scope="module")
@@ -37,22 +27,17 @@ def module_env(connector_env: dict[str, str]) -> dict[str, str]:
                             "GRAPH_MAX_RETRIES": "1"}
 
 
-@pytest.fixture(scope="module")
-async def client(devhost: Any, console_token: Any) -> AsyncIterator[httpx.AsyncClient]:
-    headers = {"Authorization": f"Bearer {console_token(['Console.Manage'])}"}
-    async with httpx.AsyncClient(base_url=devhost.base_url, headers=headers, timeout=120.0) as http:
-        yield http
+# The connector's clock is installed before any service is built (services bind it when they are made).
+pytestmark = pytest.mark.usefixtures("clock")
 
 
 async def test_stopped_heartbeat_turns_unresponsive_and_resumed_one_recovers(
-    sim: Any, devhost: Any, app_container: Any, client: httpx.AsyncClient
+    sim: Any, devhost: Any, api: httpx.AsyncClient, clock: MovableClock
 ) -> None:
-    clock = MovableClock()
-    app_container.clock = clock
     summary = sim.create_tenant("small", seed=601)
     tid = summary["tenant_id"]
-    put = await client.put(f"/api/tenants/{tid}", json={"enrollmentGroups": summary["enrollment_groups"],
-                                                          "heartbeatIntervalMinutes": 15})
+    put = await api.put(f"/api/tenants/{tid}", json={"enrollmentGroups": summary["enrollment_groups"],
+                                                       "heartbeatIntervalMinutes": 15})
     assert put.status_code == 201, put.text
     sim.call("POST", "/_sim/intune/config", json={"unresponsive_days": 0.01})
     try:
@@ -73,7 +58,7 @@ async def test_stopped_heartbeat_turns_unresponsive_and_resumed_one_recovers(
         await devhost.run_timer("send_heartbeats")
         view = sim.intune(tid)
         assert (view["status"], view["heartbeat_count"]) == ("enabled", beats + 1)
-        doc = (await client.get(f"/api/tenants/{tid}")).json()
+        doc = (await api.get(f"/api/tenants/{tid}")).json()
         assert doc["status"]["heartbeat"]["state"] == "ok"
         assert doc["status"]["activity"]["heartbeatsSent"] == 2
     finally:
@@ -81,14 +66,13 @@ async def test_stopped_heartbeat_turns_unresponsive_and_resumed_one_recovers(
 
 
 async def test_heartbeat_failures_back_off_per_tenant_and_others_keep_beating(
-    sim: Any, devhost: Any, app_container: Any, client: httpx.AsyncClient
+    sim: Any, devhost: Any, api: httpx.AsyncClient, clock: MovableClock
 ) -> None:
-    clock = app_container.clock
     healthy = sim.create_tenant("small", seed=602)
     broken = sim.create_tenant("small", seed=603)
     for summary in (healthy, broken):
-        response = await client.put(f"/api/tenants/{summary['tenant_id']}",
-                                    json={"enrollmentGroups": summary["enrollment_groups"]})
+        response = await api.put(f"/api/tenants/{summary['tenant_id']}",
+                                 json={"enrollmentGroups": summary["enrollment_groups"]})
         assert response.status_code == 201
     prefix = f"/intune/{broken['tenant_id']}/StatelessPartnerTenantDataSyncService/PartnerTenantHeartbeat"
     sim.fault("status", match={"path_prefix": prefix}, count=1000, status=500)
@@ -98,14 +82,14 @@ async def test_heartbeat_failures_back_off_per_tenant_and_others_keep_beating(
             clock.offset += 16 * 60
             await devhost.run_timer("send_heartbeats")
         assert sim.intune(healthy["tenant_id"])["heartbeat_count"] == before + 2
-        doc = (await client.get(f"/api/tenants/{broken['tenant_id']}")).json()
+        doc = (await api.get(f"/api/tenants/{broken['tenant_id']}")).json()
         heartbeat = doc["status"]["heartbeat"]
         assert heartbeat["state"] == "failing" and heartbeat["consecutiveFailures"] == 2
         assert heartbeat["nextAttemptAt"] is not None  # backoff: 2 × 15 min after the second failure
         # Inside the backoff window the broken tenant is skipped, the healthy one still beats.
         clock.offset += 16 * 60
         await devhost.run_timer("send_heartbeats")
-        doc = (await client.get(f"/api/tenants/{broken['tenant_id']}")).json()
+        doc = (await api.get(f"/api/tenants/{broken['tenant_id']}")).json()
         assert doc["status"]["heartbeat"]["consecutiveFailures"] == 2
         assert sim.intune(healthy["tenant_id"])["heartbeat_count"] == before + 3
     finally:

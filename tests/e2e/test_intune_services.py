@@ -10,42 +10,21 @@ a whole: the PUT recorded ``discovery_failed`` and no heartbeat was ever sent.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.e2e.conftest import MovableClock
+
 PROBLEM = "https://mtd-connector.dev/problems/"
 TENANT_PROVIDER = "StatelessPartnerTenantDataSyncService"
 DEVICE_PROVIDER = "StatelessPartnerDeviceDataSyncService"
 
 
-class MovableClock:
-    """Wall clock plus an offset the test moves (the connector's side; the simulator's clock is not involved)."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def now(self) -> float:
-        return time.time() + self.offset
-
-
-@pytest.fixture(scope="module", autouse=True)
-def clock(app_container: Any) -> MovableClock:
-    """Installed before any service is built: services bind the container's clock when they are made."""
-    moved = MovableClock()
-    app_container.clock = moved
-    return moved
-
-
-@pytest.fixture(scope="module")
-async def api(devhost: Any, console_token: Any) -> AsyncIterator[httpx.AsyncClient]:
-    token = console_token(["Console.Manage", "Console.Read"])
-    async with httpx.AsyncClient(base_url=devhost.base_url, timeout=120,
-                                 headers={"Authorization": f"Bearer {token}"}) as client:
-        yield client
+# The connector's clock is installed before any service is built (services bind it when they are made).
+pytestmark = pytest.mark.usefixtures("clock")
 
 
 def _endpoints(sim: Any, tid: str, *providers: str) -> None:

@@ -5,7 +5,6 @@ any other tenant.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -15,14 +14,6 @@ from shared_code.enrollment.store import tenant_range
 from shared_code.intune.uploads import PENDING_PARTITION
 
 TABLES = ("devices", "memberships", "cursors", "uploads", "leases", "tenants")
-
-
-@pytest.fixture(scope="module")
-async def api(devhost: Any, console_token: Any) -> AsyncIterator[httpx.AsyncClient]:
-    token = console_token(["Console.Manage"])
-    async with httpx.AsyncClient(base_url=devhost.base_url, timeout=120,
-                                 headers={"Authorization": f"Bearer {token}"}) as client:
-        yield client
 
 
 async def _rows(container: Any, tenant_id: str) -> dict[str, int]:

@@ -7,30 +7,22 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO, running_devhost
+
 # The value infra/main.bicep deploys (tests/infra checks the setting is there; this test checks what it does).
-BODY_LIMIT = int(re.search(r"FUNCTIONS_REQUEST_BODY_SIZE_LIMIT: '(\d+)'", (ROOT / "infra" / "main.bicep").read_text())
+BODY_LIMIT = int(re.search(r"FUNCTIONS_REQUEST_BODY_SIZE_LIMIT: '(\d+)'", (REPO / "infra" / "main.bicep").read_text())
                  .group(1))  # type: ignore[union-attr]
 
 
 @pytest.fixture(scope="module")
 async def limited_host(module_env: dict[str, str], app_container: Any) -> AsyncIterator[Any]:
-    import function_app
-    from devhost.host import DevHost
-
-    env = module_env | {"FUNCTIONS_REQUEST_BODY_SIZE_LIMIT": str(BODY_LIMIT)}
-    host = DevHost(function_app.app, env=env, port=0, enable_timers=False, host_json=ROOT / "host.json")
-    await host.start()
-    try:
+    async with running_devhost(module_env | {"FUNCTIONS_REQUEST_BODY_SIZE_LIMIT": str(BODY_LIMIT)}) as host:
         yield host
-    finally:
-        await host.stop()
 
 
 async def test_large_anonymous_bodies_are_refused_by_the_host(limited_host: Any, console_token: Any) -> None:

@@ -8,7 +8,6 @@ generic detail.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -16,14 +15,6 @@ import pytest
 
 CONSOLE_API = "api://mtd-connector"
 REJECTED = "https://mtd-connector.dev/problems/user-token-rejected"
-
-
-@pytest.fixture(scope="module")
-async def api(devhost: Any, console_token: Any) -> AsyncIterator[httpx.AsyncClient]:
-    token = console_token(["Console.Manage", "Console.Read"])
-    async with httpx.AsyncClient(base_url=devhost.base_url, timeout=120,
-                                 headers={"Authorization": f"Bearer {token}"}) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

@@ -6,38 +6,28 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from shared_code.enrollment.service import build_enrollment_service
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import running_devhost
+from tests.e2e.conftest import console_client
 
 
 @pytest.fixture(scope="module")
 async def quiet_host(module_env: dict[str, str], app_container: Any) -> AsyncIterator[Any]:
     """function_app under devhost whose queue trigger listens elsewhere: the messages the API enqueues stay in the
     poll queue, so this test counts them and runs the poll itself."""
-    import function_app
-    from devhost.host import DevHost
-
-    env = module_env | {"POLL_QUEUE_NAME": module_env["POLL_QUEUE_NAME"] + "-unread"}
-    host = DevHost(function_app.app, env=env, port=0, enable_timers=False, host_json=ROOT / "host.json")
-    await host.start()
-    try:
+    async with running_devhost(module_env | {"POLL_QUEUE_NAME": module_env["POLL_QUEUE_NAME"] + "-unread"}) as host:
         yield host
-    finally:
-        await host.stop()
 
 
 @pytest.fixture(scope="module")
 async def api(quiet_host: Any, console_token: Any) -> AsyncIterator[httpx.AsyncClient]:
-    token = console_token(["Console.Manage"])
-    async with httpx.AsyncClient(base_url=quiet_host.base_url, timeout=120,
-                                 headers={"Authorization": f"Bearer {token}"}) as client:
+    """The console's client on the quiet host (the shared ``api`` fixture is on the module's devhost)."""
+    async with console_client(quiet_host, console_token, ("Console.Manage",)) as client:
         yield client
 
 
