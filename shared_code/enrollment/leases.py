@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -29,6 +30,7 @@ from azure.data.tables import UpdateMode
 from shared_code.adapters.storage import StorageClients
 
 PARTITION = "poll"
+log = logging.getLogger("connector.enrollment")
 
 
 @dataclass(frozen=True)
@@ -271,6 +273,11 @@ class TableLeaseStore:
     async def record_sync(self, tenant_id: str, request: SyncRequest) -> None:
         """See :class:`LeaseStore`."""
         table = await self._storage.table("leases")
-        await table.upsert_entity({"PartitionKey": PARTITION, "RowKey": _sync_row(tenant_id),
-                                   "request_id": request.request_id, "full": request.full,
-                                   "requested_at": request.requested_at}, mode=UpdateMode.REPLACE)
+        try:
+            await table.upsert_entity({"PartitionKey": PARTITION, "RowKey": _sync_row(tenant_id),
+                                       "request_id": request.request_id, "full": request.full,
+                                       "requested_at": request.requested_at}, mode=UpdateMode.REPLACE)
+        except ResourceNotFoundError:
+            # The record only lets repeats collapse: a sync request is never refused because it cannot be written
+            # (the poll itself will then fail and say why).
+            log.warning("tenant %s: could not record the sync request (leases table missing)", tenant_id)
