@@ -295,8 +295,11 @@ class Runner:
                 codes = list(pool.map(lambda t: api.put(f"/api/tenants/{t['tenant_id']}", json={
                     "enrollmentGroups": t["enrollment_groups"], "platforms": ["iOS", "iPadOS", "Android"]}).status_code,
                     tenants))
+            statuses: dict[str, int] = {}
+            for c in codes:
+                statuses[str(c)] = statuses.get(str(c), 0) + 1
             return {"wall_s": round(time.perf_counter() - t0, 2), "ok": sum(1 for c in codes if c < 300),
-                    **graph(ids)}
+                    "statuses": statuses, **graph(ids)}
 
         def cycle(name: str, nodes: list[Node], ids: list[str], **extra: Any) -> dict[str, Any]:
             self.admin.http.post("/_sim/counters/reset")
