@@ -319,6 +319,7 @@ def render_all(results: dict[str, Any]) -> str:
     lines = ["# Benchmarks", ""]
     lines += report.prose("intro")
     lines += report.targets_section(results)
+    lines += report.prose("issue9")
     lines += report.machine_section(results)
     lines += report.serve_section(results)
     lines += report.sync_section(results)
