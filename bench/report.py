@@ -436,13 +436,15 @@ def fleetpoll_section(results: dict[str, Any]) -> list[str]:
         for name, c in e["cycles"].items():
             pacers = [p for p in c.get("pacer") or [] if p]
             waits = (f"{sum(p['waited'] for p in pacers):,} ({sum(p['wait_s'] for p in pacers):,.1f})"
-                     if pacers else "off")
+                     if pacers else "off" if "pacer" in c else "–")
             tenants = c.get("tenants", e["tenants"])
             lines.append(
                 f"| {_f(tenants)} | {name} | {c['workers']} | {_f(c['polls'])} | {_f(c['wall_s'])} | "
                 f"**{_f(c.get('tenants_per_min'), 1)}** | {_f(c['requests'])} / {_f(c['ru'])} | "
                 f"**{_f(c['throttled'])}** | {waits} | {_f(c.get('peak_rss_mb'), 1)} | {_f(c.get('loadavg_1m'))} |"
             )
+        if e.get("source"):
+            lines.append(f"\n*Source*: {e['source']}.")
         prov = e.get("provision") or {}
         lines.append(f"\nProvisioning {e['tenants']:,} tenants ({e.get('mix')}) through the HTTP API: "
                      f"{_f(prov.get('wall_s'))} s, {_f(prov.get('requests'))} Graph requests, "
