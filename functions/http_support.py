@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import azure.functions as func
+from azure.core.exceptions import AzureError
 
 from shared_code import telemetry
 from shared_code.bootstrap import Container, container
@@ -84,6 +85,7 @@ PROBLEM_TYPES: dict[str, str] = {
     "consent-required": "Consent required",
     "upstream-error": "Upstream error",
     "upstream-unavailable": "Upstream unavailable",
+    "storage-unavailable": "Storage unavailable",
     "internal-error": "Internal error",
 }
 _URL_RE = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
@@ -346,6 +348,14 @@ async def _handle(req: func.HttpRequest, role: str, action: Action) -> func.Http
         # An upstream refused for a reason retrying cannot fix; its message may name internals, so only the status.
         log.warning("upstream error in HTTP route: %s (status %s)%s", type(exc).__name__, exc.status, _upstream_ids())
         return problem(502, "upstream-error", f"an upstream service refused the request (HTTP {exc.status or '?'})")
+    except AzureError:
+        # Graph, Intune and Key Vault faults are mapped into the taxonomy by their adapters, so an Azure SDK error
+        # that gets here comes from the connector's own Table/Queue storage (unreachable, throttled, a table or role
+        # assignment missing): the console can retry later, and the incident id finds the stack in the log.
+        incident = str(uuid.uuid4())
+        log.exception("storage error in HTTP route (incident %s)", incident)
+        return problem(503, "storage-unavailable", "the connector's storage is unavailable; retry later",
+                       incident=incident)
     except Exception:
         # Unexpected: log with a correlation id, answer without internals.
         incident = str(uuid.uuid4())

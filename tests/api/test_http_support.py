@@ -7,6 +7,7 @@ from typing import Any
 
 import azure.functions as func
 import pytest
+from azure.core.exceptions import ResourceNotFoundError, ServiceRequestError
 
 from functions import http_support as hs
 from functions.http_support import MANAGE, READ, ApiError, RequestContext, handle, strict_object
@@ -181,6 +182,8 @@ class TestHandle:
         (RetriableError("503"), 503, "upstream-unavailable"),
         (FatalError("https://internal.example/x?sig=SECRET refused", status=400), 502, "upstream-error"),
         (RuntimeError("Traceback ... https://internal.example/secret"), 500, "internal-error"),
+        (ResourceNotFoundError("TableNotFound https://internal.example/tenants"), 503, "storage-unavailable"),
+        (ServiceRequestError("connection refused https://internal.example:10002"), 503, "storage-unavailable"),
     ])
     async def test_errors_map_to_problem_json_without_internals(self, services, exc, status, type_):
         async def action(ctx: RequestContext) -> func.HttpResponse:
