@@ -1152,7 +1152,9 @@ def delta(ctx: Ctx, q: Query, stream: str, path: str) -> Result:
     if q.get("$deltatoken") == "latest":
         if stream == "devices":
             raise _bad("$deltatoken=latest is supported on users and groups only.")
-        # Sync from now: a deltaLink and no data (delta-query-overview "$deltaToken=latest").
+        # Sync from now: a deltaLink and no data, for users and groups ("$deltaToken=latest" in the optional query
+        # parameters of https://learn.microsoft.com/graph/delta-query-overview; reference/graph.md §4). The
+        # connector's full reconcile takes its groups cursor this way and walks only the groups in scope.
         return _delta_body(ctx, stream, sel, [], None, _delta_link_token(ctx, stream, base_q, t.seq), path)
     if state is None or state.get("ph") == "d":
         # New round: initial (no token) or incremental from a deltaLink (seq f).
