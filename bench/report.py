@@ -554,14 +554,17 @@ def targets_section(results: dict[str, Any]) -> list[str]:
                                                                                 xl.get("peak_rss_mb", 1e9) <= 256)))
     fleet = entries.get("fleetpoll:1000")
     if fleet:
-        quiet_cycles = [c for n, c in fleet["cycles"].items() if n.startswith("quiet x")]
-        best = min((c["wall_s"] for c in quiet_cycles), default=None)
-        throttled = sum(c["throttled"] for c in fleet["cycles"].values() if "not paced" not in str(c))
+        quiet_cycles = sorted((c["workers"], c["wall_s"]) for n, c in fleet["cycles"].items()
+                              if n.startswith("quiet x"))
+        throttled = sum(c["throttled"] for n, c in fleet["cycles"].items() if "not paced" not in n)
         paced = fleet["cycles"].get("scaled quotas, paced", {})
-        rows.append(("fleet: 1,000 tenants per 5-minute cycle, 0 × 429",
-                     f"quiet cycle {best:,.0f} s at best; 429s {throttled} (paced under scaled quotas: "
-                     f"{paced.get('throttled', '–')})" if best is not None else "–",
-                     verdict(best is not None and best <= 300 and throttled == 0 and not paced.get("throttled"))))
+        fits = [wall <= 300 for _, wall in quiet_cycles]
+        figure = ("quiet cycle " + ", ".join(f"{w} worker(s) {wall:,.0f} s" for w, wall in quiet_cycles)
+                  + f"; 429s {throttled} (paced under scaled quotas: {paced.get('throttled', 'not run')})")
+        ok = bool(fits) and throttled == 0 and not paced.get("throttled")
+        rows.append(("fleet: 1,000 tenants per 5-minute cycle, 0 × 429", figure,
+                     verdict(ok and all(fits)) if not (ok and any(fits) and not all(fits)) else
+                     "**partly met** (see the fleet section)"))
     else:
         rows.append(("fleet: 1,000 tenants per 5-minute cycle, 0 × 429", "–", verdict(None)))
     cold = entries.get("coldstart")
