@@ -32,6 +32,7 @@ from shared_code.enrollment.status import (
     QuarantineStatus,
     config_of,
     guard_of,
+    poll_of,
     quarantine_of,
 )
 from shared_code.enrollment.store import EnrollmentStore, TableEnrollmentStore
@@ -380,7 +381,10 @@ class EnrollmentService:
                                                  previous_started=lease.previous_started or None)
             except ConflictError as exc:
                 log.warning("tenant %s: %s; stopping this poll", tenant_id, exc)
-                return {"tenantId": tenant_id, "result": "conflict"}
+                # A step of a full reconcile run that stopped on a conflict leaves the run's checkpoint as it was:
+                # its next step re-plans from there, so the run goes on (``continuing``) rather than wait for the timer.
+                return {"tenantId": tenant_id, "result": "conflict",
+                        "continuing": bool(poll_of(record).get("reconcile"))}
             except Exception as exc:  # noqa: BLE001 - any failure is this tenant's alone: record it, never rethrow
                 return await self._record_failure(record, exc, usage_of(exc))
             if self.connector_status is not None:

@@ -371,3 +371,23 @@ async def test_a_full_reconcile_reads_only_the_groups_in_scope_and_walks_a_group
     assert await h.enrolled() == {f"d{i}" for i in (*range(4), *range(10, 14))}
     h.clock.t += 600
     assert (await h.service.run_poll(T))["mode"] == "noop"  # walked once, then followed by delta
+
+
+async def test_a_step_of_a_running_reconcile_that_meets_a_conflict_hands_over_to_a_continuation() -> None:
+    h = Harness()
+    await h.tenant()
+    await h.tenants.update_status(T, "poll", {"reconcile": {"run": "r1", "phase": "apply", "steps": 2}})
+
+    async def conflicting(*args: Any, **kwargs: Any) -> Any:
+        raise ConflictError("events appended concurrently")
+
+    h.service.engine.poll = conflicting  # type: ignore[method-assign]
+    result = await h.service.handle_message(PollMessage(T, "continue", enqueued_at=h.clock.t).to_json())
+    assert result["result"] == "conflict" and result["continuing"]
+    assert [json.loads(body)["reason"] for body, _ in h.sent] == ["continue"]
+    # Without a run in progress a conflict simply ends the poll (the next scheduled poll starts afresh).
+    await h.tenants.update_status(T, "poll", {"reconcile": None})
+    h.sent.clear()
+    h.clock.t += 1
+    again = await h.service.handle_message(PollMessage(T, "scheduled", enqueued_at=h.clock.t).to_json())
+    assert again["result"] == "conflict" and not again["continuing"] and h.sent == []
