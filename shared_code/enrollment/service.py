@@ -330,7 +330,8 @@ class EnrollmentService:
         if result.get("continuing"):
             # This poll's share of a full reconcile is committed and its lease released: the next step runs as soon
             # as a worker takes this message. A lost message only waits for the next scheduled poll, which continues
-            # the same run (status ``poll.reconcile``); a duplicate finds the lease held or the step already served.
+            # the same run (status ``poll.reconcile``); a duplicate finds the lease held, or takes one more step of the
+            # same run; if this send fails, the message is redelivered and takes the next step itself (run_poll).
             await self._send(PollMessage(message.tenant_id, CONTINUE_REASON, enqueued_at=self._clock()).to_json())
             log.info("tenant %s: full reconcile continues in the next message", message.tenant_id)
         if result["result"] == "busy" and message.reason not in ("scheduled", CONTINUE_REASON):
@@ -352,7 +353,8 @@ class EnrollmentService:
 
         A message is served by any poll that *started* after it was enqueued: queues deliver at least once, so a
         copy redelivered after its poll finished (a lapsed visibility timeout, a failed delete) is acknowledged
-        without polling again. A forced full reconcile is never skipped this way.
+        without polling again. A forced full reconcile is never skipped this way, nor is any message while a full
+        reconcile run is open and unheld (its next step is due; the continuation may never have been sent).
         """
         now = self._clock()
         lease = await self.leases.acquire(tenant_id, self._worker, LEASE_SECONDS, now)
@@ -360,10 +362,21 @@ class EnrollmentService:
             log.info("tenant %s: poll already running elsewhere; message acknowledged", tenant_id)
             return {"tenantId": tenant_id, "result": "busy"}
         if enqueued_at and not force_full and lease.previous_started >= enqueued_at:
-            log.info("tenant %s: a poll started after this message was enqueued; acknowledged", tenant_id)
-            # Give the lease back without moving last_started: this message did not poll.
-            await self.leases.release(replace(lease, started_at=lease.previous_started), self._clock())
-            return {"tenantId": tenant_id, "result": "served"}
+            # Unless a full reconcile run is still open: the poll that started after this message may have committed
+            # its step and then failed to send the continuation (the host redelivers this message), and nothing but
+            # a scheduled poll would take the run's next step. A copy of a continuation then takes one extra step of
+            # the same run (bounded, resumable); the lease keeps the steps serial.
+            try:
+                current = await self.tenants.get(tenant_id)
+            except BaseException:
+                await self.leases.release(replace(lease, started_at=lease.previous_started), self._clock())
+                raise
+            if current is None or not poll_of(current).get("reconcile"):
+                log.info("tenant %s: a poll started after this message was enqueued; acknowledged", tenant_id)
+                # Give the lease back without moving last_started: this message did not poll.
+                await self.leases.release(replace(lease, started_at=lease.previous_started), self._clock())
+                return {"tenantId": tenant_id, "result": "served"}
+            log.info("tenant %s: a full reconcile run is open and no poll holds it; taking its next step", tenant_id)
         keeper = _LeaseKeeper(self.leases, lease, self._clock)
         try:
             record = await self.tenants.get(tenant_id)

@@ -391,3 +391,40 @@ async def test_a_step_of_a_running_reconcile_that_meets_a_conflict_hands_over_to
     h.clock.t += 1
     again = await h.service.handle_message(PollMessage(T, "scheduled", enqueued_at=h.clock.t).to_json())
     assert again["result"] == "conflict" and not again["continuing"] and h.sent == []
+
+
+async def test_a_step_whose_continuation_was_not_sent_is_redelivered_and_continues_the_run() -> None:
+    # The step commits its share of the run, then sending its continuation fails (the queue under load): the host
+    # redelivers the message that started the step. A poll started after that message was enqueued (this step), but
+    # the run it belongs to is not finished: the redelivery must take the next step, not be acknowledged as served
+    # (which left the run to the next scheduled poll, up to a poll interval later).
+    h = Harness()
+    await h.tenant()
+    h.service.engine = PollEngine(
+        tenants=h.tenants, store=h.store, cursors=h.cursors, graph_factory=h._graph, clock=h.clock.now,
+        step_seconds=None, step_slices=1, apply_slice=2,
+    )
+    h.fail_send_for = {T}
+    message = PollMessage(T, "continue", enqueued_at=h.clock.t).to_json()
+    with pytest.raises(OSError):
+        await h.service.handle_message(message)
+    record = await h.tenants.get(T)
+    assert record is not None and record.status["poll"]["reconcile"] is not None  # step 1 committed, run open
+    h.fail_send_for.clear()
+    h.clock.t += 30  # host.json visibilityTimeout: the same message, delivered again
+    queue = [message]
+    results: list[str] = []
+    while queue and len(results) < 20:
+        result = await h.service.handle_message(queue.pop(0))
+        results.append(result["result"])
+        queue += [body for body, _ in h.sent]
+        h.sent.clear()
+        h.clock.t += 1
+    assert results[0] == "ok" and "served" not in results and len(results) >= 2, results
+    record = await h.tenants.get(T)
+    assert record is not None and record.status["poll"].get("reconcile") is None
+    assert await h.enrolled() == {f"d{i}" for i in range(8)}
+    # Served once it finished: a stray copy of a continuation is acknowledged without polling.
+    h.clock.t += 1
+    stray = await h.service.handle_message(PollMessage(T, "continue", enqueued_at=h.clock.t - 5).to_json())
+    assert stray["result"] == "served" and h.sent == []
