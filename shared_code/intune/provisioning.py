@@ -14,7 +14,14 @@ from collections.abc import Callable
 
 from shared_code.adapters.graph import GraphClient
 from shared_code.adapters.intune import IntuneClient
-from shared_code.errors import ConsentRequiredError, FatalError, NotFoundError, PermissionMissingError, RetriableError
+from shared_code.errors import (
+    ConnectorCredentialError,
+    ConsentRequiredError,
+    FatalError,
+    NotFoundError,
+    PermissionMissingError,
+    RetriableError,
+)
 from shared_code.intune.discovery import TENANT_SERVICE, DiscoveryService, IntuneServiceMissingError
 from shared_code.intune.status import IntuneStatus, IntuneStatusWriter, intune_of, iso, permission_problem
 from shared_code.tenants import TenantConfig, TenantRecord, TenantRepository
@@ -80,6 +87,9 @@ class ProvisioningService:
 
         Returns:
             The ``intune`` status patch written.
+
+        Raises:
+            ConnectorCredentialError: the connector's own credential is unusable (nothing recorded for the tenant).
         """
         tenant_id = config.tenant_id
         if not force:
@@ -117,6 +127,10 @@ class ProvisioningService:
             patch.update({"state": "consent_required", "problem": f"consent_required: {exc}"})
         except IntuneServiceMissingError as exc:
             patch.update({"state": "discovery_failed", "problem": f"intune_service_missing: {exc}"})
+        except ConnectorCredentialError:
+            # The connector's own credential (Key Vault), not this tenant or Intune: nothing about the tenant is
+            # recorded; the caller reports it as the connector-level state (a RetriableError subclass, so first).
+            raise
         except RetriableError as exc:
             patch.update({"state": "provisioning_failed", "problem": f"intune_unavailable: {exc}"})
         except FatalError as exc:

@@ -130,3 +130,32 @@ async def test_a_malformed_certificate_is_a_connector_fault_not_a_tenant_consent
         use_container(None)
         await c.close()
         await c.secret_source.close()  # type: ignore[attr-defined]
+
+
+async def test_a_heartbeat_that_must_provision_blames_the_connector_not_the_tenant(
+    sim: Any, vault_container: Container
+) -> None:
+    """A heartbeat that has to (re)provision first meets the broken vault: the tenant's Intune state is untouched
+    (no ``provisioning_failed`` / ``intune_unavailable``), its heartbeat backoff does not grow, and the first run
+    after the fix provisions and beats."""
+    from shared_code.intune.wiring import build_intune
+
+    intune = vault_container.service(build_intune)
+    summary = sim.create_tenant("small", seed=1104)
+    tid = summary["tenant_id"]
+    await provision(intune, summary)
+    for _ in range(QUARANTINE_AFTER + 1):
+        record = await intune.tenants.get(tid)
+        assert record is not None
+        assert await intune.heartbeat.beat(record) == "failed"
+    record = await intune.tenants.get(tid)
+    assert record is not None
+    assert record.status.get("intune", {}).get("state") != "provisioning_failed", record.status.get("intune")
+    beat = record.status["heartbeat"]
+    assert beat["lastError"].startswith("connector_credential") and int(beat["consecutiveFailures"]) == 0, beat
+
+    sim.call("POST", "/_sim/keyvault/secrets",
+             json={"name": vault_container.settings.secret_name, "value": sim.info["connector"]["client_secret"]})
+    assert await intune.heartbeat.beat(record) == "sent"
+    record = await intune.tenants.get(tid)
+    assert record is not None and record.status["intune"]["state"] == "provisioned"
