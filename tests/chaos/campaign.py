@@ -56,6 +56,7 @@ from shared_code.adapters.http_retry import UsageMeter
 from shared_code.adapters.storage import StorageClients
 from shared_code.bootstrap import Container, use_container
 from shared_code.settings import Settings
+from tests.chaos.api_reads import all_devices, all_events
 
 REPO = Path(__file__).resolve().parents[2]
 PLATFORMS = ("iOS", "iPadOS", "Android")
@@ -408,29 +409,14 @@ class Campaign:
         result: dict[str, Any] = r.json()["status"]
         return result
 
+    async def _get(self, url: str, **kw: Any) -> httpx.Response:
+        return await self.call("GET", url, **kw)
+
     async def devices(self, tid: str) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        after = ""
-        while True:
-            r = await self.call("GET", f"/api/tenants/{tid}/devices", params={"after": after, "limit": 200})
-            assert r.status_code == 200, r.text
-            page = r.json()
-            out.extend(page["devices"])
-            if page["next"] is None:
-                return out
-            after = page["next"]
+        return await all_devices(self._get, tid)
 
     async def events(self, tid: str) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        after = ""
-        while True:
-            r = await self.call("GET", f"/api/tenants/{tid}/events", params={"after": after, "limit": 1000})
-            assert r.status_code == 200, r.text
-            page = r.json()
-            out.extend(page["events"])
-            after = page["next"]
-            if not page["hasMore"]:
-                return out
+        return await all_events(self._get, tid, limit=1000)
 
     def truth(self, tid: str, groups: list[str], platforms: list[str] | tuple[str, ...] = PLATFORMS) -> set[str]:
         return {d["id"] for d in self.sim.truth(tid, groups, ",".join(platforms))["devices"]}

@@ -22,6 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.chaos.api_reads import all_devices, all_events
+
 PLATFORMS = ("iOS", "iPadOS", "Android")
 POLL_INTERVAL_SECONDS = 5 * 60
 # Few transport retries keep jittered backoff short (counts are asserted, never seconds); a fault that outlasts
@@ -198,29 +200,11 @@ class Stack:
 
     async def devices(self, tid: str) -> list[dict[str, Any]]:
         """Every device row through the paged API."""
-        out: list[dict[str, Any]] = []
-        after = ""
-        while True:
-            response = await self.api.get(f"/api/tenants/{tid}/devices", params={"after": after, "limit": 200})
-            assert response.status_code == 200, response.text
-            page = response.json()
-            out.extend(page["devices"])
-            if page["next"] is None:
-                return out
-            after = page["next"]
+        return await all_devices(self.api.get, tid)
 
     async def events(self, tid: str) -> list[dict[str, Any]]:
         """The whole change feed through the paged API."""
-        out: list[dict[str, Any]] = []
-        after = ""
-        while True:
-            response = await self.api.get(f"/api/tenants/{tid}/events", params={"after": after, "limit": 200})
-            assert response.status_code == 200, response.text
-            page = response.json()
-            out.extend(page["events"])
-            after = page["next"]
-            if not page["hasMore"]:
-                return out
+        return await all_events(self.api.get, tid)
 
     def graph_counters(self, tid: str) -> dict[str, int]:
         """Top-level Graph requests and 429s the simulator saw for the tenant (``$batch`` = one request)."""
