@@ -89,8 +89,10 @@ from shared_code.tenants import TenantConfig, TenantRecord, TenantRepository
 log = logging.getLogger("connector.enrollment")
 
 # The first devices/delta round of a big tenant pages through every device; its data repeats what the full
-# reconcile just read, so it is spread over polls this many pages at a time (the in-flight nextLink is kept).
-DEVICE_CATCHUP_PAGES = 40
+# reconcile just read (changes made since the round started replay after its deltaLink), so its pages are only
+# walked: in steps of at most this many pages (and the step's time budget), each committing the in-flight nextLink,
+# chained by continuation messages until the deltaLink arrives (900 pages for 180k devices: one or two steps).
+DEVICE_CATCHUP_PAGES = 2000
 # A first devices round this short (in pages after the first) is finished inside the full reconcile.
 FINISH_NOW_PAGES = 5
 # Directory delta tokens live 7 days (graph.md §4); the daily full reconcile renews an older devices token.
@@ -160,6 +162,8 @@ class PollOutcome:
     # A full reconcile that continues in a later poll (the service enqueues a continuation message).
     continuing: bool = False
     reconcile: dict[str, Any] | None = None
+    # The first devices/delta round is still in flight: its next step runs from a continuation message too.
+    devices_round: bool = False
 
     def summary(self, sample: int = PLAN_SAMPLE) -> dict[str, Any]:
         """JSON form (dry-run answer, logs)."""
@@ -179,7 +183,8 @@ class PollOutcome:
             "unresolvedGroups": self.unresolved,
             "ownerless": len(self.ownerless) if self.ownerless is not None else None,
             "notes": self.notes,
-            "continuing": self.continuing,
+            # Whether the service should enqueue a continuation (a full reconcile's or the devices round's next step).
+            "continuing": self.continuing or self.devices_round,
             "items": [i.to_dict() for i in self.plan.items[:sample]],
             "truncated": len(self.plan.items) > sample,
         }
@@ -362,6 +367,7 @@ class PollEngine:
             group_pages.append(list(page.get("value", ())))
             groups_link = str(page.get("@odata.deltaLink") or groups_link)
         device_changes, devices_cursor = await self._device_deltas(ctx)
+        ctx.outcome.devices_round = not devices_cursor.committed and not ctx.dry_run
         guard_status = guard_of(ctx.record)
         staged = guard_status.get("state") == "deactivations_staged"
         need_disabled = not ctx.cfg.keep_disabled_users
@@ -498,16 +504,19 @@ class PollEngine:
             raise
 
     async def _devices_catchup(self, ctx: _Ctx, cur: Cursor) -> Cursor:
-        """Advance (or start) the first ``devices/delta`` round by at most ``device_catchup_pages`` pages."""
+        """Advance (or start) the first ``devices/delta`` round by one step: until its deltaLink, or at most
+        ``device_catchup_pages`` pages, or the step's time budget (the caller commits the in-flight link)."""
         pages = 0
         link: str | None = cur.inflight or None
+        budget = Budget(self._step_seconds, self._catchup)
         stream = ctx.reader.devices_delta(link)
         async for page in stream:
             pages += 1
+            budget.used_pages += 1
             if page.get("@odata.deltaLink"):
                 return cur.commit(str(page["@odata.deltaLink"]), ctx.now)
             link = str(page.get("@odata.nextLink") or "")
-            if pages >= self._catchup:
+            if budget.spent():
                 break
         return Cursor(committed="", inflight=link or "", generation=cur.generation, committed_at=cur.committed_at,
                       full_at=cur.full_at, etag=cur.etag)
@@ -564,6 +573,8 @@ class PollEngine:
             out.notes.append(f"full reconcile continues (run {result.run}, phase {result.phase})")
             return
         assert result.resolution is not None and result.decision is not None and result.scope is not None
+        # The devices round this run started (or an older one) still in flight: its pages follow in continuations.
+        out.devices_round = not ctx.dry_run and not ctx.devices_cursor.committed and bool(ctx.devices_cursor.inflight)
         out.unresolved = result.resolution.unresolved
         out.ownerless = result.ownerless
         out.desired = result.desired

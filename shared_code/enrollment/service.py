@@ -23,7 +23,7 @@ from shared_code.connector_status import ConnectorStatus
 from shared_code.domain.ids import is_guid
 from shared_code.domain.timestamps import utc_iso
 from shared_code.enrollment import quarantine
-from shared_code.enrollment.cursors import CursorStore, TableCursorStore
+from shared_code.enrollment.cursors import DEVICES, CursorStore, TableCursorStore
 from shared_code.enrollment.engine import PollEngine, PollOutcome, usage_of
 from shared_code.enrollment.leases import Lease, LeaseStore, SyncRequest, TableLeaseStore
 from shared_code.enrollment.status import (
@@ -333,7 +333,7 @@ class EnrollmentService:
             # the same run (status ``poll.reconcile``); a duplicate finds the lease held, or takes one more step of the
             # same run; if this send fails, the message is redelivered and takes the next step itself (run_poll).
             await self._send(PollMessage(message.tenant_id, CONTINUE_REASON, enqueued_at=self._clock()).to_json())
-            log.info("tenant %s: full reconcile continues in the next message", message.tenant_id)
+            log.info("tenant %s: the poll's work continues in the next message", message.tenant_id)
         if result["result"] == "busy" and message.reason not in ("scheduled", CONTINUE_REASON):
             if message.requeues >= MAX_REQUEUES:
                 log.error("tenant %s: %s poll dropped after %d requeues behind a held lease", message.tenant_id,
@@ -371,12 +371,13 @@ class EnrollmentService:
             except BaseException:
                 await self.leases.release(replace(lease, started_at=lease.previous_started), self._clock())
                 raise
-            if current is None or not poll_of(current).get("reconcile"):
+            if current is None or not await self._work_open(current):
                 log.info("tenant %s: a poll started after this message was enqueued; acknowledged", tenant_id)
                 # Give the lease back without moving last_started: this message did not poll.
                 await self.leases.release(replace(lease, started_at=lease.previous_started), self._clock())
                 return {"tenantId": tenant_id, "result": "served"}
-            log.info("tenant %s: a full reconcile run is open and no poll holds it; taking its next step", tenant_id)
+            log.info("tenant %s: a full reconcile run or devices round is open and no poll holds it; taking its "
+                     "next step", tenant_id)
         keeper = _LeaseKeeper(self.leases, lease, self._clock)
         try:
             record = await self.tenants.get(tenant_id)
@@ -410,6 +411,14 @@ class EnrollmentService:
             return {"tenantId": tenant_id, "result": "ok", **outcome.summary(0)}
         finally:
             await self.leases.release(keeper.lease, self._clock())
+
+    async def _work_open(self, record: TenantRecord) -> bool:
+        """Whether the tenant has unfinished stepwise work: a full reconcile run, or a first devices round in flight
+        (read only for a message a later poll already served: a redelivery, or a continuation's copy)."""
+        if poll_of(record).get("reconcile"):
+            return True
+        devices = await self.cursors.get(record.config.tenant_id, DEVICES)
+        return not devices.committed and bool(devices.inflight)
 
     async def _record_config_invalid(self, record: TenantRecord, problem: ValidationError) -> dict[str, Any]:
         """A stored configuration the poll cannot use: record ``config_invalid`` naming the field, once per config

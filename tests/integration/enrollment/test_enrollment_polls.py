@@ -477,11 +477,59 @@ async def test_a_long_first_devices_round_is_spread_over_polls_without_missing_c
         outcome = await slow.poll(tid)
         assert outcome.mode == "noop" and outcome.usage["requests"] == 2  # groups delta + one devices page
         links.append(await service.cursors.get(tid, "devices"))
+        # While the round is in flight the service is asked for a continuation message; not once it committed.
+        assert outcome.summary()["continuing"] == (not links[-1].committed)
     assert links[-1].committed and not links[-1].inflight
     assert len({c.inflight for c in links[:-1]}) == 2  # the in-flight link advanced page by page
     outcome = await slow.poll(tid)
     assert outcome.mode == "incremental" and outcome.plan.counts()["deactivate"] == 1
     assert outcome.plan.items[0].reason == "device deleted"
+    await converged(sim, app_container, service, tid)
+
+
+async def test_a_first_devices_round_is_driven_by_continuation_messages_not_by_the_timer(
+    sim: Any, app_container: Any, service: EnrollmentService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared_code.enrollment import engine as engine_module
+    from shared_code.enrollment.service import PollMessage
+
+    monkeypatch.setattr(engine_module, "FINISH_NOW_PAGES", 0)
+    summary = await new_tenant(sim, service, "M")  # 700 devices: 4 devices/delta pages in the simulator
+    tid = summary["tenant_id"]
+    engine = PollEngine(tenants=service.tenants, store=service.store, cursors=service.cursors,
+                        graph_factory=app_container.graph, device_catchup_pages=1)
+    queue: list[str] = []
+
+    async def send(body: str, delay_seconds: int = 0, /) -> None:
+        queue.append(body)
+
+    chained = EnrollmentService(tenants=service.tenants, store=service.store, cursors=service.cursors,
+                                leases=service.leases, engine=engine, send=send)
+    first = await chained.handle_message(PollMessage(tid, "scheduled", enqueued_at=0.0).to_json())
+    assert first["mode"] == "full" and first["continuing"]  # the full run is done; its devices round is not
+    assert len(queue) == 1
+    steps, body = 0, ""
+    while queue and steps < 10:
+        body = queue.pop(0)
+        result = await chained.handle_message(body)
+        steps += 1
+        # Each step: the groups delta and one page of the round (the test's step size), no other write or read.
+        assert result["result"] == "ok" and result["mode"] == "noop" and result["usage"]["requests"] == 2
+    # The first page was read by the full reconcile; the other three, one per continuation, no timer needed.
+    assert steps == 3 and not queue
+    cursor = await service.cursors.get(tid, "devices")
+    assert cursor.committed and not cursor.inflight
+    # A redelivered copy of the last continuation finds no open work: acknowledged, no poll, nothing sent.
+    sim.call("POST", "/_sim/counters/reset")
+    again = await chained.handle_message(body)
+    assert again["result"] == "served" and not queue
+    routes = sim.counters(tid).get(tid, {}).get("routes", {})
+    assert not any(label.startswith("/v1.0") for label in routes), routes
+    # The committed round serves changes as usual.
+    victim = sorted(await enrolled_ids(service, tid))[0]
+    sim.mutate(tid, "delete_device", device_id=victim)
+    outcome = await engine.poll(tid)
+    assert outcome.mode == "incremental" and outcome.plan.counts()["deactivate"] == 1
     await converged(sim, app_container, service, tid)
 
 
