@@ -8,7 +8,8 @@ same run (a lost continuation only waits for the next scheduled poll). Phases:
 1. **scope** — ``groups/delta?$deltatoken=latest`` (a cursor for later incremental polls, no data:
    https://learn.microsoft.com/graph/delta-query-overview, supported for users and groups), the configured names by
    ``$filter``, then the members of only the groups in scope, nested groups walked breadth first. A group nested into
-   scope later arrives through ``members@delta`` and is walked then (:func:`walk_new_groups`).
+   scope later arrives through ``members@delta`` and is walked then (:func:`walk_new_groups`). A small tenant's
+   whole ``groups/delta`` round is one page; then that page serves as cursor and membership data (no walks).
 2. **read** — devices and owners with the strategy the cost model picks (strategies.py), page by page; each step's
    findings are one chunk, committed with the next link of the read. A replayed step rewrites the same chunk.
 3. **apply** — shard by shard (store.py): enrolls and updates are applied as each shard is reconciled against the
@@ -335,16 +336,44 @@ class FullReconcile:
                  head["phase"], self.head["steps"])
         return head
 
+    async def _groups_round_if_one_page(self) -> tuple[MembershipGraph, str] | None:
+        """The whole ``groups/delta`` round when it is one page (every group with its members, and the cursor).
+
+        A small tenant's round is one page: cheaper than ``$deltatoken=latest`` plus one walk per group in scope (an
+        M tenant: 1 request instead of 11). A longer round is left after its first page — one request, against the
+        tens to thousands of pages the round would take — and the cursor without data plus member walks follow.
+        """
+        async for page in self.reader.groups_delta(None):
+            link = str(page.get("@odata.deltaLink") or "")
+            if not link:
+                return None
+            graph = MembershipGraph()
+            graph.apply_page(page.get("value", ()))
+            return graph, link
+        return None
+
     async def _start(self, shape_status: Mapping[str, Any], users: int | None, devices: int | None) -> None:
-        groups_link = await self.reader.groups_delta_latest()
+        whole = await self._groups_round_if_one_page()
+        groups_link = whole[1] if whole is not None else await self.reader.groups_delta_latest()
         matches = {name: await self.reader.groups_named(name) for name in self.cfg.enrollment_groups}
         self.resolution = resolve_from_matches(matches)
-        # Every group a configured name matches is kept with its name, so later polls resolve names locally exactly
-        # as this $filter did (an ambiguous name stays ambiguous until Graph says otherwise).
-        for name, ids in matches.items():
-            for gid in ids:
-                self.graph.groups.setdefault(gid, GroupNode(name))
-        await walk_groups(self.reader, self.graph, self.resolution.resolved.values())
+        if whole is not None:
+            self.graph = whole[0]
+            # The groups a configured name matches carry that name, so later polls resolve names locally exactly as
+            # this $filter did. One the round lacks stays absent: scope then names it missing (an inconsistent read,
+            # nothing written), as a walk that finds no such group does.
+            for name, ids in matches.items():
+                for gid in ids:
+                    node = self.graph.groups.get(gid)
+                    if node is not None:
+                        self.graph.groups[gid] = GroupNode(name, node.members)
+        else:
+            # Every group a configured name matches is kept with its name (see above; an ambiguous name stays
+            # ambiguous until Graph says otherwise), then the groups in scope are walked.
+            for name, ids in matches.items():
+                for gid in ids:
+                    self.graph.groups.setdefault(gid, GroupNode(name))
+            await walk_groups(self.reader, self.graph, self.resolution.resolved.values())
         self.scope = expand_scope(self.graph, self.resolution.resolved)
         shape = strategies.Shape(
             users=int(users if users is not None else 1000),

@@ -33,6 +33,8 @@ class FakeDirectory:
     version: int = 0
     group_log: list[tuple[int, str, dict[str, Any] | None]] = field(default_factory=list)
     device_log: list[tuple[int, str]] = field(default_factory=list)
+    # Groups per page of a new groups/delta round (None: the whole round is one page, as for a small tenant).
+    round_page_groups: int | None = None
 
     def add_user(self, uid: str, *, enabled: bool = True) -> None:
         self.users[uid] = enabled
@@ -111,7 +113,12 @@ class FakeGraph:
         self, path_or_url: str, *, permission: str, params: Mapping[str, str] | None = None, **_: Any
     ) -> AsyncIterator[dict[str, Any]]:
         await self._count(path_or_url)
-        yield self._page(path_or_url, dict(params or {}))
+        page = self._page(path_or_url, dict(params or {}))
+        yield page
+        while str(page.get("@odata.nextLink") or "").startswith("fake://groups/round"):
+            await self._count(str(page["@odata.nextLink"]))
+            page = self._page(str(page["@odata.nextLink"]), {})
+            yield page
 
     def _page(self, path: str, params: dict[str, str]) -> dict[str, Any]:
         d = self.dir
@@ -125,13 +132,18 @@ class FakeGraph:
         if member_path is not None:
             group = d.groups[member_path.group(1)]
             return {"value": [{"id": m, "@odata.type": KIND_TYPES[k]} for m, k in group["members"].items()]}
-        if path == "/groups/delta":
+        if path == "/groups/delta" or path.startswith("fake://groups/round"):
             value = [
                 {"id": gid, "displayName": g["name"],
                  "members@delta": [{"id": m, "@odata.type": KIND_TYPES[k]} for m, k in g["members"].items()]}
                 for gid, g in d.groups.items()
             ]
-            return {"value": value, "@odata.deltaLink": f"fake://groups/delta?v={d.version}"}
+            skip = int(parse_qs(urlparse(path).query)["skip"][0]) if path.startswith("fake://") else 0
+            size = d.round_page_groups or len(value)
+            if skip + size < len(value):
+                more = f"fake://groups/round?skip={skip + size}"
+                return {"value": value[skip : skip + size], "@odata.nextLink": more}
+            return {"value": value[skip:], "@odata.deltaLink": f"fake://groups/delta?v={d.version}"}
         if path.startswith("fake://devices/delta"):
             since = int(parse_qs(urlparse(path).query)["v"][0])
             ids = sorted({did for v, did in d.device_log if v > since})

@@ -233,8 +233,8 @@ async def test_a_long_poll_renews_its_lease_between_pages() -> None:
     h = Harness()
     await h.tenant()
 
-    async def slow() -> None:  # every Graph call takes "four minutes"
-        h.clock.t += 240
+    async def slow() -> None:  # every Graph call takes "seven minutes" (more than a renewal interval)
+        h.clock.t += 420
 
     h.pause = slow
     started = h.clock.t
@@ -357,11 +357,13 @@ async def test_a_full_reconcile_reads_only_the_groups_in_scope_and_walks_a_group
     d.add_group("g-field", "Field")  # nested into Sales below, after the full reconcile
     for i in range(10, 14):
         d.add_member("g-field", f"u{i}", "u")
+    d.round_page_groups = 1  # the round is longer than one page: only its first page is read
     first = await h.service.run_poll(T)
     assert first["mode"] == "full" and await h.enrolled() == {f"d{i}" for i in range(4)}
     reads = h.requests
-    # A cursor without data, the name, the one group in scope: never the whole groups/delta round.
-    assert "/groups/delta" in reads and "/groups/g-sales/members" in reads
+    # The round's first page, a cursor without data, the name, the one group in scope: never the whole round.
+    assert reads.count("/groups/delta") == 2 and "/groups/g-sales/members" in reads
+    assert not any(r.startswith("fake://groups/round") for r in reads)
     assert not any(r.startswith("/groups/g-other") or r.startswith("/groups/g-field") for r in reads)
     d.add_member("g-sales", "g-field", "g")  # arrives through members@delta: the nested group is walked now
     h.clock.t += 600
@@ -371,6 +373,26 @@ async def test_a_full_reconcile_reads_only_the_groups_in_scope_and_walks_a_group
     assert await h.enrolled() == {f"d{i}" for i in (*range(4), *range(10, 14))}
     h.clock.t += 600
     assert (await h.service.run_poll(T))["mode"] == "noop"  # walked once, then followed by delta
+
+
+async def test_a_full_reconcile_of_a_tenant_whose_groups_round_is_one_page_reads_it_instead_of_walking() -> None:
+    h = Harness()
+    d = await h.tenant(users=20, in_group=4)
+    d.add_group("g-other", "Other")
+    for i in range(4, 10):
+        d.add_member("g-other", f"u{i}", "u")
+    first = await h.service.run_poll(T)
+    assert first["mode"] == "full" and await h.enrolled() == {f"d{i}" for i in range(4)}
+    # One page held every group with its members and the cursor: no "latest" cursor, no member walk.
+    assert h.requests.count("/groups/delta") == 1
+    assert not any(r.startswith("/groups/g-") for r in h.requests)
+    d.add_member("g-other", "g-sales", "g")  # outside scope: changes nothing
+    d.add_member("g-sales", "u10", "u")
+    d.add_device("d10", "iOS", "u10")
+    h.clock.t += 600
+    later = await h.service.run_poll(T)
+    assert later["mode"] == "incremental" and later["counts"]["enroll"] == 1
+    assert await h.enrolled() == {f"d{i}" for i in (*range(4), 10)}
 
 
 async def test_a_step_of_a_running_reconcile_that_meets_a_conflict_hands_over_to_a_continuation() -> None:
