@@ -97,7 +97,8 @@ def sync_section(results: dict[str, Any]) -> list[str]:
         "",
         "`PollEngine.poll()` — the function app's code path — in a fresh process per run: the full reconcile",
         "(groups/delta round, name lookups, counts, devices + owners by the cheapest strategy, reconcile, writes),",
-        "then the polls that finish the first `devices/delta` round (40 pages per poll). *memory* = the in-memory",
+        "then the polls that finish the first `devices/delta` round (one step per poll here: up to 2,000 pages or 60 s;"
+        " the function app chains the steps by continuation messages). *memory* = the in-memory",
         "stores (tenants, cursors, device rows + events, graph) inside the connector process; *table* = the",
         "Table stores on Azurite (`TableEnrollmentStore`, `TableCursorStore`, `TableTenantRepository`).",
         "Table writes = entity operations (device row + event per change + the meta row per transaction, cursors,",
@@ -347,7 +348,10 @@ def stack_section(results: dict[str, Any]) -> list[str]:
         "`dispatch_polls` timer feeding `poll_tenant` on the queue, so continuation messages, timeouts and",
         "redeliveries count as invocations. *Converge* = dispatch until every queue is drained, then the enrolled",
         "rows read back through `GET /api/tenants/{id}/devices` are compared with the simulator's ground truth.",
-        "Graph figures are the simulator's counters for the tenant (tokens apart); entity writes are counted on the",
+        "Graph figures are the simulator's counters for the tenant (tokens apart; *requests* are HTTP requests, as",
+        "the bound counts them: a `$batch` is one, its inner requests count in RU); the first `devices/delta` round's",
+        "pages after its first are the devices cursor's cost, counted under *catch-up* below, not in *full*; entity",
+        "writes are counted on the",
         "connector's Table clients (the poll lease's take + release is shown apart). The lower bound is what a",
         "correct full reconcile must read (bench/bound.py: the groups in scope and their members, the scope users'",
         "devices + owners, cursors) — not the tenant's whole `groups/delta` round.",
@@ -385,9 +389,11 @@ def stack_section(results: dict[str, Any]) -> list[str]:
         lines.append(f"* {e['scenario']}: " + ", ".join(f"`{k}` {v}" for k, v in sorted(routes.items())))
     lines += [
         "",
-        "After the full reconcile: the cycles that finish the first `devices/delta` round (*catch-up*), the first",
-        "cycle with nothing to do (*quiet*), and a cycle after 1 % of the in-scope devices changed (*churn*: a third",
-        "deleted, a third added to in-scope owners, a third owned by new users joining the first enrollment group).",
+        "After the full reconcile: the first `devices/delta` round after its first page (*catch-up*: its pages are",
+        "read by continuation steps in the full phase's own chain, so they are counted here and not in *full*;",
+        "*cycles* = scheduled cycles it still needed), the first cycle with nothing to do (*quiet*), and a cycle",
+        "after 1 % of the in-scope devices changed (*churn*: a third deleted, a third added to in-scope owners, a",
+        "third owned by new users joining the first enrollment group).",
         "",
         "| tenant | catch-up: cycles / requests / writes | quiet: requests / RU / entity writes (lease) / wall s |"
         " churn: changes / requests / RU / entity writes / wall s | truth == stored after churn |",

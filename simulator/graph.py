@@ -1496,6 +1496,7 @@ def _batch_item(ctx: Ctx, r: dict[str, Any], statuses: dict[str, int], throttle:
         # Each inner request is throttled individually: inner 429 with Retry-After (graph.md §3).
         retry = throttle.charge(tenant_id=ctx.tenant.tenant_id, app_id=str(ctx.principal.app_id), ru=ru,
                                 route=pricing.route_label(path), write=pricing.is_write(method, path))
+        throttle.counters.record_batched(ctx.tenant.tenant_id, pricing.route_label(path))
         if retry is not None:
             return err(429, "TooManyRequests", "Too many requests. Retry after the interval in Retry-After.",
                        {"Retry-After": _fmt_retry(retry), "x-ms-resource-unit": str(ru)})

@@ -97,10 +97,14 @@ class RouteCounter:
     requests: int = 0
     ru: int = 0
     throttled: int = 0
+    # Of ``requests``, those inside a ``$batch`` (each is charged and throttled on its own, but is not an HTTP
+    # request: the envelope is counted once under ``/v1.0/$batch``).
+    batched: int = 0
     status: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"requests": self.requests, "ru": self.ru, "throttled": self.throttled, "status": dict(self.status)}
+        return {"requests": self.requests, "ru": self.ru, "throttled": self.throttled, "batched": self.batched,
+                "status": dict(self.status)}
 
 
 class Counters:
@@ -117,6 +121,11 @@ class Counters:
             c.ru += ru
             if throttled:
                 c.throttled += 1
+
+    def record_batched(self, tenant: str, route: str) -> None:
+        """Mark the last charge of ``route`` as an inner request of a ``$batch``."""
+        with self._lock:
+            self._data[tenant][route].batched += 1
 
     def record_request(self, tenant: str, route: str) -> None:
         with self._lock:
@@ -147,6 +156,7 @@ class Counters:
                     totals.requests += c.requests
                     totals.ru += c.ru
                     totals.throttled += c.throttled
+                    totals.batched += c.batched
                     for k, v in c.status.items():
                         totals.status[k] = totals.status.get(k, 0) + v
                 out[t] = {"routes": {r: c.as_dict() for r, c in routes.items()}, "totals": totals.as_dict()}
