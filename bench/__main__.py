@@ -249,7 +249,7 @@ def perf(args: argparse.Namespace, command: str) -> list[str]:
         info, proc = launch.start(wd, timeout=300)
         # This simulator's CA (the cost table's simulator, and its CA file, are gone by now).
         os.environ["SSL_CERT_FILE"] = os.environ["REQUESTS_CA_BUNDLE"] = info["ca_path"]
-        azurite = None if args.no_azurite else start_azurite()
+        azurite = None if args.no_azurite else start_azurite(in_memory=args.azurite_in_memory)
         runner = perf_mod.Runner(info, proc.pid, seed=args.seed, azurite=azurite,
                                  log=lambda m: print(m, flush=True))
         def prof(scen: str, store: str) -> str | None:
@@ -282,7 +282,8 @@ def perf(args: argparse.Namespace, command: str) -> list[str]:
             workers = [int(w) for w in args.fleet_workers.split(",") if w]
             steps.append(("fleetpoll", lambda: runner.fleet_poll(args.fleet_poll, workers, command,
                                                                  throttle_scale=args.fleet_scale,
-                                                                 scaled_count=args.fleet_scaled_tenants)))
+                                                                 scaled_count=args.fleet_scaled_tenants,
+                                                                 profile_dir=args.fleet_profile)))
         if args.coldstart:
             steps.append(("coldstart", lambda: runner.coldstart(command)))
         stack = [s for s in args.stack.split(",") if s] + (["XL"] if args.xl and "XL" not in args.stack else [])
@@ -363,7 +364,8 @@ def snapshot_run(argv: list[str]) -> int:
                     "AZURITE_BIN": env.get("AZURITE_BIN") or str(ROOT / "node_modules" / ".bin" / "azurite"),
                     "PYTHONPATH": snap})
         rest = [a for a in argv if a != "--snapshot"]
-        for flag in ("--profile", "--out"):  # paths are relative to where the user is, not to the snapshot
+        # Paths are relative to where the user is, not to the snapshot.
+        for flag in ("--profile", "--fleet-profile", "--out"):
             if flag in rest[:-1]:
                 i = rest.index(flag)
                 rest[i + 1] = str(Path(rest[i + 1]).resolve())
@@ -385,6 +387,9 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--xl-azurite", action="store_true",
                         help=f"also the XL full sync on Azurite (given up after {XL_AZURITE_SECONDS // 60} min)")
     parser.add_argument("--no-azurite", action="store_true", help="skip the Table-store runs")
+    parser.add_argument("--azurite-in-memory", action="store_true",
+                        help="Azurite with --inMemoryPersistence: no 5-second snapshot of its whole database to disk "
+                             "(which grows with the data set and dominates Azurite's CPU in big runs)")
     parser.add_argument("--tracemalloc", action="store_true", help="extra runs with the Python heap traced")
     parser.add_argument("--steps", default="",
                         help="only these perf steps (names or word prefixes), e.g. 'sync L table,fleet' "
@@ -406,6 +411,9 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fleet-scale", type=float, default=0.002,
                         help="Graph quota scale of the paced / not paced comparison (0: skip it)")
     parser.add_argument("--fleet-scaled-tenants", type=int, default=200)
+    parser.add_argument("--fleet-profile", default="", metavar="DIR",
+                        help="cProfile every node of the fleet's quiet cycles into DIR (their wall times are then "
+                             "not figures)")
     parser.add_argument("--no-coldstart", dest="coldstart", action="store_false",
                         help="skip the cold-start measurements")
     parser.add_argument("--quick", action="store_true",

@@ -10,7 +10,9 @@ line); each further line is a command, answered with one ``OK {json}`` line:
 * ``dispatch`` — fire ``dispatch_polls`` (one node: the host's timer is a singleton);
 * ``drain`` — wait until the queue is empty and this node runs nothing; answers with its invocation count, so the
   parent repeats the round until no node did anything new (a continuation another node enqueued is not missed);
-* ``stats`` — invocations, failures, the pacer's counts, RSS; ``quit``.
+* ``stats`` — invocations, failures, the pacer's counts, RSS, the app's storage calls (bench/storage_meter.py);
+* ``profile on`` / ``profile dump FILE`` — cProfile this node's work between the two (a dispatch and its drain);
+* ``quit``.
 
 Each node's pacer takes ``1 / nodes`` of the app budget (``GRAPH_PACER_INSTANCES``). With ``throttle_scale`` the
 simulator's Graph quotas and the pacer's budgets are scaled alike, so the app budget binds at a rate this box can
@@ -36,7 +38,10 @@ if str(ROOT) not in sys.path:
 
 async def node(job: dict[str, Any]) -> None:
     """Serve commands on stdin until ``quit`` (see the module docstring)."""
+    import cProfile
+
     from bench.stack import BenchClock, stack_env
+    from bench.storage_meter import StorageMeter, metered_storage
     from bench.worker import peak_rss_bytes, rss_bytes
     from devhost import DevHost, load_app
     from shared_code.bootstrap import Container, use_container
@@ -47,7 +52,11 @@ async def node(job: dict[str, Any]) -> None:
     clock = BenchClock()
     clock.offset = float(job.get("clock_offset") or 0)
     container = Container(Settings.from_env(env), clock=clock)
+    meter = StorageMeter(env["TABLE_PREFIX"])
+    # The app's own table and queue clients, with azure-core's per-request hooks counting what each call is.
+    container._storage = metered_storage(env["AzureWebJobsStorage"], env["TABLE_PREFIX"], meter)
     use_container(container)
+    profiler: cProfile.Profile | None = None
     logging.getLogger("devhost").setLevel(logging.WARNING)
     host = DevHost(load_app("function_app:app"), env, port=0, host_json=ROOT / "host.json", enable_timers=False,
                    max_polling_interval=0.5)
@@ -79,10 +88,21 @@ async def node(job: dict[str, Any]) -> None:
                     answer({"drained": True, "invocations": host.stats["poll_tenant"].invocations})
                 except TimeoutError:
                     answer({"drained": False, "invocations": host.stats["poll_tenant"].invocations})
+            elif cmd == "profile":
+                what, _, path = arg.partition(" ")
+                if what == "on":
+                    profiler = cProfile.Profile()
+                    profiler.enable()
+                elif profiler is not None:
+                    profiler.disable()
+                    profiler.dump_stats(path)
+                    profiler = None
+                answer({})
             elif cmd == "stats":
                 pacer = container.graph_pacer
                 s = host.stats["poll_tenant"]
                 answer({"invocations": s.invocations, "failures": s.failures, "poisoned": s.poisoned,
+                        "storage": meter.snapshot(),
                         "rss_mb": round(rss_bytes() / 2**20, 1), "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
                         "pacer": None if pacer is None else {
                             "requests": pacer.stats.requests, "ru": pacer.stats.resource_units,

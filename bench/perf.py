@@ -252,20 +252,22 @@ class Runner:
         self.log(f"  cold heartbeat run {hb['requests']} req {hb['wall_s']} s")
 
     def fleet_poll(self, count: int, workers: list[int], command: str, *, throttle_scale: float = 0.002,
-                   scaled_count: int = 200, limit_s: float = 1800) -> dict[str, Any]:
+                   scaled_count: int = 200, limit_s: float = 1800, profile_dir: str = "") -> dict[str, Any]:
         """A fleet polled through timer + queue on 1..N devhost nodes (bench/fleet.py).
 
         ``count`` tenants: provisioning through the HTTP API, the first cycle (full reconciles), then a quiet
         5-minute cycle per worker count. Then, with Graph's quotas scaled by ``throttle_scale`` in the simulator,
         ``scaled_count`` new tenants provisioned and fully reconciled twice over: with the pacer scaled alike, and
-        with pacing off (the control).
+        with pacing off (the control). Each cycle records the app's storage calls per poll by table, kind and
+        partition (bench/storage_meter.py); with ``profile_dir`` every node of a quiet cycle writes cProfile stats
+        there (then the cycle's wall time is not a figure).
         """
         from bench.fleet import Node, drain_all
-        from bench.worker import _totals, sim_totals
+        from bench.worker import _totals, proc_cpu, sim_totals
 
         assert self.azurite is not None, "the fleet keeps its state in Table Storage (Azurite)"
         azurite = self.azurite
-        out: dict[str, Any] = {"tenants": count, "cycles": {}}
+        out: dict[str, Any] = {"tenants": count, "cycles": {}, "azurite_in_memory": azurite.in_memory}
         offset = 0.0
         token = self.admin.post("/_sim/tokens/console", {"roles": ["Console.Manage", "Console.Read"]})
 
@@ -301,30 +303,65 @@ class Runner:
             return {"wall_s": round(time.perf_counter() - t0, 2), "ok": sum(1 for c in codes if c < 300),
                     "statuses": statuses, **graph(ids)}
 
-        def cycle(name: str, nodes: list[Node], ids: list[str], **extra: Any) -> dict[str, Any]:
+        def storage_total(stats: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+            total: dict[str, dict[str, float]] = {}
+            for s in stats:
+                for label, v in s["storage"].items():
+                    t = total.setdefault(label, {"calls": 0, "seconds": 0.0})
+                    t["calls"] += v["calls"]
+                    t["seconds"] += v["seconds"]
+            return total
+
+        def cycle(name: str, nodes: list[Node], ids: list[str], *, profile: bool = False,
+                  **extra: Any) -> dict[str, Any]:
             self.admin.http.post("/_sim/counters/reset")
-            inv0 = sum(n.command("stats")["invocations"] for n in nodes)
+            before = [n.command("stats") for n in nodes]
+            inv0 = sum(s["invocations"] for s in before)
+            if profile:
+                for n in nodes:
+                    n.command("profile on")
+            pids = {"azurite": azurite.process.pid, "simulator": self.sim_pid,
+                    **{f"node{i}": n.proc.pid for i, n in enumerate(nodes)}}
+            cpu0 = {k: proc_cpu(v) for k, v in pids.items()}
             t0 = time.perf_counter()
             nodes[0].command("dispatch")
             drained = drain_all(nodes, limit_s)
             wall = time.perf_counter() - t0
+            cpu = {k: round(proc_cpu(v) - cpu0[k], 1) for k, v in pids.items()}
+            if profile:
+                for i, n in enumerate(nodes):
+                    path = Path(profile_dir).resolve() / f"fleet_{name.replace(' ', '_')}_{i}.prof"
+                    n.command(f"profile dump {path}")
+                self.log(f"  cProfile stats: {profile_dir}/fleet_{name.replace(' ', '_')}_*.prof")
             stats = [n.command("stats") for n in nodes]
             polls = sum(s["invocations"] for s in stats) - inv0
+            s0, s1 = storage_total(before), storage_total(stats)
+            storage = {label: {"calls": v["calls"] - s0.get(label, {}).get("calls", 0),
+                               "seconds": round(v["seconds"] - s0.get(label, {}).get("seconds", 0.0), 2)}
+                       for label, v in s1.items() if v["calls"] - s0.get(label, {}).get("calls", 0)}
             res = {"workers": len(nodes), "tenants": len(ids), "wall_s": round(wall, 2), "drained": drained,
                    "polls": polls, "tenants_per_min": round(len(ids) / wall * 60, 1) if drained else None,
                    **graph(ids), "failures": sum(s["failures"] for s in stats),
                    "poisoned": sum(s["poisoned"] for s in stats), "pacer": [s["pacer"] for s in stats],
                    "peak_rss_mb": max(s["peak_rss_mb"] for s in stats), "loadavg_1m": round(os.getloadavg()[0], 2),
-                   **extra}
+                   "cpu_s": cpu, "storage": storage,
+                   "storage_calls_per_poll": round(sum(v["calls"] for v in storage.values()) / max(1, polls), 2),
+                   "profiled": profile, **extra}
             out["cycles"][name] = res
             self.log(f"  {name}: {len(nodes)} worker(s) {res['wall_s']} s, {polls} polls, {res['requests']} req, "
-                     f"{res['throttled']} × 429, {res['tenants_per_min']} tenants/min")
+                     f"{res['throttled']} × 429, {res['tenants_per_min']} tenants/min, load {res['loadavg_1m']}, "
+                     f"{res['storage_calls_per_poll']} storage calls/poll, CPU s {cpu}")
+            for label, v in sorted(storage.items(), key=lambda kv: -kv[1]["seconds"]):
+                self.log(f"    {label:<32} {v['calls']:>7} calls {v['seconds']:>9.2f} s "
+                         f"({v['calls'] / max(1, polls):.2f}/poll, {1000 * v['seconds'] / max(1, v['calls']):.1f} ms)")
             return res
 
         def stop(nodes: list[Node]) -> None:
             for n in nodes:
                 n.stop()
 
+        if profile_dir:
+            Path(profile_dir).mkdir(parents=True, exist_ok=True)
         tenants = tenants_of(count, self.seed)
         ids = [t["tenant_id"] for t in tenants]
         out["mix"] = {sc: sum(1 for t in tenants if t["scenario"] == sc) for sc in sorted({t["scenario"] for t in
@@ -343,6 +380,13 @@ class Runner:
             nodes = start(k, prefix, {})
             try:
                 cycle(f"quiet x{k}", nodes, ids)
+            finally:
+                stop(nodes)
+        if profile_dir:
+            offset += 300
+            nodes = start(1, prefix, {})
+            try:
+                cycle("profiled quiet x1", nodes, ids, profile=True)
             finally:
                 stop(nodes)
         for t in ids:

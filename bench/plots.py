@@ -83,7 +83,8 @@ def draw(results: dict[str, Any], out: Path = OUT) -> list[str]:
     fleets = [e for k, e in entries.items() if k.startswith("fleetpoll:")]
     if fleets:
         e = max(fleets, key=lambda e: e["tenants"])
-        quiet = sorted((c["workers"], c) for n, c in e["cycles"].items() if n.startswith("quiet x"))
+        quiet = sorted(((c["workers"], c) for n, c in e["cycles"].items() if n.startswith("quiet x")),
+                       key=lambda wc: wc[0])
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot([w for w, _ in quiet], [c.get("tenants_per_min") or 0 for _, c in quiet], "o-",
                 label=f"quiet cycle, {e['tenants']} tenants")

@@ -52,6 +52,7 @@ class Azurite:
     startup_seconds: float
     log_path: Path
     _owns_location: bool = True
+    in_memory: bool = False  # --inMemoryPersistence: a restart comes back empty
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -84,7 +85,7 @@ class Azurite:
         """
         _kill_group(self.process)
         again = start_azurite(self.location, host=self.host, timeout=timeout,
-                              ports=(self.blob_port, self.queue_port, self.table_port))
+                              ports=(self.blob_port, self.queue_port, self.table_port), in_memory=self.in_memory)
         with contextlib.suppress(ValueError):
             atexit.unregister(again.stop)
         self.process = again.process
@@ -153,6 +154,7 @@ def start_azurite(
     host: str = "127.0.0.1",
     timeout: float = 60.0,
     ports: tuple[int, int, int] | None = None,
+    in_memory: bool = False,
 ) -> Azurite:
     """Start Azurite on OS-chosen free ports and wait until it answers real SDK calls.
 
@@ -162,6 +164,9 @@ def start_azurite(
         host: listen address.
         timeout: seconds to wait for readiness before giving up.
         ports: blob, queue and table ports (default: chosen by the OS); given by :meth:`Azurite.restart`.
+        in_memory: ``--inMemoryPersistence``: no data on disk, so no restart keeps it. Azurite otherwise writes its
+            whole table database as one JSON file every 5 s while anything changed (LokiJS autosave), which for a
+            large data set costs more CPU than the requests themselves (bench/notes/issue9.md, "Fleet profile").
 
     Returns:
         A started :class:`Azurite` handle (also a context manager).
@@ -181,7 +186,8 @@ def start_azurite(
     blob, queue, table = ports or (0, 0, 0)
     args = [
         str(binary),
-        "--location", str(loc),
+        # Azurite refuses --location with --inMemoryPersistence (it then only keeps its log in the cwd, ``loc``).
+        *([] if in_memory else ["--location", str(loc)]),
         "--blobHost", host, "--queueHost", host, "--tableHost", host,
         "--blobPort", str(blob), "--queuePort", str(queue), "--tablePort", str(table),
         # --silent drops the access log, not the "listening at" lines we read the ports from.
@@ -191,6 +197,7 @@ def start_azurite(
         # Ignore unsupported headers/parameters instead of failing (README "--loose").
         "--loose",
         "--disableTelemetry",
+        *(["--inMemoryPersistence"] if in_memory else []),
     ]  # fmt: skip
     t0 = time.monotonic()
     log_file = open(log_path, "wb")  # noqa: SIM115 - handed to the child, closed below
@@ -231,6 +238,7 @@ def start_azurite(
             startup_seconds=0.0,
             log_path=log_path,
             _owns_location=owns,
+            in_memory=in_memory,
         )
         atexit.register(handle.stop)
         last_error: Exception | None = None
