@@ -159,6 +159,12 @@ async def job_stack(job: dict[str, Any]) -> dict[str, Any]:
     devlog.addHandler(invocations)
     devlog.propagate = False
     base_rss = rss_bytes()
+    memprof = None
+    if os.environ.get("BENCH_MEMPROFILE"):  # bench/memprofile.py: RSS by full-reconcile phase (off by default)
+        from bench.memprofile import MemProfile
+
+        memprof = MemProfile(os.environ["BENCH_MEMPROFILE"], int(os.environ.get("BENCH_MEMPROFILE_TRACE") or 0))
+        memprof.start()
     host = DevHost(load_app("function_app:app"), env, port=0, host_json=ROOT / "host.json", enable_timers=False,
                    max_polling_interval=0.5)
     admin = httpx.AsyncClient(base_url=info["base_url"], timeout=900,
@@ -212,6 +218,8 @@ async def job_stack(job: dict[str, Any]) -> dict[str, Any]:
         # ---- the first full reconcile, however many invocations it takes -----------------------------------
         full = await cycle("full", advance=False, limit_s=cap)
         full["peak_rss_mb"] = round(peak_rss_bytes() / 2**20, 1)
+        if memprof is not None:
+            memprof.stop()
         checks["after_full"] = await compare(api, admin, tid, groups)
         # Converged means stored == truth, not merely "queues drained": a run whose continuation chain stopped is
         # continued by the next scheduled polls, and those cycles count into the figures (``scheduled_cycles``).

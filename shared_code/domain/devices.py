@@ -6,7 +6,8 @@ optional ones with ``.get()`` so a sparse ``$select`` never crashes the transfor
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -24,7 +25,7 @@ DEVICE_SELECT = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeviceRecord:
     """One Entra device as the connector knows it.
 
@@ -65,13 +66,25 @@ class DeviceRecord:
             id=str(data["id"]),
             device_id=str(data.get("deviceId") or ""),
             display_name=str(data.get("displayName") or ""),
-            operating_system=str(data.get("operatingSystem") or ""),
-            os_version=str(data.get("operatingSystemVersion") or ""),
-            trust_type=str(data.get("trustType") or ""),
+            operating_system=_common(str(data.get("operatingSystem") or "")),
+            os_version=_common(str(data.get("operatingSystemVersion") or "")),
+            trust_type=_common(str(data.get("trustType") or "")),
             is_managed=data.get("isManaged"),
             is_compliant=data.get("isCompliant"),
             owner_id=data.get("ownerId"),
         )
+
+    def to_row(self) -> list[Any]:
+        """Compact positional form (a full reconcile's checkpoint rows): the fields in declaration order."""
+        return [self.id, self.device_id, self.display_name, self.operating_system, self.os_version, self.trust_type,
+                self.is_managed, self.is_compliant, self.owner_id]
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> DeviceRecord:
+        """Inverse of :meth:`to_row`."""
+        owner = row[8]
+        return cls(str(row[0]), str(row[1]), str(row[2]), _common(str(row[3])), _common(str(row[4])),
+                   _common(str(row[5])), row[6], row[7], str(owner) if owner is not None else None)
 
     def with_owner(self, owner_id: str | None) -> DeviceRecord:
         """A copy with another owner."""
@@ -86,6 +99,12 @@ class DeviceRecord:
 DEVICE_FIELDS = tuple(f.name for f in fields(DeviceRecord))
 
 
+def _common(value: str) -> str:
+    """One shared copy of a value most devices repeat (OS name, OS version, trust type): a big tenant's records
+    would otherwise hold one copy per device."""
+    return sys.intern(value)
+
+
 def device_from_graph(obj: Mapping[str, Any], owner_id: str | None = None) -> DeviceRecord:
     """Transform a Graph ``device`` JSON object into a :class:`DeviceRecord`.
 
@@ -97,9 +116,9 @@ def device_from_graph(obj: Mapping[str, Any], owner_id: str | None = None) -> De
         id=str(obj["id"]),
         device_id=str(obj.get("deviceId") or ""),
         display_name=str(obj.get("displayName") or ""),
-        operating_system=str(obj.get("operatingSystem") or ""),
-        os_version=str(obj.get("operatingSystemVersion") or ""),
-        trust_type=str(obj.get("trustType") or ""),
+        operating_system=_common(str(obj.get("operatingSystem") or "")),
+        os_version=_common(str(obj.get("operatingSystemVersion") or "")),
+        trust_type=_common(str(obj.get("trustType") or "")),
         is_managed=obj.get("isManaged"),
         is_compliant=obj.get("isCompliant"),
         owner_id=owner_id,

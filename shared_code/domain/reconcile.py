@@ -21,7 +21,7 @@ ENROLLED, DEACTIVATED = "enrolled", "deactivated"
 OWNER, DIRECT = OWNER_PATH, DIRECT_PATH
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Desired:
     """A device that should be enrolled. ``path``: ``owner`` (owner in scope) or ``direct`` (device is a member)."""
 
@@ -30,7 +30,7 @@ class Desired:
     path: str = OWNER
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Stored:
     """A device row: last known record, state, and the group name that brought it in."""
 
@@ -66,7 +66,7 @@ DELETED, PLATFORM, OWNER_CHANGED, OWNER_DISABLED, GROUP_UNRESOLVED, LEFT_GROUP =
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlanItem:
     """One change: the action, the device record to store, and why (``cause``: a code for deactivations)."""
 

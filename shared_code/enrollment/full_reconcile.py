@@ -24,17 +24,19 @@ same run (a lost continuation only waits for the next scheduled poll). Phases:
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from shared_code.domain import guard
 from shared_code.domain.devices import DeviceRecord, device_from_graph, normalize_platforms, platform_matches
+from shared_code.domain.idset import IdSet, IdSetBuilder
 from shared_code.domain.reconcile import (
     DEACTIVATE,
     ENROLLED,
@@ -71,7 +73,8 @@ STEP_SECONDS = 60.0
 # Changes written per slice between budget checks (10 transactions of new devices).
 APPLY_SLICE = 330
 _GRAPH_CHUNK, _PLAN_CHUNK = 0, 99_999
-CHECKPOINT_VERSION = 1
+# 2: chunks are JSON lines with positional records and 16-byte id keys (version 1 runs are abandoned).
+CHECKPOINT_VERSION = 2
 # A checkpoint older than this is abandoned (a run that cannot finish starts over).
 CHECKPOINT_MAX_AGE_SECONDS = 24 * 3600
 
@@ -100,44 +103,76 @@ class Budget:
         return self.slices is not None and self.used_slices >= self.slices
 
 
+# Records per line of a checkpoint chunk (chunks are JSON lines, written and read a line at a time).
+_LINE_RECORDS = 500
+
+
+def _json_line(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode() + b"\n"
+
+
+def _batch_lines(kind: str, rows: Iterable[Any]) -> Iterator[bytes]:
+    """Rows as lines ``[kind, [row, …]]`` of ``_LINE_RECORDS`` rows each (no line when there is no row)."""
+    batch: list[Any] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == _LINE_RECORDS:
+            yield _json_line([kind, batch])
+            batch = []
+    if batch:
+        yield _json_line([kind, batch])
+
+
+def _id_lines(kind: str, pieces: Iterable[tuple[bytes, list[str]]]) -> Iterator[bytes]:
+    """An id set as lines ``[kind, base64 keys, other ids]`` (idset.py: 16 bytes a GUID, not a 36-char str)."""
+    for keys, other in pieces:
+        yield _json_line([kind, base64.b64encode(keys).decode(), other])
+
+
 @dataclass
 class Fragment:
-    """What some pages of the devices + owners read found (one checkpoint chunk)."""
+    """What some pages of the devices + owners read found (one checkpoint chunk).
+
+    Kept compact, since a big tenant's read holds every step's fragment until the read is complete: the device ids
+    Graph listed (``seen``) and that users own (``owned``) as 16-byte keys (idset.py), records with shared strings.
+    """
 
     records: dict[str, DeviceRecord] = field(default_factory=dict)
-    seen: set[str] = field(default_factory=set)
-    owned: set[str] = field(default_factory=set)
+    seen: IdSetBuilder = field(default_factory=IdSetBuilder)
+    owned: IdSetBuilder = field(default_factory=IdSetBuilder)
     ownerless: list[str] = field(default_factory=list)
     disabled: set[str] = field(default_factory=set)
     users: int = 0
     devices: int = 0
     capped: int = 0
 
-    def to_bytes(self) -> bytes:
-        """Serialized form (JSON)."""
-        return json.dumps({
-            "r": {k: v.to_dict() for k, v in self.records.items()}, "s": sorted(self.seen),
-            "o": sorted(self.owned), "n": self.ownerless, "x": sorted(self.disabled), "u": self.users,
-            "v": self.devices,
-            "c": self.capped,
-        }, separators=(",", ":")).encode()
+    def lines(self) -> Iterator[bytes]:
+        """Serialized form: JSON lines (a header of counts and small lists, then records, then ids)."""
+        yield _json_line({"u": self.users, "v": self.devices, "c": self.capped, "n": self.ownerless,
+                          "x": sorted(self.disabled)})
+        yield from _batch_lines("r", (rec.to_row() for rec in self.records.values()))
+        yield from _id_lines("s", self.seen.key_pieces())
+        yield from _id_lines("o", self.owned.key_pieces())
 
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Fragment:
-        """Inverse of :meth:`to_bytes`."""
-        raw = json.loads(data)
-        return cls(
-            records={k: DeviceRecord.from_dict(v) for k, v in raw["r"].items()}, seen=set(raw["s"]),
-            owned=set(raw["o"]), ownerless=list(raw["n"]), disabled=set(raw["x"]), users=int(raw["u"]),
-            devices=int(raw["v"]),
-            capped=int(raw["c"]),
-        )
+    def absorb(self, lines: Iterable[bytes]) -> None:
+        """Merge a serialized fragment (:meth:`lines`) into this one, line by line (as :meth:`merge`)."""
+        header: dict[str, Any] | None = None
+        for line in lines:
+            raw = json.loads(line)
+            if header is None:
+                header = raw
+                self.merge(Fragment(ownerless=list(raw["n"]), disabled=set(raw["x"]), users=int(raw["u"]),
+                                    devices=int(raw["v"]), capped=int(raw["c"])))
+            elif raw[0] == "r":
+                self.records.update((str(row[0]), DeviceRecord.from_row(row)) for row in raw[1])
+            elif raw[0] in ("s", "o"):
+                (self.seen if raw[0] == "s" else self.owned).add_keys(base64.b64decode(raw[1]), raw[2])
 
     def merge(self, other: Fragment) -> None:
         """Add another fragment's findings (later pages win for a record seen twice)."""
         self.records.update(other.records)
-        self.seen |= other.seen
-        self.owned |= other.owned
+        self.seen.merge(other.seen)
+        self.owned.merge(other.owned)
         known = set(self.ownerless)
         self.ownerless += [d for d in other.ownerless if d not in known]
         self.disabled |= other.disabled
@@ -148,32 +183,50 @@ class Fragment:
 
 @dataclass
 class PlanInput:
-    """Everything the apply phases need, computed once the read is complete."""
+    """Everything the apply phases need, computed once the read is complete.
+
+    ``current`` holds every record read (the desired ones are the same objects as in ``desired``); ``seen`` the ids
+    Graph listed (None when the strategy cannot observe deletions).
+    """
 
     desired: dict[str, Desired]
     current: dict[str, DeviceRecord]
-    seen: set[str] | None
+    seen: IdSet | None
     disabled: set[str]
     ownerless: list[str] | None
 
-    def to_bytes(self) -> bytes:
-        """Serialized form (JSON)."""
-        return json.dumps({
-            "d": {k: [v.record.to_dict(), v.via, v.path] for k, v in self.desired.items()},
-            "c": {k: v.to_dict() for k, v in self.current.items() if k not in self.desired},
-            "s": sorted(self.seen) if self.seen is not None else None, "x": sorted(self.disabled),
-            "n": self.ownerless,
-        }, separators=(",", ":")).encode()
+    def lines(self) -> Iterator[bytes]:
+        """Serialized form: JSON lines (header, desired, the other current records, seen ids)."""
+        yield _json_line({"x": sorted(self.disabled), "n": self.ownerless, "s": self.seen is not None})
+        yield from _batch_lines("d", ([want.record.to_row(), want.via, want.path] for want in self.desired.values()))
+        yield from _batch_lines("c", (rec.to_row() for did, rec in self.current.items() if did not in self.desired))
+        if self.seen is not None:
+            yield from _id_lines("s", self.seen.key_pieces())
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> PlanInput:
-        """Inverse of :meth:`to_bytes`."""
-        raw = json.loads(data)
-        desired = {k: Desired(DeviceRecord.from_dict(v[0]), str(v[1]), str(v[2])) for k, v in raw["d"].items()}
-        current = {k: DeviceRecord.from_dict(v) for k, v in raw["c"].items()}
-        current.update({k: v.record for k, v in desired.items()})
-        seen = set(raw["s"]) if raw["s"] is not None else None
-        return cls(desired, current, seen, set(raw["x"]), raw["n"])
+    def from_lines(cls, lines: Iterable[bytes]) -> PlanInput:
+        """Inverse of :meth:`lines`, read line by line."""
+        it = iter(lines)
+        head = json.loads(next(it))
+        desired: dict[str, Desired] = {}
+        current: dict[str, DeviceRecord] = {}
+        keys: list[bytes] = []
+        other: list[str] = []
+        for line in it:
+            raw = json.loads(line)
+            if raw[0] == "d":
+                for row, via, path in raw[1]:
+                    rec = DeviceRecord.from_row(row)
+                    desired[rec.id] = Desired(rec, str(via), str(path))
+                    current[rec.id] = rec
+            elif raw[0] == "c":
+                current.update((str(row[0]), DeviceRecord.from_row(row)) for row in raw[1])
+            elif raw[0] == "s":  # the pieces of a built IdSet, in order: already sorted and unique
+                keys.append(base64.b64decode(raw[1]))
+                other += raw[2]
+        ownerless = head["n"]
+        seen = IdSet(b"".join(keys), frozenset(other)) if head["s"] else None
+        return cls(desired, current, seen, set(head["x"]), list(ownerless) if ownerless is not None else None)
 
 
 @dataclass
@@ -325,13 +378,16 @@ class FullReconcile:
         self.head["steps"] = int(head.get("steps") or 1) + 1
         self.persisted = True
         chunk = await self.store.checkpoint_chunks(self.tid, {**head, "chunkRows": {
-            k: v for k, v in (head.get("chunkRows") or {}).items() if int(k) in (_GRAPH_CHUNK, _PLAN_CHUNK)}})
+            k: v for k, v in (head.get("chunkRows") or {}).items() if int(k) == _GRAPH_CHUNK}})
         scope_doc = json.loads(chunk[_GRAPH_CHUNK])
+        del chunk
         self.graph = MembershipGraph.from_json(scope_doc["graph"])
         self.resolution = Resolution(dict(scope_doc["resolved"]), list(scope_doc["unresolved"]))
+        del scope_doc
         self.scope = expand_scope(self.graph, self.resolution.resolved)
-        if _PLAN_CHUNK in chunk:
-            self.plan_input = PlanInput.from_bytes(chunk[_PLAN_CHUNK])
+        if str(_PLAN_CHUNK) in (head.get("chunkRows") or {}):
+            self.plan_input = PlanInput.from_lines(await self.store.checkpoint_chunk_lines(self.tid, head,
+                                                                                            _PLAN_CHUNK))
         log.info("tenant %s: continuing full reconcile %s (phase %s, step %d)", self.tid, head["run"],
                  head["phase"], self.head["steps"])
         return head
@@ -400,18 +456,19 @@ class FullReconcile:
         """Commit where this run stands: new chunks first, then the head that names them."""
         if self.dry_run:
             return
-        chunks: dict[int, bytes] = {}
+        chunks: dict[int, bytes | Iterable[bytes]] = {}
         if not self.persisted:
             chunks[_GRAPH_CHUNK] = json.dumps({
                 "graph": self.graph.to_json(), "resolved": self.resolution.resolved,
                 "unresolved": self.resolution.unresolved,
             }, separators=(",", ":")).encode()
-        if self.head["phase"] == "read" and (self.frag.seen or self.frag.records or self.frag.users):
-            chunks[int(self.head["nextChunk"])] = self.frag.to_bytes()
+        if self.head["phase"] == "read" and (self.frag.seen or self.frag.owned or self.frag.records
+                                             or self.frag.users):
+            chunks[int(self.head["nextChunk"])] = self.frag.lines()
             self.head["nextChunk"] = int(self.head["nextChunk"]) + 1
             self.frag = Fragment()
         if self.plan_input is not None and str(_PLAN_CHUNK) not in (self.head.get("chunkRows") or {}):
-            chunks[_PLAN_CHUNK] = self.plan_input.to_bytes()
+            chunks[_PLAN_CHUNK] = self.plan_input.lines()
         if self._keepalive is not None:
             await self._keepalive()
         await self.store.put_checkpoint(self.tid, self.head, chunks)
@@ -514,23 +571,23 @@ class FullReconcile:
     async def _finish_read(self) -> None:
         """Merge every chunk of the read, apply the scope rule: the complete desired set."""
         inv = Fragment()
-        if self.persisted:
-            rows = {k: v for k, v in (self.head.get("chunkRows") or {}).items()
-                    if int(k) not in (_GRAPH_CHUNK, _PLAN_CHUNK)}
-            for _, data in sorted((await self.store.checkpoint_chunks(self.tid, {**self.head,
-                                                                             "chunkRows": rows})).items()):
-                inv.merge(Fragment.from_bytes(data))
+        if self.persisted:  # chunk by chunk, in order, a line at a time (never every chunk decompressed at once)
+            for n in sorted(int(k) for k in (self.head.get("chunkRows") or {})
+                            if int(k) not in (_GRAPH_CHUNK, _PLAN_CHUNK)):
+                inv.absorb(await self.store.checkpoint_chunk_lines(self.tid, self.head, n))
         inv.merge(self.frag)
         self.frag = Fragment()
         strategy = self.head["strategy"]["strategy"]
-        seen: set[str] | None = None
+        seen: IdSet | None = None
         ownerless: list[str] | None = None
         if strategy == strategies.DEVICES_EXPAND:
-            seen, ownerless = inv.seen, inv.ownerless
+            seen, ownerless = inv.seen.build(), inv.ownerless
         elif strategy == strategies.USERS_EXPAND:
             # Every device some user owns, plus the direct members found: a stored device outside this set was
             # deleted (or lost its owner). Ownerless devices are not observed without the whole /devices list.
-            seen = inv.owned | set(inv.records)
+            inv.owned.update(inv.records)
+            seen = inv.owned.build()
+        inv.seen = inv.owned = IdSetBuilder()
         disabled: set[str] = set()
         if not self.cfg.keep_disabled_users:
             disabled = inv.disabled if strategy == strategies.USERS_EXPAND else await self.reader.disabled_users()

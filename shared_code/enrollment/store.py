@@ -47,7 +47,7 @@ import json
 import math
 import uuid
 import zlib
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -512,6 +512,28 @@ def _pack(payload: bytes) -> list[list[bytes]]:
     return [parts[i : i + _CHUNKS_PER_ROW] for i in range(0, len(parts), _CHUNKS_PER_ROW)]
 
 
+def _compress(payload: bytes | Iterable[bytes]) -> bytes:
+    """zlib (level 6) of a payload or of the concatenation of its pieces, compressed as the pieces come."""
+    if isinstance(payload, bytes):
+        return zlib.compress(payload, 6)
+    z = zlib.compressobj(6)
+    out = [z.compress(piece) for piece in payload]
+    out.append(z.flush())
+    return b"".join(out)
+
+
+def _lines(blob: bytes, step: int = 1 << 16) -> Iterator[bytes]:
+    """The non-empty lines of a zlib payload, decompressed ``step`` compressed bytes at a time."""
+    z = zlib.decompressobj()
+    tail = b""
+    for start in range(0, len(blob), step):
+        lines = (tail + z.decompress(blob[start : start + step])).split(b"\n")
+        tail = lines.pop()
+        yield from (line for line in lines if line)
+    lines = (tail + z.flush()).split(b"\n")
+    yield from (line for line in lines if line)
+
+
 class EnrollmentStore:
     """Per-tenant enrollment state over two tables (``devices``, ``memberships``) of Azure Tables or memory.
 
@@ -820,14 +842,13 @@ class EnrollmentStore:
         return len(rows)
 
     async def _read_blob_rows(self, tenant_id: str, prefix: str, rows: int) -> bytes:
-        blob = b""
+        parts: list[bytes] = []
         for i in range(rows):
             found = await self._memberships.get(tenant_id, f"{prefix}|{i:03d}")
             if found is None:
                 raise ConflictError(f"tenant {tenant_id}: stored rows {prefix} are incomplete")
-            for j in range(int(found[0]["parts"])):
-                blob += bytes(found[0][f"b{j}"])
-        return blob
+            parts += (bytes(found[0][f"b{j}"]) for j in range(int(found[0]["parts"])))
+        return b"".join(parts)
 
     async def load_graph(self, tenant_id: str) -> tuple[MembershipGraph, dict[str, Any]] | None:
         """The stored membership graph and its metadata, or None."""
@@ -863,18 +884,19 @@ class EnrollmentStore:
         return json.loads(str(head[0]["doc"])) if head else None
 
     async def put_checkpoint(
-        self, tenant_id: str, head: dict[str, Any], chunks: Mapping[int, bytes] | None = None
+        self, tenant_id: str, head: dict[str, Any], chunks: Mapping[int, bytes | Iterable[bytes]] | None = None
     ) -> None:
         """Write chunk payloads (``ck|<run>|<n>``), then the head that makes them part of the checkpoint.
 
         ``head["run"]`` names the run; chunk rows of a run are rewritten identically by a replayed step, so a crash
         between the chunk rows and the head loses nothing and duplicates nothing. ``head["chunks"]`` maps chunk
-        number → row count (the caller keeps it).
+        number → row count (the caller keeps it). A payload given as pieces (e.g. lines) is compressed piece by
+        piece: a big chunk never exists uncompressed in one piece.
         """
         run = str(head["run"])
         rows = dict(head.get("chunkRows") or {})
         for n, payload in sorted((chunks or {}).items()):
-            rows[str(n)] = await self._write_blob_rows(tenant_id, f"ck|{run}|{n:05d}", zlib.compress(payload, 6))
+            rows[str(n)] = await self._write_blob_rows(tenant_id, f"ck|{run}|{n:05d}", _compress(payload))
         doc = {**head, "chunkRows": rows}
         await self._memberships.upsert({"PartitionKey": tenant_id, "RowKey": CHECKPOINT_HEAD,
                                         "doc": json.dumps(doc, separators=(",", ":"))})
@@ -888,6 +910,11 @@ class EnrollmentStore:
         for n, rows in sorted((head.get("chunkRows") or {}).items(), key=lambda kv: int(kv[0])):
             out[int(n)] = zlib.decompress(await self._read_blob_rows(tenant_id, f"ck|{run}|{int(n):05d}", int(rows)))
         return out
+
+    async def checkpoint_chunk_lines(self, tenant_id: str, head: Mapping[str, Any], n: int) -> Iterator[bytes]:
+        """One chunk's payload as its non-empty lines, decompressed as they are consumed (see :func:`_lines`)."""
+        rows = int((head.get("chunkRows") or {})[str(n)])
+        return _lines(await self._read_blob_rows(tenant_id, f"ck|{head['run']}|{n:05d}", rows))
 
     async def clear_checkpoint(self, tenant_id: str) -> None:
         """Forget the checkpoint: the head first (then no half-deleted run is ever read), then its chunk rows."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -417,6 +418,21 @@ async def test_checkpoint_chunks_round_trip_and_are_cleared(backend: dict[str, A
     assert loaded is not None and loaded["next"] == "link-2"
     chunks = await store.checkpoint_chunks(TENANT, loaded)
     assert chunks == {0: b"graph", 1: big, 2: b"more"}
+    await store.clear_checkpoint(TENANT)
+    assert await store.checkpoint(TENANT) is None
+
+
+async def test_a_chunk_written_as_lines_is_read_back_line_by_line(backend: dict[str, Any]) -> None:
+    store = backend["store"]
+    head: dict[str, Any] = {"run": "r2", "phase": "apply"}
+    # Pieces are compressed as they come; long random lines make the payload span several rows and the reader
+    # split lines across its decompression steps.
+    lines = [f"line {i} ".encode() + os.urandom(16 * (1 + i % 50)).hex().encode() for i in range(3_000)]
+    await store.put_checkpoint(TENANT, head, {0: b"graph", 99: (line + b"\n" for line in lines)})
+    loaded = await store.checkpoint(TENANT)
+    assert loaded is not None and int(loaded["chunkRows"]["99"]) > 1
+    assert list(await store.checkpoint_chunk_lines(TENANT, loaded, 99)) == lines
+    assert (await store.checkpoint_chunks(TENANT, loaded))[99] == b"".join(line + b"\n" for line in lines)
     await store.clear_checkpoint(TENANT)
     assert await store.checkpoint(TENANT) is None
 

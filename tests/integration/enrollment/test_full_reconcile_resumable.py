@@ -10,6 +10,7 @@ continues the run). Counts only, no timing.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections import Counter
 from typing import Any
@@ -18,9 +19,11 @@ import pytest
 from enrollment_sim_helpers import all_events, assert_feed_consistent, enrolled_ids, expected_ids, provision
 
 from shared_code.enrollment.engine import PollEngine
+from shared_code.enrollment.full_reconcile import CHECKPOINT_VERSION
 from shared_code.enrollment.reader import KeepAlive
 from shared_code.enrollment.service import EnrollmentService, PollMessage, build_enrollment_service
 from shared_code.enrollment.store import TableEnrollmentStore
+from shared_code.errors import ConflictError
 
 SEEDS = iter(range(9_100, 9_200))
 
@@ -191,6 +194,56 @@ async def test_a_full_reconcile_that_finds_nothing_changed_writes_only_its_curso
     assert store.writes == writes  # no device row, event, index, layout, graph or checkpoint write
     assert (await base.cursors.get(tid, "groups")).etag != cursor.etag  # the groups cursor, committed again
     assert set(status_writes) <= {"poll", "counts", "scope"}, status_writes
+
+
+async def test_a_checkpoint_of_the_previous_format_is_abandoned_and_a_fresh_run_converges(
+    sim: Any, app_container: Any
+) -> None:
+    base: EnrollmentService = app_container.service(build_enrollment_service)
+    summary = sim.create_tenant("M", seed=next(SEEDS))
+    tid = summary["tenant_id"]
+    await provision(base, summary, guard_max_percent=100.0)
+    store = TableEnrollmentStore(app_container.storage, shard_target=100)
+    engine = PollEngine(tenants=base.tenants, store=store, cursors=base.cursors, graph_factory=app_container.graph,
+                        step_seconds=None, step_pages=2, step_slices=2, apply_slice=7)
+    sent: list[str] = []
+
+    async def send(body: str, delay_seconds: int = 0, /) -> None:
+        sent.append(body)
+
+    service = EnrollmentService(tenants=base.tenants, store=store, cursors=base.cursors, leases=base.leases,
+                                engine=engine, send=send)
+    # Poll until the run is applying and has written some devices.
+    for _ in range(50):
+        assert (await service.run_poll(tid))["continuing"]
+        head = await store.checkpoint(tid)
+        if head is not None and head["phase"] == "apply" and head["applied"]["enroll"]:
+            break
+    else:
+        pytest.fail("the run never reached its apply phase")
+    applied = int(head["applied"]["enroll"])
+    assert 0 < applied < len(await expected_ids(sim, app_container, tid, summary["enrollment_groups"]))
+    # What the previous release left: a version-1 head whose plan chunk is one JSON document.
+    old = {**head, "v": 1}
+    await store.put_checkpoint(tid, old, {99_999: json.dumps({"d": {}, "c": {}, "s": [], "x": [], "n": None}).encode()})
+    polls = 0
+    while True:
+        polls += 1
+        assert polls < 100
+        if not (await service.run_poll(tid))["continuing"]:
+            break
+        run = await store.checkpoint(tid)
+        assert run is not None and run["v"] == CHECKPOINT_VERSION and run["run"] != old["run"]
+    assert await store.checkpoint(tid) is None
+    with pytest.raises(ConflictError):  # the abandoned run's chunk rows were deleted with it
+        await store.checkpoint_chunks(tid, old)
+    want = await expected_ids(sim, app_container, tid, summary["enrollment_groups"])
+    have = await enrolled_ids(service, tid)
+    assert have == want
+    events = await all_events(service, tid)
+    assert_feed_consistent(events, have)
+    # The fresh run re-read Graph and replanned: the devices the abandoned run enrolled are not enrolled twice.
+    assert Counter(e.type for e in events) == Counter({"enrolled": len(have)})
 
 
 async def _no_send(body: str, delay_seconds: int = 0, /) -> None:

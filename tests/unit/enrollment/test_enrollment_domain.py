@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -158,11 +160,11 @@ desired_maps = st.dictionaries(ids, records)
 
 
 def _stored(m: dict) -> dict[str, Stored]:
-    return {k: Stored(rec.__class__(**{**rec.__dict__, "id": k}), state, "Root") for k, (rec, state) in m.items()}
+    return {k: Stored(replace(rec, id=k), state, "Root") for k, (rec, state) in m.items()}
 
 
 def _desired(m: dict) -> dict[str, Desired]:
-    return {k: Desired(rec.__class__(**{**rec.__dict__, "id": k}), "Root") for k, rec in m.items()}
+    return {k: Desired(replace(rec, id=k), "Root") for k, rec in m.items()}
 
 
 def _apply(stored: dict[str, Stored], plan) -> dict[str, Stored]:
