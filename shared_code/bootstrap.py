@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from shared_code.adapters.credentials import SecretSource, StaticSecret, TenantCredentials
-from shared_code.adapters.graph import GraphClient
+from shared_code.adapters.graph import GraphClient, SharedPool
 from shared_code.adapters.http_retry import UsageMeter
 from shared_code.adapters.pacer import GraphPacer
 from shared_code.adapters.storage import StorageClients
@@ -66,6 +66,7 @@ class Container:
         self._credentials: TenantCredentials | None = None
         self._storage: StorageClients | None = None
         self._pacer: GraphPacer | None = None
+        self._graph_pool: SharedPool | None = None
         self._services: dict[Callable[[Container], Any], Any] = {}
 
     @property
@@ -123,7 +124,12 @@ class Container:
         return self._pacer
 
     def graph(self, tenant_id: str, meter: UsageMeter | None = None) -> GraphClient:
-        """A Graph client for one customer tenant (callers close it; each poll gets its own meter)."""
+        """A Graph client for one customer tenant (callers close it; each poll gets its own meter).
+
+        Every client of the process sends on one connection pool (kept-alive TLS connections to Graph).
+        """
+        if self._graph_pool is None:
+            self._graph_pool = SharedPool()
         return GraphClient(
             tenant_id=tenant_id,
             credentials=self.credentials,
@@ -132,6 +138,7 @@ class Container:
             meter=meter,
             pacer=self.graph_pacer,
             scope=f"{cloud_profile(self.settings.cloud).graph_base_url}/.default",
+            transport=self._graph_pool,
         )
 
     def service(self, factory: Callable[[Container], T]) -> T:
@@ -147,6 +154,9 @@ class Container:
             await self._credentials.close()
         if self._storage is not None:
             await self._storage.close()
+        if self._graph_pool is not None:
+            await self._graph_pool.close()
+            self._graph_pool = None
 
 
 _current: Container | None = None

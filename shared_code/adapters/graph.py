@@ -175,6 +175,31 @@ def _raise_for_status(status: int, code: str, message: str, retry_after: str | N
     raise FatalError(f"Graph rejected the request ({status} {code}): {message}", status=status, code=code)
 
 
+class SharedPool(httpx.AsyncBaseTransport):
+    """One HTTPS connection pool for every :class:`GraphClient` of a process.
+
+    A poll builds its own GraphClient (its meter, pacer lane and retry layer), but opening a connection per poll
+    costs an SSL context and a TLS handshake with Graph each time: two quiet requests paid a third of their client
+    CPU for it (bench/notes/issue9.md, "Fleet profile"). Clients share the pool's kept-alive connections instead;
+    only the bearer token differs per request, and it is set per request. A client's ``aclose`` leaves the pool
+    open; its owner (the process's Container) closes it with :meth:`close`.
+    """
+
+    def __init__(self, inner: httpx.AsyncBaseTransport | None = None) -> None:
+        self._inner = inner or httpx.AsyncHTTPTransport(retries=0)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send on one of the pool's connections."""
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        """Nothing: other clients still use the pool (see :meth:`close`)."""
+
+    async def close(self) -> None:
+        """Close the pool's connections (the owner, at the end of the process)."""
+        await self._inner.aclose()
+
+
 @dataclass(frozen=True)
 class BatchItem:
     """One request of a ``$batch`` (relative URL, GET only for our use)."""
@@ -199,6 +224,8 @@ class GraphClient:
         pacer: GraphPacer | None = None,
         scope: str = GRAPH_SCOPE,
     ) -> None:
+        """``transport``: the connection pool below the pacer and retry layers (a :class:`SharedPool` to reuse
+        connections across clients); a pool of its own, closed with the client, when omitted."""
         self.tenant_id = tenant_id
         self._scope = scope
         self.meter = meter or UsageMeter()

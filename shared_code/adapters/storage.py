@@ -48,6 +48,7 @@ class StorageClients:
         self._tables: dict[str, TableClient] = {}
         self._service: TableServiceClient | None = None
         self._created: set[str] = set()
+        self._senders: dict[str, QueueClient] = {}
         self._identity: Any = None
 
     def _credential(self) -> Any:
@@ -94,10 +95,24 @@ class StorageClients:
             self._connection, name, message_encode_policy=TextBase64EncodePolicy()
         )
 
+    def sender(self, name: str) -> QueueClient:
+        """The process's client for sending to queue ``name`` (like :meth:`queue`, but kept open and reused).
+
+        The dispatcher sends one message per due tenant: a client per message would open a new connection (a TLS
+        handshake in Azure) for each. Callers must not close it; :meth:`close` does.
+        """
+        client = self._senders.get(name)
+        if client is None:
+            client = self._senders[name] = self.queue(name)
+        return client
+
     async def close(self) -> None:
         """Close every client."""
         for client in self._tables.values():
             await client.close()
+        for sender in self._senders.values():
+            await sender.close()
+        self._senders.clear()
         if self._service is not None:
             await self._service.close()
         if self._identity is not None:

@@ -281,18 +281,22 @@ class PollEngine:
         force_full: bool = False,
         keepalive: KeepAlive | None = None,
         previous_started: float | None = None,
+        record: TenantRecord | None = None,
     ) -> PollOutcome:
         """Poll one tenant.
 
         ``keepalive`` runs after every Graph page or ``$batch`` and before the writes (the service renews the
         poll's lease with it; it raises ConflictError when the lease was lost, which stops the poll unwritten).
+        ``record`` is the tenant as the caller read it under that lease (one read of the tenant per poll, not two);
+        without it the engine reads the tenant itself.
 
         Raises:
             NotFoundError: the tenant is not provisioned.
             ConsentRequiredError, PermissionMissingError, RetriableError, FatalError: from Graph.
             ConflictError: another worker advanced the tenant meanwhile.
         """
-        record = await self.tenants.get(tenant_id)
+        if record is None:
+            record = await self.tenants.get(tenant_id)
         if record is None:
             raise NotFoundError(f"tenant {tenant_id} is not provisioned", status=404)
         outcome = PollOutcome(tenant_id, "skipped", dry_run=dry_run)

@@ -386,13 +386,15 @@ class EnrollmentService:
             problem = config_problem(record.config)
             if problem is not None:
                 return await self._record_config_invalid(record, problem)
+            read: TenantRecord | None = record  # the engine polls from this read (a quiet poll reads it once)
             if config_of(record).get("state") == CONFIG_INVALID:
                 await self.status.config(tenant_id, {
                     "state": "valid", "field": None, "detail": None, "clearedAt": utc_iso(self._clock()),
                 })
+                read = None  # changed since: the engine reads it again
             try:
                 outcome = await self.engine.poll(tenant_id, force_full=force_full, keepalive=keeper.keepalive,
-                                                 previous_started=lease.previous_started or None)
+                                                 previous_started=lease.previous_started or None, record=read)
             except ConflictError as exc:
                 log.warning("tenant %s: %s; stopping this poll", tenant_id, exc)
                 # A step of a full reconcile run that stopped on a conflict leaves the run's checkpoint as it was:
@@ -671,13 +673,12 @@ def build_enrollment_service(c: Container) -> EnrollmentService:
     async def send(body: str, delay_seconds: int = 0, /) -> None:
         from azure.core.exceptions import ResourceExistsError
 
-        client = c.storage.queue(queue_name)
-        async with client:
-            if not created:
-                with contextlib.suppress(ResourceExistsError):
-                    await client.create_queue()
-                created.append(True)
-            await client.send_message(body, visibility_timeout=delay_seconds or None)
+        client = c.storage.sender(queue_name)  # one open client per process, not a connection per message
+        if not created:
+            with contextlib.suppress(ResourceExistsError):
+                await client.create_queue()
+            created.append(True)
+        await client.send_message(body, visibility_timeout=delay_seconds or None)
 
     return EnrollmentService(
         tenants=tenants,
