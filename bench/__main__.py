@@ -283,7 +283,8 @@ def perf(args: argparse.Namespace, command: str) -> list[str]:
             steps.append(("fleetpoll", lambda: runner.fleet_poll(args.fleet_poll, workers, command,
                                                                  throttle_scale=args.fleet_scale,
                                                                  scaled_count=args.fleet_scaled_tenants,
-                                                                 profile_dir=args.fleet_profile)))
+                                                                 profile_dir=args.fleet_profile,
+                                                                 warm=args.fleet_warm)))
         if args.coldstart:
             steps.append(("coldstart", lambda: runner.coldstart(command)))
         stack = [s for s in args.stack.split(",") if s] + (["XL"] if args.xl and "XL" not in args.stack else [])
@@ -411,6 +412,8 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fleet-scale", type=float, default=0.002,
                         help="Graph quota scale of the paced / not paced comparison (0: skip it)")
     parser.add_argument("--fleet-scaled-tenants", type=int, default=200)
+    parser.add_argument("--fleet-warm", action="store_true",
+                        help="a second quiet cycle on the same nodes per worker count (tokens, connections held)")
     parser.add_argument("--fleet-profile", default="", metavar="DIR",
                         help="cProfile every node of the fleet's quiet cycles into DIR (their wall times are then "
                              "not figures)")

@@ -252,15 +252,17 @@ class Runner:
         self.log(f"  cold heartbeat run {hb['requests']} req {hb['wall_s']} s")
 
     def fleet_poll(self, count: int, workers: list[int], command: str, *, throttle_scale: float = 0.002,
-                   scaled_count: int = 200, limit_s: float = 1800, profile_dir: str = "") -> dict[str, Any]:
+                   scaled_count: int = 200, limit_s: float = 1800, profile_dir: str = "",
+                   warm: bool = False) -> dict[str, Any]:
         """A fleet polled through timer + queue on 1..N devhost nodes (bench/fleet.py).
 
         ``count`` tenants: provisioning through the HTTP API, the first cycle (full reconciles), then a quiet
         5-minute cycle per worker count. Then, with Graph's quotas scaled by ``throttle_scale`` in the simulator,
         ``scaled_count`` new tenants provisioned and fully reconciled twice over: with the pacer scaled alike, and
         with pacing off (the control). Each cycle records the app's storage calls per poll by table, kind and
-        partition (bench/storage_meter.py); with ``profile_dir`` every node of a quiet cycle writes cProfile stats
-        there (then the cycle's wall time is not a figure).
+        partition (bench/storage_meter.py); with ``warm`` each worker count's nodes run a second quiet cycle
+        (``warm quiet xN``: tokens and connections held from the first); with ``profile_dir`` one more quiet cycle
+        on 1 node (``profiled quiet x1``) writes cProfile stats there (its wall time is not a figure).
         """
         from bench.fleet import Node, drain_all
         from bench.worker import _totals, proc_cpu, sim_totals
@@ -380,6 +382,13 @@ class Runner:
             nodes = start(k, prefix, {})
             try:
                 cycle(f"quiet x{k}", nodes, ids)
+                if warm:
+                    # The same processes 5 minutes later: Graph tokens, connections and clients already held, as on
+                    # a Functions instance that keeps running between cycles.
+                    offset += 300
+                    for n in nodes:
+                        n.command("advance 300")
+                    cycle(f"warm quiet x{k}", nodes, ids)
             finally:
                 stop(nodes)
         if profile_dir:
