@@ -19,7 +19,7 @@ import time
 from typing import Any
 from urllib.parse import unquote
 
-from shared_code.adapters.storage import StorageClients
+from shared_code.adapters.storage import StorageClients, client_options
 
 _GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 _KEYS = re.compile(r"PartitionKey='((?:[^']|'')*)'")
@@ -98,12 +98,13 @@ def metered_storage(connection: str, prefix: str, meter: StorageMeter) -> Storag
         def _table_service(self) -> TableServiceClient:
             if self._service is None:
                 self._service = TableServiceClient.from_connection_string(
-                    self._connection, raw_request_hook=meter.hook, raw_response_hook=meter.response_hook)
+                    self._connection, raw_request_hook=meter.hook, raw_response_hook=meter.response_hook,
+                    **client_options())
             return self._service
 
         def queue(self, name: str) -> QueueClient:
             return QueueClient.from_connection_string(
                 self._connection, name, message_encode_policy=TextBase64EncodePolicy(),
-                raw_request_hook=meter.queue_hook, raw_response_hook=meter.response_hook)
+                raw_request_hook=meter.queue_hook, raw_response_hook=meter.response_hook, **client_options())
 
     return MeteredStorage(connection, table_prefix=prefix)

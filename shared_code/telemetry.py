@@ -267,7 +267,8 @@ def _start() -> bool:
 
 async def ready(*, wait: bool) -> bool:
     """Make sure configuration has started; with ``wait``, wait until it is done. True when spans are recorded."""
-    if _start() or not wait:
+    if _start() or not wait or _decided.is_set():
+        # Decided (on or off): nothing to wait for — no thread hand-off per unit of work when telemetry is off.
         return _pipeline is not None
     import asyncio
 

@@ -8,6 +8,7 @@ Locally that is a connection string (Azurite); in Azure it is identity-based (``
 from __future__ import annotations
 
 import os
+import urllib.request
 from typing import Any
 
 from azure.data.tables.aio import TableClient, TableServiceClient
@@ -17,6 +18,17 @@ from azure.storage.queue.aio import QueueClient
 # The app's tables (docs/architecture.md "Storage"; change feed events live in ``devices``). infra/main.bicep creates
 # exactly these (tests/infra). The prefix lets several deployments share one account in tests.
 TABLES = ("tenants", "cursors", "memberships", "devices", "uploads", "leases")
+
+
+def client_options() -> dict[str, Any]:
+    """Transport options for every storage client: ``use_env_settings`` only when a proxy is configured.
+
+    With it on (azure-core's default) aiohttp re-reads ``~/.netrc`` and the proxy environment in a worker thread on
+    *every* request — two thread hand-offs per table or queue call, about a tenth of a quiet poll's client CPU
+    (bench/notes/issue9.md, "Fleet profile") — to find what is fixed for the process. Storage never uses netrc
+    credentials, so the setting is kept only where it does something: when HTTP(S)_PROXY is set.
+    """
+    return {"use_env_settings": bool(urllib.request.getproxies())}
 
 
 def _managed_identity() -> Any:
@@ -64,9 +76,10 @@ class StorageClients:
     def _table_service(self) -> TableServiceClient:
         if self._service is None:
             if not self._connection:
-                self._service = TableServiceClient(endpoint=self._table_uri, credential=self._credential())
+                self._service = TableServiceClient(endpoint=self._table_uri, credential=self._credential(),
+                                                   **client_options())
             else:
-                self._service = TableServiceClient.from_connection_string(self._connection)
+                self._service = TableServiceClient.from_connection_string(self._connection, **client_options())
         return self._service
 
     async def table(self, logical: str) -> TableClient:
@@ -90,9 +103,10 @@ class StorageClients:
                 name,
                 credential=self._credential(),
                 message_encode_policy=TextBase64EncodePolicy(),
+                **client_options(),
             )
         return QueueClient.from_connection_string(
-            self._connection, name, message_encode_policy=TextBase64EncodePolicy()
+            self._connection, name, message_encode_policy=TextBase64EncodePolicy(), **client_options()
         )
 
     def sender(self, name: str) -> QueueClient:
