@@ -432,14 +432,26 @@ def fleetpoll_section(results: dict[str, Any]) -> list[str]:
         "`dispatch_polls` timer and `poll_tenant` queue trigger on 1, 2, … devhost processes sharing one Azurite",
         "queue and one set of tables (like Functions instances). A cycle is dispatch → every queue drained;",
         "*tenants/min* = tenants ÷ cycle wall time. Each process paces Graph to `1 / workers` of the app budget.",
-        "Requests / RU / 429s are the simulator's counters over the fleet's tenants (tokens apart).",
+        "Requests / RU / 429s are the simulator's counters over the fleet's tenants (tokens apart). *Storage calls*",
+        "are the app's own Table and Queue requests per poll (bench/storage_meter.py; devhost's queue polling",
+        "apart); *CPU s* is what Azurite, the simulator and the worker processes used during the cycle. A *warm*",
+        "cycle runs on the same processes 5 minutes after the one before it (tokens and connections held).",
         "",
-        "| tenants | cycle | workers | polls | wall s | tenants/min | Graph requests / RU | 429s |"
-        " pacer waits (total s) | peak RSS MiB per worker | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for _, e in rows:
+        lines += [
+            "| tenants | cycle | workers | polls | wall s | tenants/min | Graph requests / RU | 429s |"
+            " pacer waits (total s) | storage calls / poll | CPU s Azurite / simulator / workers |"
+            " peak RSS MiB per worker | load avg |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, c in e["cycles"].items():
+            if c.get("profiled"):
+                continue  # cProfile's overhead: evidence for the notes, not a figure
+            cpu = c.get("cpu_s") or {}
+            workers_cpu = sum(v for k, v in cpu.items() if k.startswith("node"))
+            cpu_cell = (f"{_f(cpu.get('azurite'), 1)} / {_f(cpu.get('simulator'), 1)} / {_f(workers_cpu, 1)}"
+                        if cpu else "–")
             pacers = [p for p in c.get("pacer") or [] if p]
             waits = (f"{sum(p['waited'] for p in pacers):,} ({sum(p['wait_s'] for p in pacers):,.1f})"
                      if pacers else "off" if "pacer" in c else "–")
@@ -447,8 +459,11 @@ def fleetpoll_section(results: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| {_f(tenants)} | {name} | {c['workers']} | {_f(c['polls'])} | {_f(c['wall_s'])} | "
                 f"**{_f(c.get('tenants_per_min'), 1)}** | {_f(c['requests'])} / {_f(c['ru'])} | "
-                f"**{_f(c['throttled'])}** | {waits} | {_f(c.get('peak_rss_mb'), 1)} | {_f(c.get('loadavg_1m'))} |"
+                f"**{_f(c['throttled'])}** | {waits} | {_f(c.get('storage_calls_per_poll'))} | {cpu_cell} | "
+                f"{_f(c.get('peak_rss_mb'), 1)} | {_f(c.get('loadavg_1m'))} |"
             )
+        if e.get("azurite_in_memory"):
+            lines.append("\n*Azurite* ran with `--inMemoryPersistence` (no 5-second snapshot of its database to disk).")
         if e.get("source"):
             lines.append(f"\n*Source*: {e['source']}.")
         prov = e.get("provision") or {}
