@@ -1,7 +1,10 @@
 """Tokens for customer tenants, from the connector's one multi-tenant app credential (azure-identity).
 
 Tokens are cached by azure-identity per credential; we keep one credential per customer tenant and rebuild it when
-the secret source says the secret changed (rotation) or a token request is rejected for a bad secret.
+the secret source says the secret changed (rotation) or a token request is rejected for a bad secret. Every
+credential sends on one shared aiohttp session: a session per credential (azure-identity's default) held ~350 KiB
+per cached tenant — 350 MB for a 1,000-tenant fleet on one instance — and a TLS handshake per tenant's first token
+(bench/notes/issue9.md, "Fleet profile").
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import base64
 import binascii
 import os
 import re
+import ssl
+import urllib.request
 from typing import Any, Protocol
 
 from azure.core.credentials_async import AsyncTokenCredential
@@ -40,6 +45,15 @@ def tls_options() -> dict[str, Any]:
     """
     bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE")
     return {"connection_verify": bundle} if bundle else {}
+
+
+def env_proxies() -> bool:
+    """Whether azure-core/aiohttp clients should read proxy settings from the environment (``trust_env``).
+
+    Only when a proxy is configured: with it on, aiohttp re-reads ``~/.netrc`` and the proxy environment in a worker
+    thread on every request, to find what is fixed for the process (two thread hand-offs per storage call).
+    """
+    return bool(urllib.request.getproxies())
 
 
 def certificate_bytes(material: str) -> bytes:
@@ -104,6 +118,27 @@ class TenantCredentials:
         self._certificate = credential_type == "certificate"
         self._credentials: dict[str, tuple[str, AsyncTokenCredential]] = {}
         self._retired: list[AsyncTokenCredential] = []
+        self._session: Any = None  # aiohttp.ClientSession shared by every credential (see the module docstring)
+        self._transport: Any = None
+
+    def _shared_transport(self) -> Any:
+        """The azure-core transport every credential sends on (one aiohttp session, opened in the running loop)."""
+        if self._transport is None:
+            import aiohttp
+            from azure.core.pipeline.transport import AioHttpTransport
+
+            # As azure-core builds its own session, but shared: a credential's close leaves it open (not its owner).
+            # The extra CA (tls_options) is the connector's default context, built once: azure-core's
+            # ``connection_verify=<path>`` builds an SSL context per request, and aiohttp reuses a kept-alive
+            # connection only for the same context — every token request would open a new TLS connection.
+            bundle = tls_options().get("connection_verify")
+            connector = aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=bundle)) if bundle else None
+            self._session = aiohttp.ClientSession(
+                connector=connector, trust_env=env_proxies(), cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+            )
+            self._transport = AioHttpTransport(session=self._session, session_owner=False)
+        return self._transport
 
     async def _credential(self, tenant_id: str) -> AsyncTokenCredential:
         material = await self._secrets.get_secret()
@@ -116,7 +151,8 @@ class TenantCredentials:
             "authority": self._authority,
             # Instance discovery asks login.microsoftonline.com about the authority; the authority is a setting.
             "disable_instance_discovery": True,
-            **tls_options(),
+            # TLS trust (tls_options) is the shared transport's.
+            "transport": self._shared_transport(),
         }
         credential: AsyncTokenCredential
         if self._certificate:
@@ -196,3 +232,6 @@ class TenantCredentials:
             await credential.close()
         self._credentials.clear()
         self._retired.clear()
+        if self._session is not None:
+            await self._session.close()
+        self._session = self._transport = None

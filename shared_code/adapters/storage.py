@@ -8,12 +8,13 @@ Locally that is a connection string (Azurite); in Azure it is identity-based (``
 from __future__ import annotations
 
 import os
-import urllib.request
 from typing import Any
 
 from azure.data.tables.aio import TableClient, TableServiceClient
 from azure.storage.queue import TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
+
+from shared_code.adapters.credentials import env_proxies
 
 # The app's tables (docs/architecture.md "Storage"; change feed events live in ``devices``). infra/main.bicep creates
 # exactly these (tests/infra). The prefix lets several deployments share one account in tests.
@@ -21,14 +22,11 @@ TABLES = ("tenants", "cursors", "memberships", "devices", "uploads", "leases")
 
 
 def client_options() -> dict[str, Any]:
-    """Transport options for every storage client: ``use_env_settings`` only when a proxy is configured.
-
-    With it on (azure-core's default) aiohttp re-reads ``~/.netrc`` and the proxy environment in a worker thread on
-    *every* request — two thread hand-offs per table or queue call, about a tenth of a quiet poll's client CPU
-    (bench/notes/issue9.md, "Fleet profile") — to find what is fixed for the process. Storage never uses netrc
-    credentials, so the setting is kept only where it does something: when HTTP(S)_PROXY is set.
-    """
-    return {"use_env_settings": bool(urllib.request.getproxies())}
+    """Transport options for every storage client: ``use_env_settings`` (aiohttp's ``trust_env``) only when a proxy
+    is configured (:func:`~shared_code.adapters.credentials.env_proxies`). azure-core's default re-read ``~/.netrc``
+    and the proxy environment in a worker thread on every table or queue call (bench/notes/issue9.md, "Fleet
+    profile"); storage never uses netrc credentials."""
+    return {"use_env_settings": env_proxies()}
 
 
 def _managed_identity() -> Any:

@@ -90,3 +90,22 @@ async def test_forgetting_a_tenant_fetches_a_fresh_token_without_breaking_holder
     finally:
         await credentials.close()
     assert fresh.count(".") == 2
+
+
+async def test_every_tenants_credential_sends_on_one_shared_session(sim: Any, tenant_id: str) -> None:
+    others = [str(sim.create_tenant("small", seed=seed)["tenant_id"]) for seed in (517, 518)]
+    credentials = _credentials(sim, CountingSecret([sim.info["connector"]["client_secret"]]))
+    try:
+        for tid in (tenant_id, *others):
+            assert await credentials.get_token(tid, GRAPH_SCOPE)
+        session = credentials._session
+        assert session is not None and not session.closed
+        # Three tenants' first tokens, three credentials (three token caches), one kept-alive connection to the token
+        # endpoint: a session per credential held ~350 KiB per cached tenant (bench/notes/issue9.md).
+        assert sum(len(held) for held in session.connector._conns.values()) == 1
+        await credentials.forget(others[0])
+        assert await credentials.get_token(others[0], GRAPH_SCOPE)  # a rebuilt credential shares the session too
+        assert sum(len(held) for held in session.connector._conns.values()) == 1
+    finally:
+        await credentials.close()
+    assert session.closed  # closed once, with the last credential
