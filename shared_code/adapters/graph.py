@@ -178,9 +178,9 @@ def _raise_for_status(status: int, code: str, message: str, retry_after: str | N
 class SharedPool(httpx.AsyncBaseTransport):
     """One HTTPS connection pool for every :class:`GraphClient` of a process.
 
-    A poll builds its own GraphClient (its meter, pacer lane and retry layer), but opening a connection per poll
-    costs an SSL context and a TLS handshake with Graph each time: two quiet requests paid a third of their client
-    CPU for it (bench/notes/issue9.md, "Fleet profile"). Clients share the pool's kept-alive connections instead;
+    A poll builds its own GraphClient (its meter, pacer lane and retry layer), but a pool per client costs an SSL
+    context (the CA bundle loaded) and a TLS handshake with Graph for every poll, for two quiet requests
+    (bench/notes/issue9.md, "Fleet profile"). Clients share the pool's kept-alive connections instead;
     only the bearer token differs per request, and it is set per request. A client's ``aclose`` leaves the pool
     open; its owner (the process's Container) closes it with :meth:`close`.
     """
