@@ -5,10 +5,14 @@ Bench only, off unless ``BENCH_MEMPROFILE`` names an output file (JSON) for the 
 * ``BENCH_MEMPROFILE=/tmp/p.json`` — a thread samples ``VmRSS`` every 50 ms and labels each sample with the
   full-reconcile method running (the methods are wrapped from here; no product code knows about it). The output
   gives the highest RSS reached inside each label and the label that was running at the peak.
-* ``BENCH_MEMPROFILE_TRACE=N`` in addition — tracemalloc with N frames; a snapshot is taken whenever the traced heap
-  passes its previous high by 5 % + 4 MiB, and the top allocation sites (by line and by traceback) of the snapshot taken
-  closest to the heap peak are written out. Tracemalloc slows the run and adds its own memory: use the RSS-only run
-  for the phase figures and this one for the sites.
+* ``BENCH_MEMPROFILE_TRACE=N`` in addition — tracemalloc with N frames; while a full reconcile runs, a snapshot is
+  taken whenever the traced heap passes its previous high by 5 % + 4 MiB, and the top allocation sites (by line and
+  by traceback) of the last one (the one closest to the heap peak) are written out. Tracemalloc slows the run and
+  adds its own memory: use the RSS-only run for the phase figures and this one for the sites.
+
+Labels also cover the engine's other poll paths and the bench's own reads (``compare``, ``churn``), which run in the
+same process after the full phase; ``marks["full"]`` is the peak when the full phase ended (the figure the stack
+table reports).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class MemProfile:
         self._t0 = time.perf_counter()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.timeline: list[tuple[float, str, float]] = []
+        self.marks: dict[str, float] = {}
 
     def label(self) -> str:
         return "/".join(k for k, n in self.labels.items() if n) or "-"
@@ -56,7 +61,7 @@ class MemProfile:
             self.peak = (rss, lab, t)
         if not self.timeline or abs(self.timeline[-1][2] - rss) >= 2 or self.timeline[-1][1] != lab:
             self.timeline.append((round(t, 2), lab, round(rss, 1)))
-        if self.frames and tracemalloc.is_tracing():
+        if self.frames and tracemalloc.is_tracing() and self.labels.get("_full"):  # the full reconcile's heap
             cur = tracemalloc.get_traced_memory()[0]
             if cur > self.heap_high * 1.05 + 4 * MiB:
                 self.heap_high = cur
@@ -85,6 +90,30 @@ class MemProfile:
 
         setattr(cls, name, wrapper)
 
+    def wrap_function(self, module: Any, name: str) -> None:
+        """Label the time spent in the module-level async function ``module.name``."""
+        original: Callable[..., Any] = getattr(module, name)
+        prof = self
+
+        @functools.wraps(original)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            prof.labels[name] = prof.labels.get(name, 0) + 1
+            try:
+                return await original(*args, **kwargs)
+            finally:
+                prof._sample()
+                prof.labels[name] -= 1
+
+        setattr(module, name, wrapper)
+
+    def mark(self, name: str) -> None:
+        """Record the peak so far under ``name`` (e.g. the end of the bench's full phase)."""
+        self._sample()
+        self.marks[name] = round(self.peak[0], 1)
+        if tracemalloc.is_tracing():
+            self.marks[f"{name}_heap_peak"] = round(tracemalloc.get_traced_memory()[1] / MiB, 1)
+        self.write()
+
     def start(self) -> None:
         from shared_code.enrollment import full_reconcile as fr
         from shared_code.enrollment import store
@@ -94,6 +123,14 @@ class MemProfile:
             self.wrap(fr.FullReconcile, name)
         for name in ("checkpoint_chunks", "put_checkpoint", "load_devices", "apply"):
             self.wrap(store.EnrollmentStore, name)
+        # Beyond the full reconcile: the engine's other poll paths and the bench's own reads (same process).
+        from bench import stack
+        from shared_code.enrollment import engine
+
+        for name in ("_incremental", "_devices_catchup", "_start_devices_round", "_full"):
+            self.wrap(engine.PollEngine, name)
+        for name in ("compare", "churn"):
+            self.wrap_function(stack, name)
         if self.frames:
             tracemalloc.start(self.frames)
         self._thread.start()
@@ -101,10 +138,16 @@ class MemProfile:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+        self.write()
+
+    def write(self) -> None:
+        """Write the profile so far (at the end of the full phase, and again when the job ends)."""
+        by_label = sorted(dict(self.by_label).items(), key=lambda kv: -kv[1])
         doc: dict[str, Any] = {
             "peak_rss_mib": round(self.peak[0], 1), "peak_label": self.peak[1], "peak_at_s": round(self.peak[2], 1),
-            "max_rss_by_label_mib": {k: round(v, 1) for k, v in sorted(self.by_label.items(), key=lambda kv: -kv[1])},
-            "timeline": self.timeline,
+            "marks": self.marks,
+            "max_rss_by_label_mib": {k: round(v, 1) for k, v in by_label},
+            "timeline": list(self.timeline),
         }
         if self.snapshot is not None:
             snap = self.snapshot.filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])

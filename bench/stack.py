@@ -219,7 +219,7 @@ async def job_stack(job: dict[str, Any]) -> dict[str, Any]:
         full = await cycle("full", advance=False, limit_s=cap)
         full["peak_rss_mb"] = round(peak_rss_bytes() / 2**20, 1)
         if memprof is not None:
-            memprof.stop()
+            memprof.mark("full")
         checks["after_full"] = await compare(api, admin, tid, groups)
         # Converged means stored == truth, not merely "queues drained": a run whose continuation chain stopped is
         # continued by the next scheduled polls, and those cycles count into the figures (``scheduled_cycles``).
@@ -288,6 +288,8 @@ async def job_stack(job: dict[str, Any]) -> dict[str, Any]:
             checks["after_churn"] = {**await compare(api, admin, tid, groups), "extra_cycles": extra,
                                      "extra_requests": again["requests"]}
     finally:
+        if memprof is not None:
+            memprof.stop()
         await api.aclose()
         await host.stop()
         await admin.aclose()
