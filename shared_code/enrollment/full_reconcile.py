@@ -651,9 +651,10 @@ class FullReconcile:
             if await self._write(plan.without_deactivations().items, stored):
                 done[str(shard)] = len(plan.of(DEACTIVATE))
 
-        # Shards in parallel, a few at a time: the store parallelizes the writes inside one apply as well.
+        # Shards in parallel, a few at a time: the store parallelizes the writes inside one apply as well. The first
+        # shard that fails (a lost lease, a conflict) cancels the others: a failed step writes nothing more.
         for start in range(0, len(todo), SHARD_WRITE_CONCURRENCY):
-            await asyncio.gather(*(shard_job(s) for s in todo[start : start + SHARD_WRITE_CONCURRENCY]))
+            await _together([shard_job(s) for s in todo[start : start + SHARD_WRITE_CONCURRENCY]])
             if self.budget.spent() and len(done) < len(layout.partitions()):
                 return False
         if len(done) < len(layout.partitions()):
@@ -760,6 +761,19 @@ class FullReconcile:
             steps=int(self.head.get("steps") or 1),
             staged=int(self.head.get("staged") or 0),
         )
+
+
+async def _together(jobs: Sequence[Awaitable[None]]) -> None:
+    """Run ``jobs`` concurrently; when one fails (or this step is cancelled), cancel the others and wait for them
+    before re-raising, so no shard of a failed step keeps writing after it (e.g. once the poll lost its lease)."""
+    tasks = [asyncio.ensure_future(job) for job in jobs]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _owner_of(obj: Mapping[str, Any]) -> str | None:

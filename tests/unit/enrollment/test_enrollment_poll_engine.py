@@ -260,6 +260,39 @@ async def test_a_poll_that_lost_its_lease_stops_before_writing() -> None:
     assert result["result"] == "conflict" and await h.events() == [] and h.store.writes == 0
 
 
+class SlowShardsStore(MemoryEnrollmentStore):
+    """The in-memory store, where every apply but the first waits a little (as a transaction on the wire does)."""
+
+    calls = 0
+
+    async def apply(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls > 1:
+            await asyncio.sleep(0.05)
+        return await super().apply(*args, **kwargs)
+
+
+async def test_a_shard_that_fails_mid_apply_stops_the_other_shards_writes() -> None:
+    h = Harness()
+    h.store = h.engine.store = h.service.store = SlowShardsStore(shard_target=4)  # 40 devices: 16 shards
+    await h.tenant(users=40, in_group=40)
+    failed_at: list[int] = []
+
+    def lose_lease(n: int) -> None:  # the first shard's first transaction finds the tenant taken over
+        if not failed_at:
+            failed_at.append(h.store.writes)
+            raise ConflictError("poll lease lost")
+
+    h.store.before_commit = lose_lease
+    result = await h.service.run_poll(T)
+    await asyncio.sleep(0.2)  # a sibling shard left running would write now
+    assert result["result"] == "conflict" and len(failed_at) == 1
+    layout = await h.store.layout(T)
+    assert layout is not None and layout.shards == 16
+    # Nothing after the failure: the layout row was the only write, no other shard committed a transaction.
+    assert h.store.writes == failed_at[0] == 1 and await h.events() == []
+
+
 def test_the_lease_outlasts_the_function_timeout() -> None:
     timeout = json.loads((REPO / "host.json").read_text())["functionTimeout"]
     hours, minutes, seconds = (int(p) for p in timeout.split(":"))
