@@ -74,9 +74,9 @@ class MemProfile:
             self._sample()
             self._stop.wait(0.05)
 
-    def wrap(self, cls: type, name: str) -> None:
-        """Label the time spent in ``cls.name`` (an async method)."""
-        original: Callable[..., Any] = getattr(cls, name)
+    def wrap(self, owner: Any, name: str) -> None:
+        """Label the time spent in the async callable ``owner.name`` (a class's method or a module's function)."""
+        original: Callable[..., Any] = getattr(owner, name)
         prof = self
 
         @functools.wraps(original)
@@ -88,23 +88,7 @@ class MemProfile:
                 prof._sample()
                 prof.labels[name] -= 1
 
-        setattr(cls, name, wrapper)
-
-    def wrap_function(self, module: Any, name: str) -> None:
-        """Label the time spent in the module-level async function ``module.name``."""
-        original: Callable[..., Any] = getattr(module, name)
-        prof = self
-
-        @functools.wraps(original)
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            prof.labels[name] = prof.labels.get(name, 0) + 1
-            try:
-                return await original(*args, **kwargs)
-            finally:
-                prof._sample()
-                prof.labels[name] -= 1
-
-        setattr(module, name, wrapper)
+        setattr(owner, name, wrapper)
 
     def mark(self, name: str) -> None:
         """Record the peak so far under ``name`` (e.g. the end of the bench's full phase)."""
@@ -130,7 +114,7 @@ class MemProfile:
         for name in ("_incremental", "_devices_catchup", "_start_devices_round", "_full"):
             self.wrap(engine.PollEngine, name)
         for name in ("compare", "churn"):
-            self.wrap_function(stack, name)
+            self.wrap(stack, name)
         if self.frames:
             tracemalloc.start(self.frames)
         self._thread.start()

@@ -456,16 +456,24 @@ async def test_a_config_change_or_the_schedule_forces_a_full_reconcile(
     assert outcome.plan.items == ()  # nothing drifted
 
 
-async def test_a_long_first_devices_round_is_spread_over_polls_without_missing_changes(
+async def _long_devices_round(
     sim: Any, app_container: Any, service: EnrollmentService, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> tuple[str, PollEngine]:
+    """An M tenant (700 devices: 4 devices/delta pages in the simulator) whose first devices round is never finished
+    inside the full reconcile, and an engine that walks it one page per step."""
     from shared_code.enrollment import engine as engine_module
 
     monkeypatch.setattr(engine_module, "FINISH_NOW_PAGES", 0)
-    summary = await new_tenant(sim, service, "M")  # 700 devices: 4 devices/delta pages in the simulator
-    tid = summary["tenant_id"]
-    slow = engine_module.PollEngine(tenants=service.tenants, store=service.store, cursors=service.cursors,
-                                    graph_factory=app_container.graph, device_catchup_pages=1)
+    summary = await new_tenant(sim, service, "M")
+    engine = PollEngine(tenants=service.tenants, store=service.store, cursors=service.cursors,
+                        graph_factory=app_container.graph, device_catchup_pages=1)
+    return str(summary["tenant_id"]), engine
+
+
+async def test_a_long_first_devices_round_is_spread_over_polls_without_missing_changes(
+    sim: Any, app_container: Any, service: EnrollmentService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tid, slow = await _long_devices_round(sim, app_container, service, monkeypatch)
     full = await slow.poll(tid)
     assert full.mode == "full"
     cursor = await service.cursors.get(tid, "devices")
@@ -490,14 +498,9 @@ async def test_a_long_first_devices_round_is_spread_over_polls_without_missing_c
 async def test_a_first_devices_round_is_driven_by_continuation_messages_not_by_the_timer(
     sim: Any, app_container: Any, service: EnrollmentService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shared_code.enrollment import engine as engine_module
     from shared_code.enrollment.service import PollMessage
 
-    monkeypatch.setattr(engine_module, "FINISH_NOW_PAGES", 0)
-    summary = await new_tenant(sim, service, "M")  # 700 devices: 4 devices/delta pages in the simulator
-    tid = summary["tenant_id"]
-    engine = PollEngine(tenants=service.tenants, store=service.store, cursors=service.cursors,
-                        graph_factory=app_container.graph, device_catchup_pages=1)
+    tid, engine = await _long_devices_round(sim, app_container, service, monkeypatch)
     queue: list[str] = []
 
     async def send(body: str, delay_seconds: int = 0, /) -> None:

@@ -28,6 +28,14 @@ from shared_code.errors import ConflictError
 SEEDS = iter(range(9_100, 9_200))
 
 
+async def _provisioned_m(sim: Any, app_container: Any) -> tuple[EnrollmentService, dict[str, Any]]:
+    """The enrollment service over this module's tables, and a new M tenant (700 devices) provisioned on it."""
+    base: EnrollmentService = app_container.service(build_enrollment_service)
+    summary = sim.create_tenant("M", seed=next(SEEDS))
+    await provision(base, summary, guard_max_percent=100.0)
+    return base, summary
+
+
 class WorkerDied(BaseException):
     """The process running the poll is gone (not an error the service could record)."""
 
@@ -76,11 +84,9 @@ class FaultyEngine(PollEngine):
 async def test_an_interrupted_full_reconcile_converges_without_duplicate_or_missing_events(
     sim: Any, app_container: Any, strategy_seed: int
 ) -> None:
-    base: EnrollmentService = app_container.service(build_enrollment_service)
     rng = random.Random(strategy_seed)
-    summary = sim.create_tenant("M", seed=next(SEEDS))
+    base, summary = await _provisioned_m(sim, app_container)
     tid = summary["tenant_id"]
-    await provision(base, summary, guard_max_percent=100.0)
     # 100 devices per shard: the M tenant's 700 devices spread over 8 shards.
     store = TableEnrollmentStore(app_container.storage, shard_target=100)
     faults = Faults()
@@ -165,10 +171,8 @@ async def test_an_interrupted_full_reconcile_converges_without_duplicate_or_miss
 async def test_a_full_reconcile_that_finds_nothing_changed_writes_only_its_cursor_and_status(
     sim: Any, app_container: Any
 ) -> None:
-    base: EnrollmentService = app_container.service(build_enrollment_service)
-    summary = sim.create_tenant("M", seed=next(SEEDS))
+    base, summary = await _provisioned_m(sim, app_container)
     tid = summary["tenant_id"]
-    await provision(base, summary, guard_max_percent=100.0)
     store = TableEnrollmentStore(app_container.storage)
     engine = PollEngine(tenants=base.tenants, store=store, cursors=base.cursors, graph_factory=app_container.graph)
     service = EnrollmentService(tenants=base.tenants, store=store, cursors=base.cursors, leases=base.leases,
@@ -199,10 +203,8 @@ async def test_a_full_reconcile_that_finds_nothing_changed_writes_only_its_curso
 async def test_a_checkpoint_of_the_previous_format_is_abandoned_and_a_fresh_run_converges(
     sim: Any, app_container: Any
 ) -> None:
-    base: EnrollmentService = app_container.service(build_enrollment_service)
-    summary = sim.create_tenant("M", seed=next(SEEDS))
+    base, summary = await _provisioned_m(sim, app_container)
     tid = summary["tenant_id"]
-    await provision(base, summary, guard_max_percent=100.0)
     store = TableEnrollmentStore(app_container.storage, shard_target=100)
     engine = PollEngine(tenants=base.tenants, store=store, cursors=base.cursors, graph_factory=app_container.graph,
                         step_seconds=None, step_pages=2, step_slices=2, apply_slice=7)
